@@ -1,0 +1,247 @@
+"""Datasets, decoded once into uint8 tensors held in memory.
+
+Training slices batches straight from these tensors on the target device;
+there is no per-sample DataLoader. Image folders (ImageNet layout, and the
+JPEG copy of CIFAR-10) are decoded once and cached on disk under the user's
+cache folder (never inside the data root, which may be read-only).
+"""
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from models.registry import Registry
+
+from .io import atomic_path
+
+DATA_ENV = "BIOBENCH_DATA"
+CACHE_ENV = "BIOBENCH_CACHE"
+DATASETS = Registry("dataset")
+
+
+class DataError(Exception):
+    """A dataset could not be found or read; the message is one line for the user."""
+
+
+def default_data_dir():
+    return os.environ.get(DATA_ENV) or "data"
+
+
+def cache_dir():
+    base = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "biobench")
+    return base
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self):
+        return self.labels.shape[0]
+
+    def to(self, device):
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, index):
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class Dataset:
+    name: str
+    family: str  # input family of the networks: mnist, cifar10, imagenet
+    train: Split
+    test: Split
+    classes: list
+    augment_default: bool = False
+    mean: torch.Tensor = field(default=None)
+    std: torch.Tensor = field(default=None)
+
+    def __post_init__(self):
+        if self.mean is None:
+            self.mean, self.std = channel_stats(self.train.images)
+
+    @property
+    def input_shape(self):
+        return tuple(self.train.images.shape[1:])
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+
+def channel_stats(images, chunk=8192):
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, images.shape[0], chunk):
+        block = images[start:start + chunk].to(torch.float64).div_(255)
+        total += block.sum(dim=(0, 2, 3))
+        total_sq += block.pow(2).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean ** 2).clamp_min(1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+# torchvision datasets ------------------------------------------------------------
+def _torchvision_split(cls, root, train, folder_hint):
+    try:
+        try:
+            ds = cls(root, train=train, download=False)
+        except RuntimeError:
+            ds = cls(root, train=train, download=True)
+    except Exception as exc:  # torchvision raises several types offline
+        raise DataError(
+            f"{cls.__name__} not found under {os.path.join(os.path.abspath(root), folder_hint)} and it could "
+            f"not be downloaded ({type(exc).__name__}); put the files there, or point --data-dir / "
+            f"${DATA_ENV} at a torchvision data root that has them") from None
+    data = ds.data
+    images = torch.as_tensor(data)
+    if images.dim() == 3:  # MNIST-style [N, H, W]
+        images = images.unsqueeze(1)
+    else:  # CIFAR-style [N, H, W, C]
+        images = images.permute(0, 3, 1, 2)
+    return Split(images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)), list(ds.classes)
+
+
+def _load_torchvision(name, cls, family, folder_hint, augment=False):
+    def load(root):
+        train, classes = _torchvision_split(cls, root, True, folder_hint)
+        test, _ = _torchvision_split(cls, root, False, folder_hint)
+        return Dataset(name, family, train, test, classes, augment_default=augment)
+    return load
+
+
+def _register_torchvision():
+    from torchvision import datasets as tvd
+    DATASETS.register("mnist", _load_torchvision("mnist", tvd.MNIST, "mnist", "MNIST/raw"))
+    DATASETS.register("fashion-mnist", _load_torchvision("fashion-mnist", tvd.FashionMNIST, "mnist",
+                                                         "FashionMNIST/raw"))
+    DATASETS.register("cifar10", _load_torchvision("cifar10", tvd.CIFAR10, "cifar10",
+                                                   "cifar-10-batches-py", augment=True))
+
+
+# image folders -----------------------------------------------------------------
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _list_image_folder(folder):
+    if not os.path.isdir(folder):
+        raise DataError(f"image folder {os.path.abspath(folder)} does not exist; expected "
+                        f"<folder>/<class name>/<image files>")
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    if not classes:
+        raise DataError(f"image folder {os.path.abspath(folder)} has no class sub-folders")
+    files = []
+    for label, name in enumerate(classes):
+        for entry in sorted(os.scandir(os.path.join(folder, name)), key=lambda e: e.name):
+            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append((entry.path, label, entry.stat().st_size, entry.stat().st_mtime_ns))
+    if not files:
+        raise DataError(f"image folder {os.path.abspath(folder)} has no image files "
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
+    return classes, files
+
+
+def _decode_folder(files, size):
+    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.transforms.functional import center_crop, resize
+    images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    resized = 0
+    for i, (path, _, _, _) in enumerate(files):
+        try:
+            img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except Exception as exc:
+            raise DataError(f"cannot decode image {path}: {exc}".splitlines()[0]) from None
+        if img.shape[1:] != (size, size):
+            resized += 1
+            img = center_crop(resize(img, size, antialias=True), [size, size])
+        images[i] = img
+    if resized:
+        warnings.warn(f"{resized} of {len(files)} images were not {size}x{size}; resized (shorter "
+                      f"side to {size}) and centre-cropped")
+    labels = torch.tensor([label for _, label, _, _ in files], dtype=torch.long)
+    return Split(images, labels)
+
+
+def load_image_folder(folder, size):
+    """Decode ``folder`` (``<class>/<image>``) to ``size`` x ``size`` RGB, cached."""
+    classes, files = _list_image_folder(folder)
+    key = hashlib.sha256(repr((os.path.abspath(folder), size, files)).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir(), "images", f"{os.path.basename(os.path.normpath(folder))}-{key}.pt")
+    if os.path.exists(path):
+        try:
+            cached = torch.load(path, weights_only=True)
+            return Split(cached["images"], cached["labels"]), classes
+        except Exception:
+            pass  # a damaged cache is rebuilt below
+    split = _decode_folder(files, size)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"images": split.images, "labels": split.labels}, tmp)
+    except OSError as exc:
+        warnings.warn(f"could not cache decoded images at {path}: {exc}")
+    return split, classes
+
+
+def _folder_dataset(name, family, subdir, size, augment, test_names=("test", "val")):
+    def load(root):
+        base = os.path.join(root, subdir) if subdir else root
+        test_dir = next((os.path.join(base, t) for t in test_names
+                         if os.path.isdir(os.path.join(base, t))), None)
+        if not os.path.isdir(os.path.join(base, "train")) or test_dir is None:
+            raise DataError(f"{name}: expected {os.path.abspath(base)}/train and "
+                            f"{os.path.abspath(base)}/{{{','.join(test_names)}}} as image folders; "
+                            f"point --data-dir / ${DATA_ENV} at the folder that holds them")
+        train, classes = load_image_folder(os.path.join(base, "train"), size)
+        test, test_classes = load_image_folder(test_dir, size)
+        if test_classes != classes:
+            raise DataError(f"{name}: class folders differ between train ({len(classes)}) and "
+                            f"{os.path.basename(test_dir)} ({len(test_classes)})")
+        return Dataset(name, family, train, test, classes, augment_default=augment)
+    return load
+
+
+DATASETS.register("cifar10-jpeg", _folder_dataset("cifar10-jpeg", "cifar10", "CIFAR10-JPEG", 32, True))
+DATASETS.register("imagefolder", _folder_dataset("imagefolder", "imagenet", "", 224, True))
+_register_torchvision()
+
+
+def load_dataset(name, root=None):
+    root = root or default_data_dir()
+    return DATASETS.get(name)(root)
+
+
+# batches -------------------------------------------------------------------------
+class Normalizer:
+    """uint8 batch -> float, normalised per channel (one fused multiply-add)."""
+
+    def __init__(self, mean, std, device):
+        self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
+        self.shift = (mean / std).view(1, -1, 1, 1).to(device)
+
+    def __call__(self, images):
+        return torch.addcmul(-self.shift, images.float(), self.scale)
+
+
+def random_crop_flip(images, pad, generator):
+    """Random crop after zero padding by ``pad``, and random horizontal flip,
+    on a whole batch at once (``images``: float [N, C, H, W])."""
+    n, c, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=device)
+    flip = torch.rand(n, 1, generator=generator, device=device) < 0.5
+    rows = dy + torch.arange(h, device=device)
+    cols = dx + torch.arange(w, device=device)
+    cols = torch.where(flip, cols.flip(1), cols)
+    batch = torch.arange(n, device=device).view(n, 1, 1, 1)
+    chan = torch.arange(c, device=device).view(1, c, 1, 1)
+    return padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]

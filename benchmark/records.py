@@ -1,0 +1,89 @@
+"""Run records: one JSON file per run, the only input of tables and plots.
+
+Schema ``biobench.run/1`` (all errors in percent):
+
+* ``schema``, ``status`` (``running`` | ``complete`` | ``diverged`` | ``interrupted``),
+  ``run_id``, ``started_at``, ``finished_at``, ``wall_seconds``
+* ``config``: the fully resolved run configuration (see ``RunConfig``)
+* ``seed``, ``device``, ``versions`` (python, torch, torchvision, numpy, biobench),
+  ``host`` (platform, cpu, torch threads)
+* ``rule``: name, options and how the first and output layers are treated
+* ``params``: ``forward_total``, ``feedback_total``, ``per_layer`` rows
+  (layer, kind, weight, bias, forward, feedback, shape)
+* ``curves``: per-epoch lists ``epoch``, ``train_loss``, ``train_error``,
+  ``test_loss``, ``test_error``, ``val_error`` (null without a validation
+  split), ``seconds``
+* ``alignment``: per epoch, per layer: ``wb_angle`` (degrees between W and
+  the backward matrix B; null where there is none), ``update_angle`` (degrees
+  between the rule's weight gradient and the BP gradient on one fixed batch),
+  ``norm_ratio`` (|B| / |W|)
+* ``summary``: ``epochs_done``, ``final_test_error``, ``best_test_error``
+  (the paper's metric), ``best_test_epoch``, ``best_val_epoch``,
+  ``test_error_at_best_val`` (the honest metric), ``final_train_error``,
+  ``diverged_at_epoch``
+"""
+import json
+import os
+import platform
+import sys
+
+SCHEMA = "biobench.run/1"
+RECORD_NAME = "record.json"
+CHECKPOINT_NAME = "checkpoint.pt"
+REQUIRED_KEYS = ("schema", "status", "config", "curves", "summary", "params")
+
+
+class RecordError(Exception):
+    """A record file is unreadable or not a biobench record."""
+
+
+def versions():
+    import numpy
+    import torch
+    import torchvision
+
+    from . import __version__
+    return {"biobench": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def host_info():
+    import torch
+    return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def load_record(path):
+    """Read and check one record; RecordError (naming the file) if it is bad."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: unreadable record ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: not a biobench record (top level is {type(record).__name__})")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing or record.get("schema") != SCHEMA:
+        raise RecordError(f"{path}: not a {SCHEMA} record (schema={record.get('schema')!r}, "
+                          f"missing keys: {', '.join(missing) or 'none'})")
+    return record
+
+
+def find_records(root):
+    """Paths of every record.json under ``root`` (sorted)."""
+    found = []
+    for folder, _, files in os.walk(root):
+        if RECORD_NAME in files:
+            found.append(os.path.join(folder, RECORD_NAME))
+    return sorted(found)

@@ -1,0 +1,58 @@
+"""Starting a run from user options: validation, the run folder, the trainer."""
+import os
+
+from .data import DataError
+from .records import RECORD_NAME
+from .train import RunConfig, RunError, RunInterrupted, Trainer
+
+
+def claim_run_dir(out, name, resume):
+    """The run's folder. ``resume`` reuses the config's folder; otherwise a
+    fresh one is created exclusively (``name``, ``name-2``, ...) so two
+    processes never write into the same folder."""
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, name)
+    if resume:
+        return base
+    for attempt in range(1, 10_000):
+        path = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"too many runs named {name} in {out}")
+
+
+def start_run(options, rule_options, data_dir, out, device, progress, resume, bad_input,
+              check_data_dir=None, check_out_dir=None, dataset=None):
+    """Validate, create the run folder and train. Errors about the user's input
+    are raised as ``bad_input`` (one line, nothing written)."""
+    from models import make_rule
+    try:
+        make_rule(options["algo"], **rule_options)
+    except ValueError as exc:
+        raise bad_input(str(exc)) from None
+    if check_data_dir and dataset is None:
+        check_data_dir(data_dir)
+    if check_out_dir:
+        check_out_dir(out)
+    config = RunConfig(rule_options=rule_options, **options)
+    try:
+        trainer = Trainer(config, run_dir=None, data_dir=data_dir, device=device, progress=progress,
+                          dataset=dataset)
+        trainer._setup()  # loads data and builds the model before anything is written
+    except (DataError, RunError, ValueError) as exc:
+        raise bad_input(str(exc)) from None
+    run_dir = claim_run_dir(out, config.run_name(), resume)
+    if resume and not os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+        raise bad_input(f"--resume: no checkpoint for this config at {run_dir}; run without --resume first")
+    trainer.run_dir = run_dir
+    try:
+        record = trainer.run(resume=resume, setup_done=True)
+    except RunError as exc:
+        raise bad_input(str(exc)) from None
+    except RunInterrupted as exc:
+        import click
+        raise click.ClickException(str(exc)) from None
+    return record, run_dir

@@ -1,0 +1,150 @@
+"""biobench command line: ``python cli.py --help`` (or ``biobench --help``)."""
+import math
+import os
+import signal
+import sys
+
+import click
+
+from benchmark.data import DATA_ENV, DATASETS, DataError
+from models import ARCHS, RULES
+
+DEFAULT_OUT = os.path.join("results", "runs")
+
+
+class BadInput(click.ClickException):
+    """A one-line error about a bad value; exit code 2 like click's own."""
+    exit_code = 2
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is finite and inside (low, high]."""
+    name = "float"
+
+    def __init__(self, low=0.0, high=math.inf, low_open=True):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        bad_low = number <= self.low if self.low_open else number < self.low
+        if not math.isfinite(number) or bad_low or number > self.high:
+            side = ">" if self.low_open else ">="
+            upper = f" and <= {self.high:g}" if math.isfinite(self.high) else ""
+            self.fail(f"{value!r} is not allowed; it must be finite, {side} {self.low:g}{upper}", param, ctx)
+        return number
+
+
+def parse_rule_options(pairs):
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--rule-opt {pair!r} is not KEY=VALUE")
+        options[key] = value
+    return options
+
+
+def _install_sigterm():
+    """SIGTERM behaves like Ctrl-C: the trainer checkpoints and exits."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """biobench: backprop vs feedback-alignment-family learning rules on fully
+    connected, convolutional and locally connected networks (Bartunov et al. 2018)."""
+
+
+def training_options(func):
+    """Options shared by ``run`` and ``grid``."""
+    options = [
+        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Training epochs."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--lr", type=FiniteFloat(), default=3e-4, show_default=True,
+                     help="Adam learning rate (the paper searched 1e-5..3e-4)."),
+        click.option("--beta1", type=FiniteFloat(0, 1, low_open=False), default=0.9, show_default=True),
+        click.option("--beta2", type=FiniteFloat(0, 1, low_open=False), default=0.999, show_default=True),
+        click.option("--eps", type=FiniteFloat(), default=1e-8, show_default=True, help="Adam epsilon."),
+        click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+                     show_default=True,
+                     help="Fraction of the training set held out for validation (fixed split); "
+                          "enables the honest 'test error at best validation epoch' metric."),
+        click.option("--augment/--no-augment", default=None,
+                     help="Random crop + flip; default on for CIFAR-10 and image folders, off for MNIST."),
+        click.option("--train-subset", type=click.IntRange(min=0), default=0,
+                     help="Train on the first N training images only (0 = all); for quick checks."),
+        click.option("--rule-opt", multiple=True, metavar="KEY=VALUE",
+                     help="Rule option, e.g. --rule-opt decay=1e-4 for kp."),
+        click.option("--data-dir", type=click.Path(file_okay=False), envvar=DATA_ENV, default="data",
+                     show_default=True, help=f"torchvision data root (env {DATA_ENV})."),
+        click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
+                     help="Folder that receives one run folder per run."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when present), cpu, cuda or cuda:N."),
+        click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def check_data_dir(path):
+    if not os.path.isdir(path):
+        raise BadInput(f"--data-dir {path!r} is not a folder (set --data-dir or ${DATA_ENV} to a "
+                       f"torchvision data root)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BadInput(f"--data-dir {path!r} is not readable")
+
+
+def check_out_dir(path):
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(os.path.abspath(probe))
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"--out {path!r} is not writable (nearest existing folder: {probe})")
+
+
+@cli.command()
+@click.option("--arch", type=click.Choice(ARCHS.names()), default="lc", show_default=True,
+              help="Network (Bartunov et al. 2018, Table 3).")
+@click.option("--algo", type=click.Choice(RULES.names()), default="bp", show_default=True,
+              help="Learning rule.")
+@click.option("--dataset", type=click.Choice(DATASETS.names()), default="mnist", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@training_options
+@click.option("--resume", is_flag=True, help="Continue this config's run from its last checkpoint.")
+def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_opt, **options):
+    """Train one network with one learning rule and write its record."""
+    from benchmark.runs import start_run
+    record, run_dir = start_run(
+        dict(arch=arch, algo=algo, dataset=dataset, seed=seed, **options),
+        rule_options=parse_rule_options(rule_opt), data_dir=data_dir, out=out, device=device,
+        progress=not quiet, resume=resume, bad_input=BadInput, check_data_dir=check_data_dir,
+        check_out_dir=check_out_dir)
+    summary = record["summary"]
+    click.echo(f"{record['status']}: {dataset} {arch} {algo} seed {seed}: test error "
+               f"{summary['final_test_error']:.2f}% (best {summary['best_test_error']:.2f}% at epoch "
+               f"{summary['best_test_epoch']}); record: {os.path.join(run_dir, 'record.json')}"
+               if summary.get("final_test_error") is not None else
+               f"{record['status']}: record: {os.path.join(run_dir, 'record.json')}")
+    if record["status"] == "diverged":
+        raise click.ClickException(f"run diverged at epoch {summary['diverged_at_epoch']} "
+                                   f"(loss or weights not finite); record marked 'diverged'")
+
+
+def main():
+    _install_sigterm()
+    cli(prog_name="biobench")
+
+
+if __name__ == "__main__":
+    main()

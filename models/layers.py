@@ -1,0 +1,85 @@
+"""Learnable layers whose backward pass a learning rule can change.
+
+Each layer is a standard module plus ``ops`` (its functional core, see
+``models.feedback``) and a ``rule`` slot. With no rule, or with gradients off,
+it runs the exact (BP) computation; with a rule attached, the rule supplies
+the backward operand ``B`` (or the DFA route) for every training forward.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .feedback import Conv2dOps, LinearOps, apply_feedback
+
+
+def glorot_bound(fan_in, fan_out):
+    """Half-width of the Glorot (Xavier) uniform distribution."""
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+class FeedbackLayer:
+    """Mixin for the learnable layers of a benchmark network."""
+
+    rule = None  # set by LearningRule.attach
+
+    def run(self, x, weight, bias):
+        if self.rule is not None and torch.is_grad_enabled():
+            backward_weight, route = self.rule.backward_operand(self, weight)
+            return apply_feedback(x, weight, bias, backward_weight, self.ops, route)
+        return self.exact(x, weight, bias)
+
+    def init_bound(self):
+        return glorot_bound(*self.fan_in_out())
+
+
+class Linear(FeedbackLayer, nn.Linear):
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__(in_features, out_features, bias)
+        self.ops = LinearOps()
+
+    def fan_in_out(self):
+        return self.in_features, self.out_features
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            bound = self.init_bound()
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def exact(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+    def forward(self, x):
+        return self.run(x, self.weight, self.bias)
+
+
+class Conv2d(FeedbackLayer, nn.Conv2d):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=padding, bias=bias)
+        self.ops = Conv2dOps(self.stride, self.padding, self.dilation, self.groups)
+
+    def fan_in_out(self):
+        k = self.kernel_size[0] * self.kernel_size[1]
+        return self.in_channels * k, self.out_channels * k
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            bound = self.init_bound()
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def exact(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x):
+        return self.run(x, self.weight, self.bias)
+
+
+def feedback_layers(model):
+    """The model's learnable layers in forward order (module registration order)."""
+    return [m for m in model.modules() if isinstance(m, FeedbackLayer)]

@@ -1,0 +1,59 @@
+import math
+
+import torch
+
+from ..feedback import DirectRoute, ErrorHolder
+from ..layers import glorot_bound
+from .base import LearningRule
+
+
+def layer_input_shapes(layers, model, input_shape):
+    """Per-sample input shape of each layer, from one dry forward pass."""
+    shapes = {}
+
+    def record(module, args):
+        shapes[module] = tuple(args[0].shape[1:])
+
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros((1,) + tuple(input_shape), dtype=param.dtype, device=param.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [shapes[layer] for layer in layers]
+
+
+class DirectFeedbackAlignment(LearningRule):
+    """Nokland 2016: the output error e reaches every hidden layer directly
+    through a fixed random B_l (classes x layer size); the layer's activation
+    derivative is applied by autograd as usual. The output layer captures e,
+    and no layer computes the true input gradient."""
+
+    name = "dfa"
+    title = "Direct feedback alignment"
+    citation_keys = ("nokland2016",)
+
+    def attach(self, model, generator, input_shape=None):
+        if input_shape is None:
+            raise ValueError("DFA needs the model's input shape to size its feedback matrices")
+        super().attach(model, generator, input_shape)
+        classes = self.output_layer.weight.shape[0]
+        holder = ErrorHolder()
+        shapes = layer_input_shapes(self.layers, model, input_shape)
+        for layer, shape in zip(self.layers[1:], shapes[1:]):
+            size = math.prod(shape)
+            bound = glorot_bound(classes, size)
+            layer.register_buffer(
+                "feedback_weight", torch.empty(classes, size).uniform_(-bound, bound, generator=generator))
+            layer.feedback_route = DirectRoute(holder, captures_error=layer is self.output_layer)
+        return self
+
+    def backward_operand(self, layer, weight):
+        return layer.feedback_weight, layer.feedback_route
+
+    def describe(self):
+        info = super().describe()
+        info["output_layer"] = "captures e; sends e @ B to the last hidden layer (as FA)"
+        return info
