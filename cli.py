@@ -141,6 +141,43 @@ def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_op
                                    f"(loss or weights not finite); record marked 'diverged'")
 
 
+@cli.command()
+@click.option("--preset", type=click.Choice(sorted(__import__("benchmark.grid", fromlist=["PRESETS"]).PRESETS)),
+              help="A named grid mirroring the paper's Table 1 cells.")
+@click.option("--datasets", default=None, help="Comma-separated datasets (overrides the preset).")
+@click.option("--archs", default=None, help="Comma-separated architectures (overrides the preset).")
+@click.option("--algos", default=None, help="Comma-separated learning rules (overrides the preset).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Number of seeds (0..N-1).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells run in parallel worker processes (threads split between them).")
+@training_options
+def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, device, rule_opt, **options):
+    """Run a grid of runs; re-running the same command finishes only what is missing."""
+    from benchmark.grid import PRESETS, grid_cells, run_grid
+    from benchmark.data import DATASETS as dataset_registry
+    base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ["bp"]})
+    chosen = {}
+    for key, value, registry in (("datasets", datasets, dataset_registry), ("archs", archs, ARCHS),
+                                 ("algos", algos, RULES)):
+        names = value.split(",") if value else base[key]
+        for name in names:
+            if name not in registry:
+                raise BadInput(f"--{key}: unknown {registry.kind} {name!r}; allowed: "
+                               f"{', '.join(registry.names())}")
+        chosen[key] = names
+    check_data_dir(data_dir)
+    check_out_dir(out)
+    cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds),
+                       dict(options, rule_options=parse_rule_options(rule_opt)))
+    echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    counts = run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo)
+    click.echo("grid finished: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) if counts
+               else "grid finished: nothing to do")
+    if counts.get("failed"):
+        raise click.ClickException(f"{counts['failed']} cell(s) failed; see error.txt in their run folders")
+
+
 def main():
     _install_sigterm()
     cli(prog_name="biobench")

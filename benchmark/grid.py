@@ -1,0 +1,146 @@
+"""Experiment grids: the cross product datasets x archs x rules x seeds.
+
+Each cell is an ordinary run in a folder named after its config, so a grid is
+resumable: complete (or diverged) cells are skipped, interrupted ones resume
+from their checkpoint, missing ones start. A lock file keeps two grid
+processes off the same cell.
+"""
+import dataclasses
+import errno
+import json
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+from .records import CHECKPOINT_NAME, RECORD_NAME
+from .train import RunConfig, Trainer
+
+ALL_RULES = ["bp", "fa", "dfa", "usf", "brsf", "frsf", "kp"]
+PRESETS = {
+    # Table 1 of Bartunov et al. 2018 (BP, FA, DFA on FC and LC, plus the
+    # shared-weight conv baseline), extended with the other FA-family rules.
+    "bartunov-mnist": {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ALL_RULES},
+    "bartunov-fashion-mnist": {"datasets": ["fashion-mnist"], "archs": ["fc", "lc", "conv"], "algos": ALL_RULES},
+    "bartunov-cifar10": {"datasets": ["cifar10-jpeg"], "archs": ["fc", "lc", "conv"], "algos": ["bp", "fa", "dfa"]},
+}
+TERMINAL = ("complete", "diverged")
+
+
+def grid_cells(datasets, archs, algos, seeds, options):
+    return [RunConfig(dataset=d, arch=a, algo=r, seed=s, **options)
+            for d in datasets for a in archs for r in algos for s in seeds]
+
+
+def cell_state(run_dir):
+    path = os.path.join(run_dir, RECORD_NAME)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                status = json.load(handle).get("status")
+            if status in TERMINAL:
+                return status
+        except (OSError, ValueError):
+            pass
+    if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
+        return "resumable"
+    return "missing"
+
+
+class CellLock:
+    """Create-exclusive lock file; a lock left by a dead process is taken over."""
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, "run.lock")
+
+    def acquire(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return True
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                os.unlink(self.path)
+        return False
+
+    def _stale(self):
+        try:
+            pid = int(open(self.path).read().strip() or 0)
+            os.kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except (ValueError, OSError) as exc:
+            return not (isinstance(exc, OSError) and exc.errno == errno.EPERM)
+
+    def release(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def run_cell(config_dict, out, data_dir, device, threads):
+    """Run one cell (in a worker process). Returns (run name, status, message)."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    config = RunConfig(**config_dict)
+    run_dir = os.path.join(out, config.run_name())
+    state = cell_state(run_dir)
+    if state in TERMINAL:
+        return config.run_name(), state, "skipped (already done)"
+    lock = CellLock(run_dir)
+    if not lock.acquire():
+        return config.run_name(), "busy", "skipped (another process is running it)"
+    try:
+        start = time.time()
+        trainer = Trainer(config, run_dir, data_dir=data_dir, device=device, progress=False)
+        record = trainer.run(resume=state == "resumable")
+        s = record["summary"]
+        return (config.run_name(), record["status"],
+                f"test error {s.get('final_test_error')}% (best {s.get('best_test_error')}%) "
+                f"in {time.time() - start:.0f}s")
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one failing cell must not stop the grid
+        with open(os.path.join(run_dir, "error.txt"), "w", encoding="utf-8") as handle:
+            handle.write(traceback.format_exc())
+        return config.run_name(), "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        lock.release()
+
+
+def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print):
+    """Run every cell; returns {status: count}. Cells run in ``jobs`` worker
+    processes, each with ``cores // jobs`` torch threads."""
+    os.makedirs(out, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name())) not in TERMINAL]
+    echo(f"grid: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
+         f"({jobs} job(s) x {threads} thread(s))")
+    counts = {}
+    started = time.time()
+
+    def report(done, result):
+        name, status, message = result
+        counts[status] = counts.get(status, 0) + 1
+        elapsed = time.time() - started
+        eta = elapsed / done * (len(todo) - done)
+        echo(f"[{done}/{len(todo)}] {name}: {status}: {message}  (elapsed {elapsed / 60:.1f} min, "
+             f"ETA {eta / 60:.1f} min)")
+
+    args = [(dataclasses.asdict(c), out, data_dir, device, threads) for c in todo]
+    if jobs == 1:
+        for done, arg in enumerate(args, 1):
+            report(done, run_cell(*arg))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run_cell, *arg) for arg in args]
+            for done, future in enumerate(as_completed(futures), 1):
+                report(done, future.result())
+    return counts

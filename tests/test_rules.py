@@ -1,0 +1,262 @@
+"""Learning rules: gradients against hand-written references."""
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.train import alignment_metrics
+from models import RULES, build_network, make_rule
+from models.layers import Conv2d, Linear, feedback_layers
+from models.lc import LocallyConnected2d
+
+torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+LAYERS = {
+    "linear": (lambda: Linear(7, 5), (4, 7)),
+    "conv": (lambda: Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 9, 8)),
+    "lc": (lambda: LocallyConnected2d(3, 4, 9, 8, 3, stride=2, padding=1), (2, 3, 9, 8)),
+}
+
+
+def with_rule(layer, name, feedback=None):
+    """Attach rule ``name`` to a lone layer (normally the first layer gets none)."""
+    rule = make_rule(name)
+    rule.layers = [layer]
+    rule.output_layer = layer
+    rule.init_layer(layer, torch.Generator().manual_seed(5))
+    if feedback is not None:
+        with torch.no_grad():
+            layer.feedback_weight.copy_(feedback)
+    layer.rule = rule
+    return rule
+
+
+def grads(layer, x, grad_out):
+    x = x.detach().clone().requires_grad_()
+    layer.zero_grad()
+    layer(x).backward(grad_out)
+    return x.grad, layer.weight.grad.clone(), layer.bias.grad.clone()
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("rule", ["fa", "kp"])
+def test_feedback_equal_to_w_gives_bp_gradients(kind, rule):
+    torch.manual_seed(0)
+    make, shape = LAYERS[kind]
+    layer = make()
+    x = torch.randn(shape)
+    grad_out = torch.randn_like(layer(x))
+    expected = grads(layer, x, grad_out)
+    with_rule(layer, rule, feedback=layer.weight.detach())
+    for got, want in zip(grads(layer, x, grad_out), expected):
+        torch.testing.assert_close(got, want)
+
+
+def lc_input_grad_loop(layer, grad_out, backward):
+    """Input gradient of an LC layer through B, by a plain loop over positions."""
+    g = layer.geometry
+    (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
+    n = grad_out.shape[0]
+    padded = torch.zeros(n, g.in_channels, g.in_height + 2 * ph, g.in_width + 2 * pw)
+    for i in range(g.out_height):
+        for j in range(g.out_width):
+            patch = grad_out[:, :, i, j] @ backward[:, :, i * g.out_width + j]
+            padded[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += patch.view(n, g.in_channels, kh, kw)
+    return padded[:, :, ph:ph + g.in_height, pw:pw + g.in_width]
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_fa_input_gradient_matches_hand_formula(kind):
+    torch.manual_seed(1)
+    make, shape = LAYERS[kind]
+    layer = make()
+    with_rule(layer, "fa")
+    x = torch.randn(shape)
+    grad_out = torch.randn_like(layer(x))
+    grad_in, grad_w, _ = grads(layer, x, grad_out)
+    B = layer.feedback_weight
+    if kind == "linear":
+        expected = grad_out @ B
+    elif kind == "conv":
+        expected = torch.nn.grad.conv2d_input(x.shape, B, grad_out, stride=2, padding=1)
+    else:
+        expected = lc_input_grad_loop(layer, grad_out, B)
+    torch.testing.assert_close(grad_in, expected)
+    # The weight gradient is still the true one.
+    layer.rule = None
+    torch.testing.assert_close(grads(layer, x, grad_out)[1], grad_w)
+
+
+@pytest.mark.parametrize("name", ["usf", "frsf", "brsf"])
+def test_sign_rules_use_sign_of_w_with_their_magnitudes(name):
+    torch.manual_seed(2)
+    layer = Linear(6, 4)
+    rule = with_rule(layer, name)
+    if name == "brsf":
+        rule.generator = torch.Generator().manual_seed(0)
+    first = rule.backward_operand(layer, layer.weight)[0]
+    second = rule.backward_operand(layer, layer.weight)[0]
+    assert torch.equal(first.sign(), layer.weight.detach().sign())
+    bound = layer.init_bound()
+    if name == "usf":
+        torch.testing.assert_close(first.abs(), torch.full_like(first, bound / 3 ** 0.5))
+    elif name == "frsf":
+        torch.testing.assert_close(first.abs(), layer.feedback_magnitude)
+        assert torch.equal(first, second)
+    else:
+        assert not torch.equal(first.abs(), second.abs())
+        assert float(first.abs().max()) <= bound
+    # and the backward pass really uses it
+    x = torch.randn(3, 6)
+    grad_out = torch.randn(3, 4)
+    if name == "brsf":
+        rule.generator.manual_seed(7)
+        expected = grad_out @ rule.backward_operand(layer, layer.weight)[0]
+        rule.generator.manual_seed(7)
+    else:
+        expected = grad_out @ first
+    torch.testing.assert_close(grads(layer, x, grad_out)[0], expected)
+
+
+def test_brsf_redraws_magnitudes_every_step_frsf_does_not():
+    torch.manual_seed(3)
+    for name, changes in (("brsf", True), ("frsf", False)):
+        model = build_network("fc", "mnist", 10)
+        rule = make_rule(name).attach(model, torch.Generator().manual_seed(0), (1, 28, 28))
+        layer = feedback_layers(model)[2]
+        seen = []
+        layer.register_full_backward_hook(lambda m, gi, go: seen.append(gi[0].clone()))
+        x, grad = torch.randn(4, 1, 28, 28), torch.randn(4, 10)
+        for _ in range(2):
+            model(x).backward(grad)
+        assert (not torch.equal(seen[0], seen[1])) == changes
+
+
+def test_dfa_hidden_updates_match_hand_computation():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), Linear(12, 8), nn.Tanh(), Linear(8, 6), nn.Tanh(), Linear(6, 3))
+    rule = make_rule("dfa").attach(model, torch.Generator().manual_seed(0), (12,))
+    l1, l2, l3 = feedback_layers(model)
+    x, y = torch.randn(5, 12), torch.tensor([0, 1, 2, 1, 0])
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        h1 = torch.tanh(l1(x))
+        h2 = torch.tanh(l2(h1))
+        logits = l3(h2)
+        e = (logits.softmax(1) - F.one_hot(y, 3)) / 5
+        d2 = (e @ l3.feedback_weight) * (1 - h2 ** 2)
+        d1 = (e @ l2.feedback_weight) * (1 - h1 ** 2)
+    assert l2.feedback_weight.shape == (3, 8) and l3.feedback_weight.shape == (3, 6)
+    torch.testing.assert_close(l3.weight.grad, e.t() @ h2)
+    torch.testing.assert_close(l2.weight.grad, d2.t() @ h1)
+    torch.testing.assert_close(l1.weight.grad, d1.t() @ x)
+    torch.testing.assert_close(l1.bias.grad, d1.sum(0))
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv", "lc"])
+def test_dfa_runs_on_every_arch_without_true_input_gradient(arch):
+    torch.manual_seed(5)
+    model = build_network(arch, "mnist", 10).double()
+    make_rule("dfa").attach(model, torch.Generator().manual_seed(0), (1, 28, 28))
+    x = torch.randn(3, 1, 28, 28)
+    F.cross_entropy(model(x), torch.tensor([1, 2, 3])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def toy_problem(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 20, generator=g)
+    teacher = torch.randn(20, 4, generator=g)
+    return x, (x @ teacher).argmax(1)
+
+
+def train_small(rule_name, steps=300, **options):
+    torch.manual_seed(6)
+    model = nn.Sequential(Linear(20, 32), nn.Tanh(), Linear(32, 32), nn.Tanh(), Linear(32, 4))
+    rule = make_rule(rule_name, **options).attach(model, torch.Generator().manual_seed(1), (20,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = toy_problem()
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        if rule.has_step_hooks:
+            rule.before_step()
+        opt.step()
+        if rule.has_step_hooks:
+            rule.after_step()
+    return model, rule
+
+
+def wb_angles(model, rule):
+    x, y = toy_problem()
+    return [row["wb_angle"] for row in alignment_metrics(model, rule, x[:64], y[:64])[1:]]
+
+
+def test_kolen_pollack_aligns_b_with_w_and_fa_does_not():
+    # Both start near 90 degrees (independent random B). Under FA, W drifts
+    # partly towards B (that is the "alignment"); under KP, B - W decays by
+    # (1 - decay) per step, here 0.99**300 ~ 0.05, so B becomes W.
+    model, rule = train_small("kp", decay=1e-2)
+    kp_angles = wb_angles(model, rule)
+    model, rule = train_small("fa")
+    fa_angles = wb_angles(model, rule)
+    assert max(kp_angles) < 15, kp_angles
+    assert min(fa_angles) > 45, fa_angles
+
+
+def test_kp_feedback_gets_exactly_the_update_of_w():
+    model, rule = train_small("kp", steps=1)
+    layer = feedback_layers(model)[1]
+    before_w, before_b = layer.weight.detach().clone(), layer.feedback_weight.clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = toy_problem()
+    F.cross_entropy(model(x), y).backward()
+    rule.before_step()
+    opt.step()
+    rule.after_step()
+    keep = 1 - rule.options["decay"]
+    delta_w = layer.weight.detach() / keep - before_w
+    torch.testing.assert_close(layer.feedback_weight / keep - before_b, delta_w)
+
+
+@pytest.mark.parametrize("name", RULES.names())
+def test_feedback_is_buffers_not_parameters_and_survives_save_load(name):
+    torch.manual_seed(7)
+    model = build_network("lc", "mnist", 10)
+    n_params = sum(p.numel() for p in model.parameters())
+    rule = make_rule(name).attach(model, torch.Generator().manual_seed(0), (1, 28, 28))
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    param_ids = {id(p) for p in model.parameters()}
+    assert not any(id(b) in param_ids for b in model.buffers())
+    if name in ("fa", "dfa", "kp", "frsf"):
+        assert any(n.endswith(("feedback_weight", "feedback_magnitude")) for n, _ in model.named_buffers())
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 4])
+
+    def gradients(m, r):
+        if hasattr(r, "generator"):
+            r.generator.manual_seed(11)
+        m.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        return [p.grad.clone() for p in m.parameters()]
+
+    expected = gradients(model, rule)
+    torch.manual_seed(99)  # a different init, overwritten by the load
+    clone = build_network("lc", "mnist", 10)
+    clone_rule = make_rule(name).attach(clone, torch.Generator().manual_seed(123), (1, 28, 28))
+    buffer.seek(0)
+    clone.load_state_dict(torch.load(buffer))
+    for got, want in zip(gradients(clone, clone_rule), expected):
+        torch.testing.assert_close(got, want)
