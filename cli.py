@@ -178,7 +178,29 @@ def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, devi
         raise click.ClickException(f"{counts['failed']} cell(s) failed; see error.txt in their run folders")
 
 
+@cli.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--section", "sections", multiple=True, type=click.Choice(["lc", "rules", "harness"]),
+              help="Run only these sections (default: all).")
+@click.option("--quick", is_flag=True, help="Tiny sizes, to check that the command works.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: all cores).")
+def bench(device, sections, quick, threads):
+    """Measure the LC layer, the rules and the harness; print Markdown tables."""
+    import torch
+    from benchmark.perf import run_bench
+    from benchmark.train import RunError, resolve_device
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = resolve_device(device)
+    except RunError as exc:
+        raise BadInput(str(exc)) from None
+    run_bench(dev, sections=sections or ("lc", "rules", "harness"), quick=quick, echo=click.echo)
+
+
 def main():
+    from benchmark.runtime import tune_allocator
+    tune_allocator()
     _install_sigterm()
     cli(prog_name="biobench")
 

@@ -1,0 +1,365 @@
+"""``cli.py bench``: speed and memory of the LC layer, the rules and the harness.
+
+All figures of one table are measured in the same process, interleaved in
+rounds, and reported as medians after warm-up; on noisy machines the ratios
+are what count. Peak memory is the rise of the process's peak resident set
+(CPU, Linux) or of the CUDA allocator's peak (GPU) during the measured call.
+"""
+import math
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from models import build_network, make_rule
+from models.lc import LocallyConnected2d
+from models.networks import INPUT_SHAPES, same_padding
+
+from .runtime import release_memory
+
+# (name, C_in, C_out, size, kernel, stride, batch) of the Bartunov LC layers.
+LC_SHAPES = [
+    ("MNIST LC1", 1, 32, 28, 3, 2, 128),
+    ("MNIST LC2", 32, 64, 14, 3, 2, 128),
+    ("CIFAR-10 LC1", 3, 64, 32, 5, 2, 128),
+    ("CIFAR-10 LC2", 64, 128, 16, 5, 2, 128),
+    ("CIFAR-10 LC3", 128, 256, 8, 3, 1, 128),
+    ("ImageNet LC1", 3, 48, 224, 9, 4, 8),
+    ("ImageNet LC2", 48, 48, 56, 3, 2, 8),
+]
+RULE_NAMES = ["bp", "fa", "dfa", "usf", "brsf", "frsf", "kp"]
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_rounds(functions, device, repeats, warmup=2):
+    """Median seconds per call of each function, interleaved round by round."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _rss_kib(field):
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise OSError(field)
+
+
+def peak_memory_mb(fn, device):
+    """Extra peak memory (MB) while running ``fn`` once; None if not measurable."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    try:
+        release_memory()
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        base = _rss_kib("VmRSS:")
+        fn()
+        return (_rss_kib("VmHWM:") - base) / 1024
+    except OSError:
+        return None
+
+
+# 1. the LC layer ---------------------------------------------------------------------------
+def broadcast_lc(x, weight, bias, kernel, stride, padding):
+    """The reference formula this project started from: an [N, C_out, CKK, L]
+    broadcast product summed over the receptive field."""
+    cols = F.unfold(x, kernel, padding=padding, stride=stride)
+    return (cols.unsqueeze(1) * weight.unsqueeze(0)).sum(2) + bias
+
+
+def _layer_case(c_in, c_out, size, kernel, stride, batch, device, network_layout):
+    pad = same_padding(size, kernel, stride)
+    layer = LocallyConnected2d(c_in, c_out, size, size, kernel, stride, pad).to(device)
+    x = torch.randn(batch, c_in, size, size, device=device)
+    if network_layout:
+        # Inside the network an LC layer's input is the previous LC layer's
+        # output, stored [H, W, C, N]; feed the layer what it sees there.
+        x = x.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+    x.requires_grad_(True)
+    conv = torch.nn.Conv2d(c_in, c_out, kernel, stride, pad).to(device)
+    x_conv = x.detach().contiguous().requires_grad_(True)
+    return layer, conv, x, x_conv, pad
+
+
+def _fwd_bwd(module_or_fn, x):
+    def step():
+        out = module_or_fn(x)
+        out.backward(torch.ones_like(out))
+    return step
+
+
+def bench_lc_layers(device, repeats=5, quick=False, memory_budget_gb=None):
+    if memory_budget_gb is None:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if device.type == "cpu" \
+            else torch.cuda.get_device_properties(device).total_memory / 2**30
+        memory_budget_gb = total / 4
+    rows = []
+    shapes = LC_SHAPES[:2] if quick else LC_SHAPES
+    for name, c_in, c_out, size, kernel, stride, batch in shapes:
+        if quick:
+            batch = 8
+        layer, conv, x, x_conv, pad = _layer_case(c_in, c_out, size, kernel, stride, batch, device,
+                                                  network_layout=c_in > 3)
+        g = layer.geometry
+        flops = 3 * 2 * batch * g.out_channels * g.receptive_field * g.positions  # fwd + 2 bwd GEMMs
+        w_ref = layer.weight.detach().clone().requires_grad_(True)
+        b_ref = layer.bias.detach().clone().requires_grad_(True)
+        x_ref = x.detach().contiguous()
+        # The broadcast product and its gradient dominate the reference's memory.
+        need_gb = 3 * batch * g.out_channels * g.receptive_field * g.positions * 4 / 2**30
+        ref_batch = batch
+        while ref_batch > 1 and need_gb * ref_batch / batch > memory_budget_gb:
+            ref_batch //= 2
+        x_small = x_ref[:ref_batch].clone().requires_grad_(True)
+        reference = _fwd_bwd(lambda t: broadcast_lc(t, w_ref, b_ref, kernel, stride, pad), x_small)
+        cases = {"ours": _fwd_bwd(layer, x), "conv2d": _fwd_bwd(conv, x_conv)}
+        times = time_rounds(cases, device, repeats)
+        start = time.perf_counter()
+        reference()  # one untimed call is enough to know whether it is hopeless
+        first = time.perf_counter() - start
+        if first * batch / ref_batch > 30:
+            ref_time = first * batch / ref_batch
+            ref_note = "> 30 s (one call)"
+        else:
+            ref_time = time_rounds({"ref": reference}, device, max(1, repeats // 2), warmup=0)["ref"] \
+                * batch / ref_batch
+            ref_note = "" if ref_batch == batch else f"batch {ref_batch}, x{batch // ref_batch}"
+        memory = {key: peak_memory_mb(fn, device) for key, fn in cases.items()}
+        memory["reference"] = peak_memory_mb(reference, device)
+        cols_mb = batch * g.receptive_field * g.positions * 4 / 2**20
+        rows.append({
+            "layer": name, "batch": batch, "ref_ms": ref_time * 1e3, "ref_note": ref_note,
+            "ours_ms": times["ours"] * 1e3, "conv_ms": times["conv2d"] * 1e3,
+            "ref_mb": memory["reference"] * (batch / ref_batch) if memory["reference"] else None,
+            "ours_mb": memory["ours"], "conv_mb": memory["conv2d"], "cols_mb": cols_mb,
+            "ours_gflops": flops / times["ours"] / 1e9, "ref_gflops": flops / ref_time / 1e9,
+            "speedup_vs_ref": ref_time / times["ours"], "vs_conv": times["ours"] / times["conv2d"],
+        })
+    return rows
+
+
+# 2. and 4. rule step time and memory ----------------------------------------------------------
+def _training_step(model, rule, optimizer, x, y):
+    hooks = rule.has_step_hooks
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if hooks:
+            rule.before_step()
+        optimizer.step()
+        if hooks:
+            rule.after_step()
+    return step
+
+
+def _rule_setup(family, arch, rule_name, batch, device, seed=0):
+    torch.manual_seed(seed)
+    model = build_network(arch, family, 10)
+    rule = make_rule(rule_name).attach(model, torch.Generator().manual_seed(seed), INPUT_SHAPES[family])
+    model.to(device)
+    if hasattr(rule, "moved_to"):
+        rule.moved_to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    x = torch.randn(batch, *INPUT_SHAPES[family], device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return _training_step(model, rule, optimizer, x, y)
+
+
+def bench_rules(device, families=("mnist", "cifar10"), archs=("fc", "conv", "lc"), repeats=7,
+                batch=128, rules=RULE_NAMES):
+    rows = []
+    for family in families:
+        for arch in archs:
+            steps = {name: _rule_setup(family, arch, name, batch, device) for name in rules}
+            times = time_rounds(steps, device, repeats)
+            memory = {name: peak_memory_mb(step, device) for name, step in steps.items()}
+            rows.append({"family": family, "arch": arch, "bp_ms": times["bp"] * 1e3,
+                         "ratios": {n: times[n] / times["bp"] for n in rules},
+                         "memory_mb": memory})
+            del steps
+    return rows
+
+
+# 3. harness overhead --------------------------------------------------------------------------
+def _synthetic_dataset(family, n, seed=0):
+    from .data import Dataset, Split
+    g = torch.Generator().manual_seed(seed)
+    shape = INPUT_SHAPES[family]
+    make = lambda count: Split(torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=g),
+                               torch.randint(0, 10, (count,), generator=g))
+    return Dataset(f"synthetic-{family}", family, make(n), make(256), [str(i) for i in range(10)])
+
+
+def _minimal_loop(data, model, optimizer, batch, device):
+    images, labels = data.train.images.to(device), data.train.labels.to(device)
+    mean = data.mean.view(1, -1, 1, 1).to(device)
+    std = data.std.view(1, -1, 1, 1).to(device)
+
+    def epoch():
+        order = torch.randperm(len(labels), device=device)
+        for start in range(0, len(labels), batch):
+            index = order[start:start + batch]
+            x = (images[index].float() / 255 - mean) / std
+            loss = F.cross_entropy(model(x), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return epoch
+
+
+def _dataloader_loop(data, model, optimizer, batch, device):
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    class PILDataset(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.images = split.images.permute(0, 2, 3, 1).squeeze(-1).numpy()
+            self.labels = split.labels.tolist()
+            self.transform = transforms.Compose([
+                transforms.ToTensor(), transforms.Normalize(data.mean.tolist(), data.std.tolist())])
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+    loader = DataLoader(PILDataset(data.train), batch_size=batch, shuffle=True)
+
+    def epoch():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return epoch
+
+
+def bench_harness(device, families=("mnist", "cifar10"), archs=("fc", "conv", "lc"), samples=2048,
+                  repeats=3, batch=128):
+    from .train import RunConfig, Trainer
+    rows = []
+    for family in families:
+        data = _synthetic_dataset(family, samples)
+        for arch in archs:
+            config = RunConfig(dataset=data.name, arch=arch, algo="bp", epochs=1, batch_size=batch,
+                               augment=False)
+            trainer = Trainer(config, run_dir=None, device=str(device), progress=False, dataset=data)
+            trainer._setup()
+            torch.manual_seed(0)
+            model = build_network(arch, family, 10).to(device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+            torch.manual_seed(0)
+            model_dl = build_network(arch, family, 10).to(device)
+            optimizer_dl = torch.optim.Adam(model_dl.parameters(), lr=1e-5)
+            epochs = {"trainer": lambda: trainer._train_epoch(1),
+                      "minimal": _minimal_loop(data, model, optimizer, batch, device),
+                      "dataloader": _dataloader_loop(data, model_dl, optimizer_dl, batch, device)}
+            times = time_rounds(epochs, device, repeats, warmup=1)
+            rows.append({"family": family, "arch": arch, "samples": samples,
+                         "trainer_s": times["trainer"], "minimal_s": times["minimal"],
+                         "dataloader_s": times["dataloader"],
+                         "vs_minimal": times["trainer"] / times["minimal"],
+                         "vs_dataloader": times["trainer"] / times["dataloader"]})
+    return rows
+
+
+# formatting -------------------------------------------------------------------------------------
+def _fmt(value, spec=".1f", none="n/a"):
+    return none if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def markdown_lc(rows):
+    lines = ["| layer | batch | broadcast ms | ours ms | conv2d ms | ours/broadcast speed-up | ours/conv2d time "
+             "| ours GFLOP/s | broadcast GFLOP/s | peak MB broadcast | peak MB ours | peak MB conv2d "
+             "| unfolded input MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        note = f" ({r['ref_note']})" if r["ref_note"] else ""
+        lines.append(f"| {r['layer']} | {r['batch']} | {_fmt(r['ref_ms'])}{note} | {_fmt(r['ours_ms'])} | "
+                     f"{_fmt(r['conv_ms'])} | {_fmt(r['speedup_vs_ref'])}x | {_fmt(r['vs_conv'], '.2f')}x | "
+                     f"{_fmt(r['ours_gflops'])} | {_fmt(r['ref_gflops'], '.2f')} | {_fmt(r['ref_mb'], '.0f')} | "
+                     f"{_fmt(r['ours_mb'], '.0f')} | {_fmt(r['conv_mb'], '.0f')} | {_fmt(r['cols_mb'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def markdown_rules(rows):
+    rules = list(rows[0]["ratios"]) if rows else RULE_NAMES
+    lines = ["| dataset | arch | bp step ms | " + " | ".join(f"{r}/bp" for r in rules) + " |",
+             "|---|---|---|" + "---|" * len(rules)]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['arch']} | {_fmt(r['bp_ms'])} | "
+                     + " | ".join(f"{r['ratios'][n]:.3f}" for n in rules) + " |")
+    return "\n".join(lines)
+
+
+def markdown_memory(rows):
+    rules = list(rows[0]["memory_mb"]) if rows else RULE_NAMES
+    lines = ["| dataset | arch | " + " | ".join(f"{r} MB" for r in rules) + " |",
+             "|---|---|" + "---|" * len(rules)]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['arch']} | "
+                     + " | ".join(_fmt(r["memory_mb"][n], ".0f") for n in rules) + " |")
+    return "\n".join(lines)
+
+
+def markdown_harness(rows):
+    lines = ["| dataset | arch | samples | trainer s/epoch | minimal loop s | DataLoader+ToTensor s "
+             "| trainer/minimal | trainer/DataLoader |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['arch']} | {r['samples']} | {r['trainer_s']:.3f} | "
+                     f"{r['minimal_s']:.3f} | {r['dataloader_s']:.3f} | {r['vs_minimal']:.3f} | "
+                     f"{r['vs_dataloader']:.3f} |")
+    return "\n".join(lines)
+
+
+def run_bench(device, sections=("lc", "rules", "harness"), quick=False, echo=print):
+    """Run the chosen sections and echo Markdown tables; returns the raw rows."""
+    from .records import host_info
+    from .train import describe_device
+    echo(f"# biobench bench on {describe_device(device)}; torch {torch.__version__}; "
+         f"{host_info()['cpu_count']} cores{' (quick mode: tiny sizes, figures not meaningful)' if quick else ''}\n")
+    results = {}
+    if "lc" in sections:
+        rows = bench_lc_layers(device, repeats=2 if quick else 7, quick=quick)
+        results["lc"] = rows
+        echo("## 1. Locally connected layer, forward + backward\n\n" + markdown_lc(rows) + "\n")
+    if "rules" in sections:
+        kwargs = dict(families=("mnist",), archs=("fc", "lc"), repeats=2, batch=8) if quick else {}
+        rows = bench_rules(device, **kwargs)
+        results["rules"] = rows
+        echo("## 2. Training-step time of each rule relative to bp (Adam step included)\n\n"
+             + markdown_rules(rows) + "\n")
+        echo("## 4. Peak memory of one training step\n\n" + markdown_memory(rows) + "\n")
+    if "harness" in sections:
+        kwargs = dict(families=("mnist",), archs=("fc",), samples=256, repeats=1) if quick else {}
+        rows = bench_harness(device, **kwargs)
+        results["harness"] = rows
+        echo("## 3. Harness overhead: epoch time\n\n" + markdown_harness(rows) + "\n")
+    return results
