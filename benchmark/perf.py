@@ -17,7 +17,7 @@ from models import build_network, make_rule
 from models.lc import LocallyConnected2d
 from models.networks import INPUT_SHAPES, same_padding
 
-from .runtime import release_memory
+from .runtime import exact_memory_accounting, release_memory
 
 # (name, C_in, C_out, size, kernel, stride, batch) of the Bartunov LC layers.
 LC_SHAPES = [
@@ -71,12 +71,14 @@ def peak_memory_mb(fn, device):
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     try:
-        release_memory()
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-        base = _rss_kib("VmRSS:")
-        fn()
-        return (_rss_kib("VmHWM:") - base) / 1024
+        with exact_memory_accounting():
+            fn()  # settle allocations made under the speed setting
+            release_memory()
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+                handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+            base = _rss_kib("VmRSS:")
+            fn()
+            return (_rss_kib("VmHWM:") - base) / 1024
     except OSError:
         return None
 
@@ -103,10 +105,13 @@ def _layer_case(c_in, c_out, size, kernel, stride, batch, device, network_layout
     return layer, conv, x, x_conv, pad
 
 
-def _fwd_bwd(module_or_fn, x):
+def _fwd_bwd(module_or_fn, x, params):
+    """One forward and backward, gradients returned (not accumulated into .grad)."""
+    inputs = [x, *params]
+
     def step():
         out = module_or_fn(x)
-        out.backward(torch.ones_like(out))
+        return torch.autograd.grad(out, inputs, torch.ones_like(out))
     return step
 
 
@@ -133,8 +138,10 @@ def bench_lc_layers(device, repeats=5, quick=False, memory_budget_gb=None):
         while ref_batch > 1 and need_gb * ref_batch / batch > memory_budget_gb:
             ref_batch //= 2
         x_small = x_ref[:ref_batch].clone().requires_grad_(True)
-        reference = _fwd_bwd(lambda t: broadcast_lc(t, w_ref, b_ref, kernel, stride, pad), x_small)
-        cases = {"ours": _fwd_bwd(layer, x), "conv2d": _fwd_bwd(conv, x_conv)}
+        reference = _fwd_bwd(lambda t: broadcast_lc(t, w_ref, b_ref, kernel, stride, pad), x_small,
+                             [w_ref, b_ref])
+        cases = {"ours": _fwd_bwd(layer, x, list(layer.parameters())),
+                 "conv2d": _fwd_bwd(conv, x_conv, list(conv.parameters()))}
         times = time_rounds(cases, device, repeats)
         start = time.perf_counter()
         reference()  # one untimed call is enough to know whether it is hopeless
@@ -149,11 +156,13 @@ def bench_lc_layers(device, repeats=5, quick=False, memory_budget_gb=None):
         memory = {key: peak_memory_mb(fn, device) for key, fn in cases.items()}
         memory["reference"] = peak_memory_mb(reference, device)
         cols_mb = batch * g.receptive_field * g.positions * 4 / 2**20
+        weight_grad_mb = layer.weight.numel() * layer.weight.element_size() / 2**20
         rows.append({
             "layer": name, "batch": batch, "ref_ms": ref_time * 1e3, "ref_note": ref_note,
             "ours_ms": times["ours"] * 1e3, "conv_ms": times["conv2d"] * 1e3,
             "ref_mb": memory["reference"] * (batch / ref_batch) if memory["reference"] else None,
             "ours_mb": memory["ours"], "conv_mb": memory["conv2d"], "cols_mb": cols_mb,
+            "extra_over_cols": ((memory["ours"] - weight_grad_mb) / cols_mb) if memory["ours"] else None,
             "ours_gflops": flops / times["ours"] / 1e9, "ref_gflops": flops / ref_time / 1e9,
             "speedup_vs_ref": ref_time / times["ours"], "vs_conv": times["ours"] / times["conv2d"],
         })
@@ -298,14 +307,15 @@ def _fmt(value, spec=".1f", none="n/a"):
 def markdown_lc(rows):
     lines = ["| layer | batch | broadcast ms | ours ms | conv2d ms | ours/broadcast speed-up | ours/conv2d time "
              "| ours GFLOP/s | broadcast GFLOP/s | peak MB broadcast | peak MB ours | peak MB conv2d "
-             "| unfolded input MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| unfolded input MB | ours minus weight grad, / unfolded input |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         note = f" ({r['ref_note']})" if r["ref_note"] else ""
         lines.append(f"| {r['layer']} | {r['batch']} | {_fmt(r['ref_ms'])}{note} | {_fmt(r['ours_ms'])} | "
                      f"{_fmt(r['conv_ms'])} | {_fmt(r['speedup_vs_ref'])}x | {_fmt(r['vs_conv'], '.2f')}x | "
                      f"{_fmt(r['ours_gflops'])} | {_fmt(r['ref_gflops'], '.2f')} | {_fmt(r['ref_mb'], '.0f')} | "
-                     f"{_fmt(r['ours_mb'], '.0f')} | {_fmt(r['conv_mb'], '.0f')} | {_fmt(r['cols_mb'], '.0f')} |")
+                     f"{_fmt(r['ours_mb'], '.0f')} | {_fmt(r['conv_mb'], '.0f')} | {_fmt(r['cols_mb'], '.0f')} | "
+                     f"{_fmt(r['extra_over_cols'], '.2f')}x |")
     return "\n".join(lines)
 
 

@@ -7,10 +7,12 @@ fresh tensor and 19 ms into a reused one. Keeping freed memory in the heap
 removes that cost. Set ``BIOBENCH_NO_MALLOC_TUNING=1`` to leave glibc alone.
 """
 import ctypes
+from contextlib import contextmanager
 import os
 import sys
 
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _tuned = False
 
@@ -30,6 +32,24 @@ def tune_allocator():
         return False
     _tuned = ok
     return ok
+
+
+@contextmanager
+def exact_memory_accounting():
+    """Inside, every allocation over 128 KiB is its own mapping, returned to the
+    OS when freed, so the resident set tracks live tensors (for peak-memory
+    measurement). The speed setting is restored afterwards."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_MAX, 1 << 16)
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        libc = None
+    try:
+        yield
+    finally:
+        if libc is not None and _tuned:
+            libc.mallopt(_M_MMAP_MAX, 0)
 
 
 def release_memory():

@@ -92,18 +92,41 @@ def unfold_position_major(x, g):
     return patches.reshape(g.positions, g.receptive_field, n)
 
 
-def fold_position_major(grad_cols, g):
-    """col2im, the adjoint of :func:`unfold_position_major`:
-    ``[L, C*K*K, N]`` -> logical ``[N, C, H, W]`` (sums overlapping patches)."""
+def fold_position_major(grad_cols, g, padded=None, first_row=0):
+    """col2im, the adjoint of :func:`unfold_position_major`: adds the columns
+    ``[rows*W_out, C*K*K, N]`` of output rows ``first_row...`` into the padded
+    input gradient ``padded`` (``[H+2p, W+2p, C, N]``, created if None)."""
     n = grad_cols.shape[-1]
     (ph, pw), (kh, kw), (sh, sw) = g.padding, g.kernel, g.stride
-    oh, ow = g.out_height, g.out_width
-    padded = grad_cols.new_zeros(g.in_height + 2 * ph, g.in_width + 2 * pw, g.in_channels, n)
-    cols = grad_cols.view(oh, ow, g.in_channels, kh, kw, n)
+    ow = g.out_width
+    rows = grad_cols.shape[0] // ow
+    if padded is None:
+        padded = grad_cols.new_zeros(g.in_height + 2 * ph, g.in_width + 2 * pw, g.in_channels, n)
+    cols = grad_cols.view(rows, ow, g.in_channels, kh, kw, n)
+    top = first_row * sh
     for i in range(kh):
         for j in range(kw):
-            padded[i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += cols[:, :, :, i, j]
+            padded[top + i:top + i + sh * (rows - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw].add_(cols[:, :, :, i, j])
+    return padded
+
+
+def unpad(padded, g):
+    """The input-sized part of a padded ``[H+2p, W+2p, C, N]`` gradient, as logical NCHW."""
+    (ph, pw) = g.padding
     return padded[ph:ph + g.in_height, pw:pw + g.in_width].permute(3, 2, 0, 1)
+
+
+def input_grad_chunked(grad, backward_weight_gemm, g, chunks=4):
+    """Input gradient ``fold(B^T @ G)``, a band of output rows at a time, so
+    the column gradient never exists whole (it is as large as the unfolded
+    input) and each band is folded while still in cache."""
+    rows_per_chunk = -(-g.out_height // chunks)
+    padded = None
+    for first in range(0, g.out_height, rows_per_chunk):
+        band = slice(first * g.out_width, min(first + rows_per_chunk, g.out_height) * g.out_width)
+        cols = torch.bmm(backward_weight_gemm[band].transpose(1, 2), grad[band])
+        padded = fold_position_major(cols, g, padded, first_row=first)
+    return unpad(padded, g)
 
 
 def _gemm_weight(weight):
@@ -134,8 +157,7 @@ class LCOps:
         grad = grad_out.permute(2, 3, 1, 0).reshape(g.positions, g.out_channels, n)
         grad_in = grad_w = grad_b = None
         if mask[0]:
-            grad_cols = torch.bmm(_gemm_weight(backward_weight).transpose(1, 2), grad)
-            grad_in = fold_position_major(grad_cols, g)
+            grad_in = input_grad_chunked(grad, _gemm_weight(backward_weight), g)
         if mask[1]:
             grad_w = torch.bmm(grad, cols.transpose(1, 2)).permute(1, 2, 0)
         if mask[2]:

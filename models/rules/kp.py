@@ -29,18 +29,21 @@ class KolenPollack(LearningRule):
     def _pairs(self):
         return [(layer.weight, layer.feedback_weight) for layer in self.layers[1:]]
 
+    @torch.no_grad()
     def before_step(self):
-        self._previous = [w.detach().clone() for w, _ in self._pairs()]
+        # B - W before the step; the step adds the same delta to both, so
+        # afterwards B = W_new + (B - W_old), then both decay alike. Three
+        # passes over the weights in all, no per-step allocation.
+        pairs = self._pairs()
+        if getattr(self, "_difference", None) is None:
+            self._difference = [torch.empty_like(b) for _, b in pairs]
+        for (weight, feedback), difference in zip(pairs, self._difference):
+            torch.sub(feedback, weight, out=difference)
 
     @torch.no_grad()
     def after_step(self):
-        pairs = self._pairs()
-        weights = [w for w, _ in pairs]
-        feedback = [b for _, b in pairs]
-        torch._foreach_add_(feedback, weights)
-        torch._foreach_sub_(feedback, self._previous)
-        self._previous = None
         keep = 1.0 - self.options["decay"]
         if keep != 1.0:
-            torch._foreach_mul_(feedback, keep)
             torch._foreach_mul_([layer.weight for layer in self.layers], keep)
+        for (weight, feedback), difference in zip(self._pairs(), self._difference):
+            torch.add(weight, difference, alpha=keep, out=feedback)
