@@ -171,7 +171,12 @@ def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, devi
     cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds),
                        dict(options, rule_options=parse_rule_options(rule_opt)))
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    counts = run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo)
+    from benchmark.train import RunInterrupted
+    try:
+        counts = run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo)
+    except (RunInterrupted, KeyboardInterrupt):
+        raise click.ClickException("grid interrupted; rerun the same command to finish the missing "
+                                   "cells (interrupted ones resume from their checkpoints)") from None
     click.echo("grid finished: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) if counts
                else "grid finished: nothing to do")
     if counts.get("failed"):

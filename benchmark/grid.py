@@ -14,7 +14,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from .records import CHECKPOINT_NAME, RECORD_NAME
-from .train import RunConfig, Trainer
+from .train import RunConfig, RunInterrupted, Trainer
 
 ALL_RULES = ["bp", "fa", "dfa", "usf", "brsf", "frsf", "kp"]
 PRESETS = {
@@ -105,8 +105,8 @@ def run_cell(config_dict, out, data_dir, device, threads):
         return (config.run_name(), record["status"],
                 f"test error {s.get('final_test_error')}% (best {s.get('best_test_error')}%) "
                 f"in {time.time() - start:.0f}s")
-    except KeyboardInterrupt:
-        raise
+    except (KeyboardInterrupt, RunInterrupted):
+        raise  # stop the grid; the cell's checkpoint lets the next run resume it
     except Exception as exc:  # one failing cell must not stop the grid
         with open(os.path.join(run_dir, "error.txt"), "w", encoding="utf-8") as handle:
             handle.write(traceback.format_exc())
