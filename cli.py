@@ -203,6 +203,97 @@ def bench(device, sections, quick, threads):
     run_bench(dev, sections=sections or ("lc", "rules", "harness"), quick=quick, echo=click.echo)
 
 
+def _load_summary(runs, metric, seeds, strict):
+    from benchmark.records import RecordError
+    from benchmark.tables import load_runs, summarize
+    for root in runs:
+        if not os.path.isdir(root):
+            raise BadInput(f"--runs {root!r} is not a folder")
+    try:
+        table, bad = load_runs(runs, strict=strict, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    except RecordError as exc:
+        raise click.ClickException(f"bad record (--strict): {exc}") from None
+    if table.empty:
+        raise click.ClickException(f"no run records found under {', '.join(runs)}")
+    return table, summarize(table, metric=metric, seeds=seeds), bad
+
+
+runs_option = click.option("--runs", multiple=True, type=click.Path(file_okay=False), default=[DEFAULT_OUT],
+                           show_default=True, help="Folder(s) searched for run records (repeatable).")
+metric_option = click.option("--metric", type=click.Choice(["best", "final", "val"]), default="best",
+                             show_default=True,
+                             help="best: best test error over epochs (paper); final: last epoch; "
+                                  "val: test error at the best validation epoch.")
+
+
+@cli.command()
+@runs_option
+@metric_option
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Seeds expected per cell (cells with fewer are flagged); default: the most any cell has.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Also write table.{md,csv,tex} and params.{md,csv,tex} into this folder.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
+              show_default=True, help="What to print.")
+@click.option("--strict", is_flag=True, help="Fail (exit 1) on the first unreadable record instead of skipping it.")
+def table(runs, metric, seeds, out, fmt, strict):
+    """Build the results and parameter-count tables from run records."""
+    from benchmark import tables
+    from benchmark.io import write_text
+    _, summary, bad = _load_summary(runs, metric, seeds, strict)
+    texts = {"markdown": tables.to_markdown(summary, metric), "csv": tables.to_csv(summary),
+             "latex": tables.to_latex(summary, metric)}
+    if out:
+        check_out_dir(out)
+        params = tables.parameter_table(summary)
+        for ext, key in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")):
+            write_text(os.path.join(out, f"table_{metric}.{ext}"), texts[key])
+        write_text(os.path.join(out, "params.md"), tables.parameters_markdown(params))
+        write_text(os.path.join(out, "params.csv"), params.to_csv(index=False))
+        write_text(os.path.join(out, "params.tex"), tables.parameters_latex(params))
+    click.echo(texts[fmt], nl=False)
+    if bad:
+        click.echo(f"warning: {len(bad)} record(s) skipped (see above)", err=True)
+
+
+@cli.command()
+@runs_option
+@metric_option
+@click.option("--out", type=click.Path(file_okay=False), default=os.path.join("results", "plots"),
+              show_default=True, help="Folder for the PNG and PDF files.")
+def plot(runs, metric, out):
+    """Bar, learning-curve, alignment and parameters-vs-error plots (PNG + PDF)."""
+    from benchmark import plots
+    table, summary, _ = _load_summary(runs, metric, None, False)
+    check_out_dir(out)
+    paths = plots.bar_plot(summary, out, metric) + plots.curve_plot(table, out) \
+        + plots.alignment_plot(table, out) + plots.params_plot(summary, out, metric)
+    for path in paths:
+        click.echo(path)
+
+
+@cli.command()
+@click.option("--runs", multiple=True, type=click.Path(file_okay=False), default=None,
+              help="Cite the rules found in these run folders.")
+@click.option("--algos", default=None, help="Comma-separated rules to cite (default: all, or those in --runs).")
+@click.option("--format", "fmt", type=click.Choice(["bibtex", "text"]), default="bibtex", show_default=True)
+def cite(runs, algos, fmt):
+    """BibTeX (or text) for biobench, Bartunov et al. 2018 and the rules used."""
+    from benchmark import cite as citations
+    if algos:
+        names = algos.split(",")
+        for name in names:
+            if name not in RULES:
+                raise BadInput(f"--algos: unknown learning rule {name!r}; allowed: {', '.join(RULES.names())}")
+    elif runs:
+        table, _, _ = _load_summary(runs, "best", None, False)
+        names = sorted(set(table.algo))
+    else:
+        names = RULES.names()
+    keys = citations.keys_for_rules(names)
+    click.echo(citations.bibtex(keys) if fmt == "bibtex" else citations.plain_text(keys), nl=False)
+
+
 def main():
     from benchmark.runtime import tune_allocator
     tune_allocator()

@@ -1,0 +1,177 @@
+"""Comparison plots from run records (matplotlib; PNG and PDF)."""
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+from .tables import ARCH_ORDER, DATASET_TITLES, METRICS, RULE_ORDER  # noqa: E402
+
+# One colour per rule, the same in every plot.
+RULE_COLOURS = {"bp": "#000000", "fa": "#1f77b4", "dfa": "#d62728", "usf": "#2ca02c", "frsf": "#9467bd",
+                "brsf": "#8c564b", "kp": "#ff7f0e"}
+ARCH_MARKERS = {"fc": "o", "lc": "s", "conv": "^"}
+
+
+def colour(rule):
+    return RULE_COLOURS.get(rule, "#7f7f7f")
+
+
+def save(fig, out_dir, name):
+    """Write ``name``.png and ``name``.pdf atomically; return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = os.path.join(out_dir, f"{name}.{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _ordered(values, order):
+    return [v for v in order if v in values] + sorted(set(values) - set(order))
+
+
+def bar_plot(summary, out_dir, metric="best"):
+    """Grouped bars: test error per rule for each arch, error bars over seeds,
+    the paper's values as markers. One panel per dataset."""
+    datasets = list(dict.fromkeys(summary["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        part = summary[summary.dataset == dataset]
+        archs = _ordered(set(part.arch), ARCH_ORDER)
+        rules = _ordered(set(part.algo), RULE_ORDER)
+        width = 0.8 / len(rules)
+        paper_labelled = False
+        for i, rule in enumerate(rules):
+            for j, arch in enumerate(archs):
+                row = part[(part.arch == arch) & (part.algo == rule)]
+                if not len(row) or row.iloc[0]["n"] == 0:
+                    continue
+                r = row.iloc[0]
+                x = j - 0.4 + width * (i + 0.5)
+                ax.bar(x, r["mean"], width, color=colour(rule), label=rule if j == 0 or rule not in
+                       ax.get_legend_handles_labels()[1] else None,
+                       yerr=r["std"] if r["n"] > 1 else None, capsize=2, edgecolor="white", linewidth=0.5)
+                if r["paper"] == r["paper"]:
+                    ax.plot(x, r["paper"], marker="D", color="white", markeredgecolor="black", markersize=6,
+                            linestyle="none", label=None if paper_labelled else "paper (500 epochs)")
+                    paper_labelled = True
+        ax.set_xticks(range(len(archs)), [a.upper() for a in archs])
+        ax.set_xlabel("architecture")
+        ax.set_ylabel("test error (%)")
+        epochs = ", ".join(str(int(e)) for e in sorted(set(part.epochs)))
+        ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)}: {METRICS[metric][1]}\n"
+                     f"({epochs} epochs; bars: mean ± std over seeds)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=8, ncol=2, title="rule")
+    return save(fig, out_dir, f"bars_{metric}")
+
+
+def _load_curves(runs):
+    curves = {}
+    for _, run in runs[runs.status == "complete"].iterrows():
+        with open(run.path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        curves.setdefault((run.dataset, run.arch, run.algo), []).append(record)
+    return curves
+
+
+def curve_plot(runs, out_dir):
+    """Test error vs epoch per (arch, rule): mean over seeds, band = min..max."""
+    records = _load_curves(runs)
+    paths = []
+    for dataset in dict.fromkeys(runs.dataset):
+        archs = _ordered({a for d, a, _ in records if d == dataset}, ARCH_ORDER)
+        if not archs:
+            continue
+        fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.8), squeeze=False, sharey=True)
+        for ax, arch in zip(axes[0], archs):
+            for rule in _ordered({r for d, a, r in records if d == dataset and a == arch}, RULE_ORDER):
+                group = records[(dataset, arch, rule)]
+                length = min(len(r["curves"]["test_error"]) for r in group)
+                errors = np.array([r["curves"]["test_error"][:length] for r in group])
+                epochs = np.arange(1, length + 1)
+                ax.plot(epochs, errors.mean(0), color=colour(rule), label=f"{rule} ({len(group)})", marker=".")
+                if len(group) > 1:
+                    ax.fill_between(epochs, errors.min(0), errors.max(0), color=colour(rule), alpha=0.15)
+            ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)} {arch.upper()}")
+            ax.set_xlabel("epoch")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3, which="both")
+        axes[0][0].set_ylabel("test error (%, log scale)")
+        axes[0][-1].legend(fontsize=8, title="rule (seeds)")
+        fig.suptitle("Learning curves: mean over seeds, band = min..max", fontsize=10)
+        paths += save(fig, out_dir, f"curves_{dataset}")
+    return paths
+
+
+def alignment_plot(runs, out_dir):
+    """W-B angle and update-vs-BP angle per layer over epochs, mean over seeds."""
+    records = _load_curves(runs)
+    paths = []
+    for dataset, arch in dict.fromkeys((d, a) for d, a, _ in records):
+        rules = [r for r in _ordered({r for d, a, r in records if (d, a) == (dataset, arch)}, RULE_ORDER)
+                 if r != "bp"]
+        if not rules:
+            continue
+        n_layers = len(records[(dataset, arch, rules[0])][0]["params"]["per_layer"])
+        fig, axes = plt.subplots(2, n_layers, figsize=(3.2 * n_layers, 5.6), squeeze=False, sharey="row")
+        for rule in rules:
+            group = records[(dataset, arch, rule)]
+            for layer in range(n_layers):
+                for row, key in enumerate(("wb_angle", "update_angle")):
+                    series = [[next((l[key] for l in epoch["layers"] if l["layer"] == layer), None)
+                               for epoch in r["alignment"]] for r in group]
+                    length = min(len(s) for s in series)
+                    values = np.array([[np.nan if v is None else v for v in s[:length]] for s in series])
+                    if np.isnan(values).all():
+                        continue
+                    axes[row][layer].plot(np.arange(1, length + 1), np.nanmean(values, 0), color=colour(rule),
+                                          label=rule, marker=".")
+        for layer in range(n_layers):
+            axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
+            for row in range(2):
+                axes[row][layer].set_xlabel("epoch")
+                axes[row][layer].set_ylim(0, 95)
+                axes[row][layer].grid(alpha=0.3)
+        axes[0][0].set_ylabel("angle W vs B (degrees)")
+        axes[1][0].set_ylabel("angle update vs BP gradient (degrees)")
+        handles, labels = {}, []
+        for ax in axes.flat:
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(l, h)
+        fig.legend(handles.values(), handles.keys(), loc="upper right", title="rule", fontsize=8)
+        fig.suptitle(f"Alignment, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()} (mean over seeds; "
+                     f"the first layer has no B)", fontsize=10)
+        paths += save(fig, out_dir, f"alignment_{dataset}_{arch}")
+    return paths
+
+
+def params_plot(summary, out_dir, metric="best"):
+    """Forward parameters (log x) vs test error, one marker per (arch, rule)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for _, r in summary[summary.n > 0].iterrows():
+        ax.errorbar(r.forward_params, r["mean"], yerr=r["std"] if r.n > 1 else None,
+                    marker=ARCH_MARKERS.get(r.arch, "o"), color=colour(r.algo), linestyle="none", capsize=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("forward parameters (count, log scale)")
+    ax.set_ylabel("test error (%)")
+    datasets = ", ".join(DATASET_TITLES.get(d, d) for d in dict.fromkeys(summary.dataset))
+    ax.set_title(f"Parameters vs {METRICS[metric][1]} ({datasets})", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    from matplotlib.lines import Line2D
+    rule_handles = [Line2D([], [], color=colour(r), marker="o", linestyle="none", label=r)
+                    for r in _ordered(set(summary.algo), RULE_ORDER)]
+    arch_handles = [Line2D([], [], color="grey", marker=ARCH_MARKERS.get(a, "o"), linestyle="none", label=a.upper())
+                    for a in _ordered(set(summary.arch), ARCH_ORDER)]
+    ax.legend(handles=rule_handles + arch_handles, fontsize=8, ncol=2, title="rule / architecture")
+    return save(fig, out_dir, f"params_vs_error_{metric}")
