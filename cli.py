@@ -168,8 +168,15 @@ def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, devi
         chosen[key] = names
     check_data_dir(data_dir)
     check_out_dir(out)
-    cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds),
-                       dict(options, rule_options=parse_rule_options(rule_opt)))
+    rule_options = parse_rule_options(rule_opt)
+    try:
+        cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds), options,
+                           rule_options)
+        for cell in cells:
+            from models import make_rule
+            make_rule(cell.algo, **cell.rule_options)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     from benchmark.train import RunInterrupted
     try:

@@ -30,9 +30,10 @@ def start_run(options, rule_options, data_dir, out, device, progress, resume, ba
     are raised as ``bad_input`` (one line, nothing written)."""
     from models import make_rule
     try:
-        make_rule(options["algo"], **rule_options)
+        rule = make_rule(options["algo"], **rule_options)
     except ValueError as exc:
         raise bad_input(str(exc)) from None
+    rule_options = {key: rule.options[key] for key in rule_options}  # typed, e.g. "1e-3" -> 0.001
     if check_data_dir and dataset is None:
         check_data_dir(data_dir)
     if check_out_dir:

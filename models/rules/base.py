@@ -27,7 +27,14 @@ class LearningRule:
             allowed = ", ".join(sorted(self.defaults)) or "none"
             raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for rule "
                              f"{self.name!r}; allowed: {allowed}")
-        self.options = {**self.defaults, **{k: type(self.defaults[k])(v) for k, v in options.items()}}
+        typed = {}
+        for key, value in options.items():
+            try:
+                typed[key] = type(self.defaults[key])(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"rule {self.name!r} option {key}={value!r} is not a "
+                                 f"{type(self.defaults[key]).__name__}") from None
+        self.options = {**self.defaults, **typed}
         self.layers = []
 
     # set-up ------------------------------------------------------------------

@@ -1,0 +1,188 @@
+"""Tables, plots, citations and grids, from fixture records."""
+import json
+import os
+import re
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+from benchmark.io import write_json
+from benchmark.records import SCHEMA
+from benchmark.tables import load_runs, summarize, to_latex, to_markdown
+from cli import cli
+
+
+def fake_record(dataset, arch, algo, seed, errors, status="complete", val=None):
+    epochs = list(range(1, len(errors) + 1))
+    val = val or [None] * len(errors)
+    summary = {"epochs_done": len(errors), "final_test_error": errors[-1], "best_test_error": min(errors),
+               "best_test_epoch": errors.index(min(errors)) + 1, "final_train_error": 0.0,
+               "best_val_epoch": None, "test_error_at_best_val": None, "diverged_at_epoch": None}
+    if val[0] is not None:
+        best = val.index(min(val))
+        summary.update(best_val_epoch=best + 1, test_error_at_best_val=errors[best])
+    layers = [{"layer": i, "wb_angle": None if i == 0 else 80.0 - e, "update_angle": 40.0 + i,
+               "norm_ratio": None if i == 0 else 1.0} for i in range(3) for e in [0]]
+    return {
+        "schema": SCHEMA, "status": status, "run_id": f"{dataset}-{arch}-{algo}-{seed}",
+        "config": {"dataset": dataset, "arch": arch, "algo": algo, "seed": seed, "epochs": len(errors)},
+        "seed": seed, "summary": summary,
+        "params": {"forward_total": {"fc": 1000, "lc": 5000, "conv": 2000}[arch],
+                   "feedback_total": 0 if algo == "bp" else 900,
+                   "per_layer": [{"layer": i} for i in range(3)]},
+        "curves": {"epoch": epochs, "test_error": errors, "train_error": errors, "train_loss": errors,
+                   "test_loss": errors, "val_error": val, "seconds": [1.0] * len(errors)},
+        "alignment": [{"epoch": e, "layers": layers} for e in epochs],
+    }
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    root = tmp_path / "runs"
+    cells = {
+        ("mnist", "fc", "bp"): [[3.0, 2.0], [2.5, 2.4], [2.2, 2.6]],
+        ("mnist", "fc", "fa"): [[4.0, 3.0], [3.5, 3.2]],  # one seed short
+        ("mnist", "lc", "bp"): [[2.0, 1.5], [1.8, 1.6], [1.7, 1.9]],
+    }
+    for (d, a, r), seeds in cells.items():
+        for seed, errors in enumerate(seeds):
+            write_json(str(root / f"{d}-{a}-{r}-{seed}" / "record.json"), fake_record(d, a, r, seed, errors))
+    write_json(str(root / "div" / "record.json"), fake_record("mnist", "fc", "fa", 2, [5.0], status="diverged"))
+    write_json(str(root / "lc-fa-0" / "record.json"), fake_record("mnist", "lc", "fa", 0, [9.0], status="running"))
+    return root
+
+
+def test_table_numbers_equal_hand_computed_means_and_flags(runs_dir):
+    runs, bad = load_runs([str(runs_dir)])
+    assert bad == []
+    summary = summarize(runs, metric="best")
+    row = summary[(summary.arch == "fc") & (summary.algo == "bp")].iloc[0]
+    assert row["mean"] == pytest.approx(statistics.mean([2.0, 2.4, 2.2]))
+    assert row["std"] == pytest.approx(statistics.stdev([2.0, 2.4, 2.2]))
+    assert row["n"] == 3 and row["flag"] == ""
+    assert row["paper"] == 1.48 and row["diff"] == pytest.approx(row["mean"] - 1.48)
+    fa = summary[(summary.arch == "fc") & (summary.algo == "fa")].iloc[0]
+    assert fa["n"] == 2 and fa["diverged"] == 1 and "2/3 seeds" in fa["flag"] and "1 diverged" in fa["flag"]
+    assert fa["mean"] == pytest.approx(statistics.mean([3.0, 3.2]))  # the diverged run is not averaged in
+    lc_fa = summary[(summary.arch == "lc") & (summary.algo == "fa")].iloc[0]
+    assert lc_fa["n"] == 0 and "1 unfinished" in lc_fa["flag"]
+    final = summarize(runs, metric="final")
+    assert final[(final.arch == "lc") & (final.algo == "bp")].iloc[0]["mean"] == pytest.approx(
+        statistics.mean([1.5, 1.6, 1.9]))
+    markdown = to_markdown(summary)
+    assert "| bp | 2.20 ± 0.20 (3); paper 1.48 (+0.72) |" in markdown
+    assert "[2/3 seeds; 1 diverged]" in markdown and "n/a" in markdown
+
+
+def test_latex_is_balanced_booktabs(runs_dir):
+    latex = to_latex(summarize(load_runs([str(runs_dir)])[0]))
+    assert latex.count(r"\begin{tabular}") == latex.count(r"\end{tabular}") == 1
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert latex.count(rule) == 1
+    assert latex.count("{") == latex.count("}")
+    body = [line for line in latex.splitlines() if line.endswith(r"\\")]
+    columns = {line.count("&") for line in body}
+    assert len(columns) == 1  # every row has the same number of cells
+    assert "%" not in latex.replace(r"\%", "").split("\n", 1)[1]  # only escaped percent signs after the comment
+
+
+def test_table_command_writes_all_formats_and_skips_bad_records(runs_dir, tmp_path):
+    (runs_dir / "broken").mkdir()
+    (runs_dir / "broken" / "record.json").write_text('{"schema": "biobench.run/1", "status": ')
+    (runs_dir / "empty").mkdir()
+    (runs_dir / "empty" / "record.json").write_text("")
+    (runs_dir / "other").mkdir()
+    (runs_dir / "other" / "record.json").write_text('{"hello": 1}')
+    out = tmp_path / "tables"
+    result = CliRunner().invoke(cli, ["table", "--runs", str(runs_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("broken", "empty", "other"):
+        assert os.path.join(str(runs_dir), name, "record.json") in result.output
+    for name in ("table_best.md", "table_best.csv", "table_best.tex", "params.md", "params.csv", "params.tex"):
+        assert (out / name).stat().st_size > 0
+    strict = CliRunner().invoke(cli, ["table", "--runs", str(runs_dir), "--strict"])
+    assert strict.exit_code == 1 and "record.json" in strict.output
+
+
+def test_plot_command_writes_png_and_pdf(runs_dir, tmp_path):
+    out = tmp_path / "plots"
+    result = CliRunner().invoke(cli, ["plot", "--runs", str(runs_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    names = set(os.listdir(out))
+    for stem in ("bars_best", "curves_mnist", "alignment_mnist_fc", "params_vs_error_best"):
+        for ext in ("png", "pdf"):
+            assert f"{stem}.{ext}" in names and (out / f"{stem}.{ext}").stat().st_size > 1000
+    assert (out / "bars_best.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "bars_best.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def parse_bibtex_keys(text):
+    entries = re.findall(r"@(\w+)\{([^,\s]+),", text)
+    assert text.count("{") == text.count("}")
+    return [key for _, key in entries]
+
+
+def test_cite_emits_bibtex_for_rules_in_the_table(runs_dir):
+    result = CliRunner().invoke(cli, ["cite", "--runs", str(runs_dir)])
+    assert result.exit_code == 0
+    keys = parse_bibtex_keys(result.output)
+    assert keys[:2] == ["biobench", "bartunov2018"]
+    assert "lillicrap2016" in keys and "rumelhart1986" in keys and "nokland2016" not in keys
+    every = parse_bibtex_keys(CliRunner().invoke(cli, ["cite"]).output)
+    assert {"nokland2016", "kolen1994", "akrout2019", "liao2016", "moskovitz2018"} <= set(every)
+    text = CliRunner().invoke(cli, ["cite", "--algos", "dfa", "--format", "text"]).output
+    assert "[nokland2016] Nøkland, Arild (2016)" in text
+
+
+def test_grid_skips_complete_cells_and_reruns_missing(tiny_root, tmp_path):
+    out = tmp_path / "grid"
+    args = ["grid", "--datasets", "mnist", "--archs", "fc", "--algos", "bp,fa", "--seeds", "2", "--epochs", "1",
+            "--batch-size", "32", "--data-dir", tiny_root, "--out", str(out)]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "grid finished: 4 complete" in first.output
+    folders = sorted(os.listdir(out))
+    assert len(folders) == 4
+    stamps = {f: os.path.getmtime(out / f / "record.json") for f in folders}
+    removed = folders[1]
+    for name in os.listdir(out / removed):
+        os.unlink(out / removed / name)
+    os.rmdir(out / removed)
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert "4 cells, 3 already done, 1 to run" in second.output
+    assert "grid finished: 1 complete" in second.output
+    for f in folders:
+        if f != removed:
+            assert os.path.getmtime(out / f / "record.json") == stamps[f]
+    assert json.load(open(out / removed / "record.json"))["status"] == "complete"
+
+
+def test_grid_records_a_failing_cell_and_continues(tiny_root, tmp_path, monkeypatch):
+    from models.rules.kp import KolenPollack
+
+    def broken(self):
+        raise RuntimeError("simulated failure")
+    monkeypatch.setattr(KolenPollack, "after_step", broken)
+    out = tmp_path / "grid"
+    result = CliRunner().invoke(cli, ["grid", "--datasets", "mnist", "--archs", "fc", "--algos", "kp,bp",
+                                      "--seeds", "1", "--epochs", "1", "--batch-size", "32",
+                                      "--data-dir", tiny_root, "--out", str(out)])
+    assert result.exit_code == 1
+    assert "failed: RuntimeError: simulated failure" in result.output
+    assert "1 complete" in result.output and "1 failed" in result.output
+    failed = [f for f in os.listdir(out) if os.path.exists(out / f / "error.txt")]
+    assert len(failed) == 1 and "-kp-" in failed[0]
+
+
+def test_grid_rule_options_go_to_the_rules_that_know_them(tiny_root, tmp_path):
+    base = ["grid", "--datasets", "mnist", "--archs", "fc", "--seeds", "1", "--epochs", "1", "--batch-size", "32",
+            "--data-dir", tiny_root, "--out", str(tmp_path / "g")]
+    bad = CliRunner().invoke(cli, base + ["--algos", "bp,fa", "--rule-opt", "decay=0.1"])
+    assert bad.exit_code == 2 and "decay not known to any of bp, fa" in bad.output
+    ok = CliRunner().invoke(cli, base + ["--algos", "bp,kp", "--rule-opt", "decay=0.001"])
+    assert ok.exit_code == 0, ok.output
+    records = [json.load(open(tmp_path / "g" / f / "record.json")) for f in os.listdir(tmp_path / "g")]
+    options = {r["config"]["algo"]: r["config"]["rule_options"] for r in records}
+    assert options == {"bp": {}, "kp": {"decay": 0.001}}
