@@ -91,23 +91,40 @@ def channel_stats(images, chunk=8192):
 
 # torchvision datasets ------------------------------------------------------------
 def _torchvision_split(cls, root, train, folder_hint):
-    try:
+    where = os.path.join(os.path.abspath(root), folder_hint)
+    present = os.path.isdir(where) and any(os.scandir(where))
+    if not present:
         try:
-            ds = cls(root, train=train, download=False)
-        except RuntimeError:
-            ds = cls(root, train=train, download=True)
-    except Exception as exc:  # torchvision raises several types offline
-        raise DataError(
-            f"{cls.__name__} not found under {os.path.join(os.path.abspath(root), folder_hint)} and it could "
-            f"not be downloaded ({type(exc).__name__}); put the files there, or point --data-dir / "
-            f"${DATA_ENV} at a torchvision data root that has them") from None
-    data = ds.data
-    images = torch.as_tensor(data)
+            cls(root, train=train, download=True)
+        except Exception as exc:  # offline, torchvision raises several types
+            raise DataError(
+                f"{cls.__name__} not found under {where} and it could not be downloaded "
+                f"({type(exc).__name__}); put the files there, or point --data-dir / ${DATA_ENV} at a "
+                f"torchvision data root that has them") from None
+    try:
+        ds = cls(root, train=train, download=False)
+        split = _as_split(ds)
+    except Exception as exc:  # torchvision asserts / raises on truncated or corrupt files
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise DataError(f"{cls.__name__} files under {where} are missing, truncated or corrupt ({detail}); "
+                        f"replace them with intact copies") from None
+    return split, list(ds.classes)
+
+
+def _as_split(ds):
+    images = torch.as_tensor(ds.data)
+    if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+        raise ValueError(f"images are {images.dtype} of shape {list(images.shape)}, expected uint8 images")
     if images.dim() == 3:  # MNIST-style [N, H, W]
         images = images.unsqueeze(1)
     else:  # CIFAR-style [N, H, W, C]
         images = images.permute(0, 3, 1, 2)
-    return Split(images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)), list(ds.classes)
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= len(ds.classes)):
+        raise ValueError(f"labels outside 0..{len(ds.classes) - 1}")
+    return Split(images.contiguous(), labels)
 
 
 def _load_torchvision(name, cls, family, folder_hint, augment=False):
@@ -138,11 +155,15 @@ def _list_image_folder(folder):
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
     if not classes:
         raise DataError(f"image folder {os.path.abspath(folder)} has no class sub-folders")
-    files = []
+    files, ignored = [], 0
     for label, name in enumerate(classes):
         for entry in sorted(os.scandir(os.path.join(folder, name)), key=lambda e: e.name):
             if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 files.append((entry.path, label, entry.stat().st_size, entry.stat().st_mtime_ns))
+            elif entry.is_file():
+                ignored += 1
+    if ignored:
+        warnings.warn(f"{ignored} file(s) in {folder} are not images ({', '.join(IMAGE_EXTENSIONS)}) and were ignored")
     if not files:
         raise DataError(f"image folder {os.path.abspath(folder)} has no image files "
                         f"({', '.join(IMAGE_EXTENSIONS)})")

@@ -42,15 +42,19 @@ def grid_cells(datasets, archs, algos, seeds, options, rule_options=None):
             for d in datasets for a in archs for r in algos for s in seeds]
 
 
-def cell_state(run_dir):
+def cell_state(run_dir, epochs):
+    """complete | diverged | resumable | missing, for a cell wanting ``epochs``.
+    A complete run with fewer epochs is resumable: the grid extends it."""
     path = os.path.join(run_dir, RECORD_NAME)
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as handle:
-                status = json.load(handle).get("status")
-            if status in TERMINAL:
+                record = json.load(handle)
+            status = record.get("status")
+            if status == "diverged" or (status == "complete"
+                                        and record["summary"]["epochs_done"] >= epochs):
                 return status
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass
     if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
         return "resumable"
@@ -101,7 +105,7 @@ def run_cell(config_dict, out, data_dir, device, threads):
         torch.set_num_threads(threads)
     config = RunConfig(**config_dict)
     run_dir = os.path.join(out, config.run_name())
-    state = cell_state(run_dir)
+    state = cell_state(run_dir, config.epochs)
     if state in TERMINAL:
         return config.run_name(), state, "skipped (already done)"
     lock = CellLock(run_dir)
@@ -130,7 +134,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print):
     processes, each with ``cores // jobs`` torch threads."""
     os.makedirs(out, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name())) not in TERMINAL]
+    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs) not in TERMINAL]
     echo(f"grid: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
          f"({jobs} job(s) x {threads} thread(s))")
     counts = {}

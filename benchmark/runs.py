@@ -10,10 +10,10 @@ def claim_run_dir(out, name, resume):
     """The run's folder. ``resume`` reuses the config's folder; otherwise a
     fresh one is created exclusively (``name``, ``name-2``, ...) so two
     processes never write into the same folder."""
-    os.makedirs(out, exist_ok=True)
     base = os.path.join(out, name)
     if resume:
         return base
+    os.makedirs(out, exist_ok=True)
     for attempt in range(1, 10_000):
         path = base if attempt == 1 else f"{base}-{attempt}"
         try:
@@ -45,9 +45,10 @@ def start_run(options, rule_options, data_dir, out, device, progress, resume, ba
         trainer._setup()  # loads data and builds the model before anything is written
     except (DataError, RunError, ValueError) as exc:
         raise bad_input(str(exc)) from None
+    if resume and not os.path.exists(os.path.join(out, config.run_name(), "checkpoint.pt")):
+        raise bad_input(f"--resume: no checkpoint for this config at {os.path.join(out, config.run_name())}; "
+                        f"run without --resume first")
     run_dir = claim_run_dir(out, config.run_name(), resume)
-    if resume and not os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-        raise bad_input(f"--resume: no checkpoint for this config at {run_dir}; run without --resume first")
     trainer.run_dir = run_dir
     try:
         record = trainer.run(resume=resume, setup_done=True)

@@ -50,8 +50,9 @@ class RunConfig:
     eval_batch_size: int = 1000
 
     def identity(self):
-        """Short hash of the config: same config, same run folder."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        """Short hash of the config without ``epochs``: the same run continued
+        for more epochs (``--resume``) keeps its folder."""
+        blob = json.dumps(dict(dataclasses.asdict(self), epochs=None), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     def run_name(self):
@@ -256,6 +257,7 @@ class Trainer:
         os.makedirs(self.run_dir, exist_ok=True)
         record = self._load_checkpoint() if resume else self._new_record()
         record["status"] = "running"
+        record["config"]["epochs"] = self.config.epochs
         record_path = os.path.join(self.run_dir, records.RECORD_NAME)
         write_json(record_path, record)
         start_epoch = record["summary"]["epochs_done"] + 1

@@ -11,7 +11,6 @@ from models import RULES, build_network, make_rule
 from models.layers import Conv2d, Linear, feedback_layers
 from models.lc import LocallyConnected2d
 
-torch.set_default_dtype(torch.float64)
 
 
 @pytest.fixture(autouse=True, scope="module")
