@@ -1,0 +1,222 @@
+"""Faults and bad input: kill and resume, divergence, concurrent writers, one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import cli
+from tests.conftest import make_tiny_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli_command(data, out, *extra, epochs=5, algo="brsf", arch="fc"):
+    return [sys.executable, os.path.join(ROOT, "cli.py"), "run", "--arch", arch, "--algo", algo,
+            "--epochs", str(epochs), "--batch-size", "16", "--seed", "5", "--data-dir", data, "--out", out,
+            "--quiet", *extra]
+
+
+def comparable(record):
+    return ({k: v for k, v in record["curves"].items() if k != "seconds"}, record["summary"],
+            record["alignment"], record["params"], record["status"])
+
+
+def records_in(out):
+    return {f: json.load(open(os.path.join(out, f, "record.json"))) for f in sorted(os.listdir(out))}
+
+
+@pytest.fixture
+def medium_root(tmp_path):
+    return make_tiny_mnist(str(tmp_path / "data"), n_train=3000, n_test=200)
+
+
+def wait_for_epoch(out, epochs_done, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        for folder in os.listdir(out) if os.path.isdir(out) else []:
+            path = os.path.join(out, folder, "record.json")
+            try:
+                if json.load(open(path))["summary"]["epochs_done"] >= epochs_done:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+        time.sleep(0.05)
+    raise AssertionError("no epoch finished in time")
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_interrupted_then_resumed_run_equals_uninterrupted(medium_root, tmp_path, how):
+    straight = str(tmp_path / "straight")
+    subprocess.run(cli_command(medium_root, straight), check=True, capture_output=True)
+    (expected,) = records_in(straight).values()
+
+    out = str(tmp_path / "interrupted")
+    proc = subprocess.Popen(cli_command(medium_root, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for_epoch(out, 1, proc)
+    time.sleep(0.1)  # into the next epoch
+    proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    (partial,) = records_in(out).values()
+    assert partial["status"] in ("running", "interrupted") and partial["summary"]["epochs_done"] < 5
+    if how == "sigterm":
+        assert "--resume" in stderr and len(stderr.strip().splitlines()) == 1
+        assert partial["status"] == "interrupted"
+    resumed = subprocess.run(cli_command(medium_root, out, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    (final,) = records_in(out).values()
+    assert comparable(final) == comparable(expected)
+    assert not [f for f in os.listdir(os.path.join(out, os.listdir(out)[0])) if f.startswith(".tmp-")]
+
+
+def test_resume_extends_a_finished_run_to_more_epochs(tiny_root, tmp_path):
+    out = str(tmp_path / "runs")
+    base = ["run", "--arch", "fc", "--algo", "fa", "--batch-size", "32", "--data-dir", tiny_root, "--out", out,
+            "--quiet"]
+    assert CliRunner().invoke(cli, base + ["--epochs", "3"]).exit_code == 0
+    (straight,) = records_in(out).values()
+    out2 = str(tmp_path / "runs2")
+    base2 = [a if a != out else out2 for a in base]
+    assert CliRunner().invoke(cli, base2 + ["--epochs", "1"]).exit_code == 0
+    assert CliRunner().invoke(cli, base2 + ["--epochs", "3", "--resume"]).exit_code == 0
+    (extended,) = records_in(out2).values()
+    assert extended["config"]["epochs"] == 3
+    assert comparable(extended) == comparable(straight)
+
+
+def test_absurd_learning_rate_gives_a_diverged_record(tiny_root, tmp_path):
+    out = str(tmp_path / "runs")
+    result = CliRunner().invoke(cli, ["run", "--arch", "fc", "--algo", "fa", "--epochs", "3", "--lr", "1e9",
+                                      "--batch-size", "32", "--data-dir", tiny_root, "--out", out, "--quiet"])
+    assert result.exit_code == 1
+    assert "diverged at epoch 1" in result.output
+    (record,) = records_in(out).values()
+    assert record["status"] == "diverged" and record["summary"]["diverged_at_epoch"] == 1
+
+
+def test_two_processes_writing_one_folder_leave_complete_records(medium_root, tmp_path):
+    out = str(tmp_path / "runs")
+    procs = [subprocess.Popen(cli_command(medium_root, out, epochs=2, algo="fa", arch="fc"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        proc.communicate(timeout=300)
+        assert proc.returncode == 0
+    records = records_in(out)
+    assert len(records) == 2
+    first, second = records.values()
+    assert all(r["status"] == "complete" for r in records.values())
+    assert comparable(first) == comparable(second)
+
+
+# Bad input: exit code 2, one line naming the value and what is allowed, nothing written.
+def bad_cases(tiny_root, tmp_path):
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    return {
+        "arch": (["--arch", "resnet"], "'resnet' is not one of 'conv', 'fc', 'lc'"),
+        "algo": (["--algo", "hebb"], "'hebb' is not one of"),
+        "dataset": (["--dataset", "svhn"], "'svhn' is not one of"),
+        "epochs zero": (["--epochs", "0"], "0 is not in the range x>=1"),
+        "epochs text": (["--epochs", "many"], "'many' is not a valid integer"),
+        "batch negative": (["--batch-size", "-4"], "-4 is not in the range x>=1"),
+        "lr nan": (["--lr", "nan"], "'nan' is not allowed; it must be finite, > 0"),
+        "lr inf": (["--lr", "inf"], "'inf' is not allowed; it must be finite, > 0"),
+        "lr negative": (["--lr", "-0.1"], "'-0.1' is not allowed"),
+        "lr text": (["--lr", "fast"], "'fast' is not a number"),
+        "seed negative": (["--seed", "-1"], "-1 is not in the range x>=0"),
+        "beta2 above one": (["--beta2", "1.5"], "must be finite, >= 0 and <= 1"),
+        "data dir missing": (["--data-dir", str(tmp_path / "nowhere")], "is not a folder"),
+        "data dir is a file": (["--data-dir", str(not_a_dir)], "is a file"),
+        "out not writable": (["--out", str(not_a_dir / "sub")], "is not writable"),
+        "resume without checkpoint": (["--resume"], "--resume: no checkpoint for this config"),
+        "rule option unknown": (["--algo", "kp", "--rule-opt", "speed=2"], "unknown option(s) speed for rule 'kp'"),
+        "rule option type": (["--algo", "kp", "--rule-opt", "decay=lots"], "option decay='lots' is not a float"),
+        "rule option syntax": (["--rule-opt", "decay"], "is not KEY=VALUE"),
+    }
+
+
+def invoke_bad(tiny_root, out, args):
+    base = ["run", "--epochs", "1", "--batch-size", "32", "--data-dir", tiny_root, "--out", str(out), "--quiet"]
+    return CliRunner().invoke(cli, base + args)
+
+
+@pytest.mark.parametrize("case", list(bad_cases("/tmp", __import__("pathlib").Path("/tmp"))))
+def test_bad_input_is_one_line_exit_2_nothing_written(tiny_root, tmp_path, case):
+    args, message = bad_cases(tiny_root, tmp_path)[case]
+    out = tmp_path / "out"
+    result = invoke_bad(tiny_root, out, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_truncated_idx_file_is_reported(tmp_path):
+    root = make_tiny_mnist(str(tmp_path / "data"))
+    path = os.path.join(root, "MNIST", "raw", "train-images-idx3-ubyte")
+    with open(path, "r+b") as handle:
+        handle.truncate(1000)
+    out = tmp_path / "out"
+    result = invoke_bad(root, out, [])
+    assert result.exit_code == 2
+    assert "MNIST files under" in result.output and "truncated or corrupt" in result.output
+    assert not out.exists()
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = invoke_bad(str(tmp_path / "empty"), tmp_path / "out", ["--dataset", "fashion-mnist"])
+    assert result.exit_code == 2
+    assert "FashionMNIST not found under" in result.output and "FashionMNIST/raw" in result.output
+
+
+def write_image_folder(root, sizes, bad_file=None, junk=False):
+    from torchvision.io import write_png
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            folder = os.path.join(root, split, label)
+            os.makedirs(folder, exist_ok=True)
+            for i, size in enumerate(sizes):
+                write_png(torch.randint(0, 255, (3, size, size), dtype=torch.uint8), os.path.join(folder, f"{i}.png"))
+            if junk:
+                open(os.path.join(folder, "notes.txt"), "w").write("not an image")
+    if bad_file:
+        open(os.path.join(root, "train", "cat", bad_file), "w").write("this is not a jpeg")
+    return root
+
+
+def test_image_folder_with_a_corrupt_image_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOBENCH_CACHE", str(tmp_path / "cache"))
+    root = write_image_folder(str(tmp_path / "imgs"), [224], bad_file="broken.jpg")
+    result = invoke_bad(root, tmp_path / "out", ["--dataset", "imagefolder", "--arch", "lc"])
+    assert result.exit_code == 2
+    assert "cannot decode image" in result.output and "broken.jpg" in result.output
+
+
+def test_fc_net_on_imagenet_sized_data_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOBENCH_CACHE", str(tmp_path / "cache"))
+    root = write_image_folder(str(tmp_path / "imgs"), [224])
+    result = invoke_bad(root, tmp_path / "out", ["--dataset", "imagefolder", "--arch", "fc"])
+    assert result.exit_code == 2
+    assert "'fc' is not defined for imagenet inputs 3x224x224" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_folder_with_mixed_sizes_is_resized_with_a_warning(tmp_path, monkeypatch):
+    from benchmark.data import load_dataset
+    monkeypatch.setenv("BIOBENCH_CACHE", str(tmp_path / "cache"))
+    root = write_image_folder(str(tmp_path / "imgs"), [224, 180, 300], junk=True)
+    with pytest.warns(UserWarning) as caught:
+        data = load_dataset("imagefolder", root)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "were not 224x224; resized" in messages and "are not images" in messages
+    assert data.train.images.shape == (6, 3, 224, 224) and data.classes == ["cat", "dog"]
