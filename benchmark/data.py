@@ -170,20 +170,33 @@ def _list_image_folder(folder):
     return classes, files
 
 
+def _decode_image(path, size):
+    """RGB uint8 [3, size, size]; other sizes: shorter side resized to ``size``,
+    then centre-cropped. Returns (tensor, whether it was resized)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            resized = image.size != (size, size)
+            if resized:
+                scale = size / min(image.size)
+                width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+                image = image.resize((width, height), Image.BILINEAR)
+                left, top = (width - size) // 2, (height - size) // 2
+                image = image.crop((left, top, left + size, top + size))
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}".splitlines()[0]) from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1), resized
+
+
 def _decode_folder(files, size):
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.functional import center_crop, resize
     images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     resized = 0
     for i, (path, _, _, _) in enumerate(files):
-        try:
-            img = decode_image(read_file(path), mode=ImageReadMode.RGB)
-        except Exception as exc:
-            raise DataError(f"cannot decode image {path}: {exc}".splitlines()[0]) from None
-        if img.shape[1:] != (size, size):
-            resized += 1
-            img = center_crop(resize(img, size, antialias=True), [size, size])
-        images[i] = img
+        images[i], was_resized = _decode_image(path, size)
+        resized += was_resized
     if resized:
         warnings.warn(f"{resized} of {len(files)} images were not {size}x{size}; resized (shorter "
                       f"side to {size}) and centre-cropped")
@@ -194,7 +207,7 @@ def _decode_folder(files, size):
 def load_image_folder(folder, size):
     """Decode ``folder`` (``<class>/<image>``) to ``size`` x ``size`` RGB, cached."""
     classes, files = _list_image_folder(folder)
-    key = hashlib.sha256(repr((os.path.abspath(folder), size, files)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr(("pil-v1", os.path.abspath(folder), size, files)).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir(), "images", f"{os.path.basename(os.path.normpath(folder))}-{key}.pt")
     if os.path.exists(path):
         try:

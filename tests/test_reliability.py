@@ -180,13 +180,14 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 
 
 def write_image_folder(root, sizes, bad_file=None, junk=False):
-    from torchvision.io import write_png
+    from PIL import Image
     for split in ("train", "test"):
         for label in ("cat", "dog"):
             folder = os.path.join(root, split, label)
             os.makedirs(folder, exist_ok=True)
             for i, size in enumerate(sizes):
-                write_png(torch.randint(0, 255, (3, size, size), dtype=torch.uint8), os.path.join(folder, f"{i}.png"))
+                pixels = torch.randint(0, 255, (size, size, 3), dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
             if junk:
                 open(os.path.join(folder, "notes.txt"), "w").write("not an image")
     if bad_file:
