@@ -171,18 +171,8 @@ def bench_lc_layers(device, repeats=5, quick=False, memory_budget_gb=None):
 
 # 2. and 4. rule step time and memory ----------------------------------------------------------
 def _training_step(model, rule, optimizer, x, y):
-    hooks = rule.has_step_hooks
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if hooks:
-            rule.before_step()
-        optimizer.step()
-        if hooks:
-            rule.after_step()
-    return step
+    from .train import optimizer_step
+    return lambda: optimizer_step(F.cross_entropy(model(x), y), optimizer, rule)
 
 
 def _rule_setup(family, arch, rule_name, batch, device, seed=0):

@@ -128,6 +128,18 @@ def _error_and_loss(model, split, normalize, batch_size):
     return 100.0 * wrong / n, loss_sum / n
 
 
+def optimizer_step(loss, optimizer, rule):
+    """One update: gradients of ``loss`` (through the rule's backward), the
+    optimiser step, and the rule's own per-step updates around it."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if rule.has_step_hooks:
+        rule.before_step()
+    optimizer.step()
+    if rule.has_step_hooks:
+        rule.after_step()
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -296,7 +308,6 @@ class Trainer:
         order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
         batches = math.ceil(n / cfg.batch_size)
         rule, model, optimizer = self.rule, self.model, self.optimizer
-        hooks = rule.has_step_hooks
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), dtype=torch.long, device=self.device)
         shown = {"loss": float("nan")}
@@ -315,13 +326,7 @@ class Trainer:
                 y = self.train.labels[index]
                 out = model(x)
                 loss = F.cross_entropy(out, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if hooks:
-                    rule.before_step()
-                optimizer.step()
-                if hooks:
-                    rule.after_step()
+                optimizer_step(loss, optimizer, rule)
                 loss_sum += loss.detach() * len(index)
                 wrong += (out.detach().argmax(1) != y).sum()
                 if bar is not None and (b % 10 == 0 or b == batches - 1):

@@ -33,6 +33,17 @@ class FeedbackLayer:
     def init_bound(self):
         return glorot_bound(*self.fan_in_out())
 
+    def reset_parameters(self):
+        """Glorot uniform weights (the paper's choice), zero biases."""
+        with torch.no_grad():
+            bound = self.init_bound()
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x):
+        return self.run(x, self.weight, self.bias)
+
 
 class Linear(FeedbackLayer, nn.Linear):
     def __init__(self, in_features, out_features, bias=True):
@@ -42,18 +53,8 @@ class Linear(FeedbackLayer, nn.Linear):
     def fan_in_out(self):
         return self.in_features, self.out_features
 
-    def reset_parameters(self):
-        with torch.no_grad():
-            bound = self.init_bound()
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.zero_()
-
     def exact(self, x, weight, bias):
         return F.linear(x, weight, bias)
-
-    def forward(self, x):
-        return self.run(x, self.weight, self.bias)
 
 
 class Conv2d(FeedbackLayer, nn.Conv2d):
@@ -66,18 +67,8 @@ class Conv2d(FeedbackLayer, nn.Conv2d):
         k = self.kernel_size[0] * self.kernel_size[1]
         return self.in_channels * k, self.out_channels * k
 
-    def reset_parameters(self):
-        with torch.no_grad():
-            bound = self.init_bound()
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.zero_()
-
     def exact(self, x, weight, bias):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, x):
-        return self.run(x, self.weight, self.bias)
 
 
 def feedback_layers(model):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .feedback import apply_feedback
-from .layers import FeedbackLayer, glorot_bound
+from .layers import FeedbackLayer
 
 
 def _pair(value, name):
@@ -248,13 +248,6 @@ class LocallyConnected2d(FeedbackLayer, nn.Module):
         3-D tensor, which would shrink the init by ~sqrt(H*W))."""
         k = self.geometry.kernel[0] * self.geometry.kernel[1]
         return self.in_channels * k, self.out_channels * k
-
-    def reset_parameters(self):
-        with torch.no_grad():
-            bound = glorot_bound(*self.fan_in_out())
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.zero_()
 
     def extra_repr(self):
         g = self.geometry

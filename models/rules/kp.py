@@ -1,9 +1,9 @@
 import torch
 
-from .base import LearningRule, uniform_like_weight
+from .fa import FeedbackAlignment
 
 
-class KolenPollack(LearningRule):
+class KolenPollack(FeedbackAlignment):
     """Kolen & Pollack 1994; Akrout et al. 2019. B starts random and receives
     exactly the update W receives, and both decay by the same factor, so
     B - W shrinks geometrically and B converges to W without weight transport.
@@ -16,15 +16,6 @@ class KolenPollack(LearningRule):
     citation_keys = ("kolen1994", "akrout2019")
     defaults = {"decay": 1e-4}
     has_step_hooks = True
-
-    def init_layer(self, layer, generator):
-        layer.register_buffer("feedback_weight", uniform_like_weight(layer, generator))
-
-    def backward_operand(self, layer, weight):
-        return layer.feedback_weight, None
-
-    def alignment_matrix(self, layer):
-        return getattr(layer, "feedback_weight", None)
 
     def _pairs(self):
         return [(layer.weight, layer.feedback_weight) for layer in self.layers[1:]]
