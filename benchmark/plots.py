@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 from .tables import ARCH_ORDER, DATASET_TITLES, METRICS, RULE_ORDER  # noqa: E402
@@ -105,9 +106,9 @@ def curve_plot(runs, out_dir):
                     ax.fill_between(epochs, errors.min(0), errors.max(0), color=colour(rule), alpha=0.15)
             ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)} {arch.upper()}")
             ax.set_xlabel("epoch")
-            ax.set_yscale("log")
-            ax.grid(alpha=0.3, which="both")
-        axes[0][0].set_ylabel("test error (%, log scale)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("test error (%)")
         axes[0][-1].legend(fontsize=8, title="rule (seeds)")
         fig.suptitle("Learning curves: mean over seeds, band = min..max", fontsize=10)
         paths += save(fig, out_dir, f"curves_{dataset}")
@@ -140,9 +141,17 @@ def alignment_plot(runs, out_dir):
         for layer in range(n_layers):
             axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
             for row in range(2):
-                axes[row][layer].set_xlabel("epoch")
-                axes[row][layer].set_ylim(0, 95)
-                axes[row][layer].grid(alpha=0.3)
+                ax = axes[row][layer]
+                ax.set_xlabel("epoch")
+                ax.set_ylim(-3, 95)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.grid(alpha=0.3)
+            if not axes[0][layer].lines:
+                axes[0][layer].text(0.5, 0.5, "no feedback matrix:\nthe first layer sends\nno error down",
+                                    ha="center", va="center", transform=axes[0][layer].transAxes, fontsize=9)
+                axes[0][layer].set_xticks([])
+        axes[1][-1].text(0.5, 0.5, "output layer: its own\nerror is exact (0 degrees)", ha="center",
+                         va="center", transform=axes[1][-1].transAxes, fontsize=9)
         axes[0][0].set_ylabel("angle W vs B (degrees)")
         axes[1][0].set_ylabel("angle update vs BP gradient (degrees)")
         handles, labels = {}, []
@@ -152,6 +161,7 @@ def alignment_plot(runs, out_dir):
         fig.legend(handles.values(), handles.keys(), loc="upper right", title="rule", fontsize=8)
         fig.suptitle(f"Alignment, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()} (mean over seeds; "
                      f"the first layer has no B)", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 0.94, 0.95))
         paths += save(fig, out_dir, f"alignment_{dataset}_{arch}")
     return paths
 
