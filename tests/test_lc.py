@@ -118,7 +118,7 @@ def test_init_uses_per_unit_fan_in():
     bound = (6.0 / (16 * 9 + 32 * 9)) ** 0.5  # Glorot with one unit's fan-in / fan-out
     assert float(layer.weight.detach().abs().max()) <= bound
     assert float(layer.weight.detach().abs().max()) > 0.95 * bound
-    assert float(layer.bias.abs().max()) == 0.0
+    assert float(layer.bias.detach().abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("call,match", [
