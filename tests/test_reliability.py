@@ -16,7 +16,7 @@ from tests.conftest import make_tiny_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli_command(data, out, *extra, epochs=5, algo="brsf", arch="fc"):
+def cli_command(data, out, *extra, epochs=4, algo="brsf", arch="fc"):
     return [sys.executable, os.path.join(ROOT, "cli.py"), "run", "--arch", arch, "--algo", algo,
             "--epochs", str(epochs), "--batch-size", "16", "--seed", "5", "--data-dir", data, "--out", out,
             "--quiet", *extra]
@@ -33,7 +33,7 @@ def records_in(out):
 
 @pytest.fixture
 def medium_root(tmp_path):
-    return make_tiny_mnist(str(tmp_path / "data"), n_train=3000, n_test=200)
+    return make_tiny_mnist(str(tmp_path / "data"), n_train=2000, n_test=200)
 
 
 def wait_for_epoch(out, epochs_done, proc, timeout=120):
@@ -66,7 +66,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(medium_root, tmp_path
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
     (partial,) = records_in(out).values()
-    assert partial["status"] in ("running", "interrupted") and partial["summary"]["epochs_done"] < 5
+    assert partial["status"] in ("running", "interrupted") and partial["summary"]["epochs_done"] < 4
     if how == "sigterm":
         assert "--resume" in stderr and len(stderr.strip().splitlines()) == 1
         assert partial["status"] == "interrupted"
