@@ -221,3 +221,21 @@ def test_image_folder_with_mixed_sizes_is_resized_with_a_warning(tmp_path, monke
     messages = " ".join(str(w.message) for w in caught)
     assert "were not 224x224; resized" in messages and "are not images" in messages
     assert data.train.images.shape == (6, 3, 224, 224) and data.classes == ["cat", "dog"]
+
+
+def test_resume_from_a_checkpoint_of_another_config_is_refused(tiny_root, tmp_path):
+    import shutil
+
+    from benchmark.train import RunConfig
+    out = tmp_path / "runs"
+    common = ["run", "--arch", "fc", "--algo", "bp", "--epochs", "1", "--batch-size", "32", "--data-dir", tiny_root,
+              "--out", str(out), "--quiet"]
+    assert CliRunner().invoke(cli, common + ["--lr", "0.001"]).exit_code == 0
+    (source,) = os.listdir(out)
+    other = RunConfig(dataset="mnist", arch="fc", algo="bp", epochs=1, batch_size=32, lr=0.002)
+    os.makedirs(out / other.run_name())
+    shutil.copy(out / source / "checkpoint.pt", out / other.run_name() / "checkpoint.pt")
+    result = CliRunner().invoke(cli, common + ["--lr", "0.002", "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "is from a different config (differs in: lr)" in result.output
+    assert not (out / other.run_name() / "record.json").exists()
