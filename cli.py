@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from benchmark.data import DATA_ENV, DATASETS, DataError
+from benchmark.data import DATA_ENV, DATASETS
+from benchmark.grid import PRESETS
 from models import ARCHS, RULES
 
 DEFAULT_OUT = os.path.join("results", "runs")
@@ -142,7 +143,7 @@ def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_op
 
 
 @cli.command()
-@click.option("--preset", type=click.Choice(sorted(__import__("benchmark.grid", fromlist=["PRESETS"]).PRESETS)),
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
               help="A named grid mirroring the paper's Table 1 cells.")
 @click.option("--datasets", default=None, help="Comma-separated datasets (overrides the preset).")
 @click.option("--archs", default=None, help="Comma-separated architectures (overrides the preset).")
@@ -154,7 +155,7 @@ def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_op
 @training_options
 def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, device, rule_opt, **options):
     """Run a grid of runs; re-running the same command finishes only what is missing."""
-    from benchmark.grid import PRESETS, grid_cells, run_grid
+    from benchmark.grid import grid_cells, run_grid
     from benchmark.data import DATASETS as dataset_registry
     base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ["bp"]})
     chosen = {}

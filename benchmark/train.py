@@ -146,10 +146,6 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def _rng_state(generator):
-    return generator.get_state()
-
-
 class Trainer:
     """Trains one run, writing ``record.json`` (every epoch) and
     ``checkpoint.pt`` (every epoch) atomically into ``run_dir``."""
