@@ -156,10 +156,9 @@ def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_op
 def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, device, rule_opt, **options):
     """Run a grid of runs; re-running the same command finishes only what is missing."""
     from benchmark.grid import grid_cells, run_grid
-    from benchmark.data import DATASETS as dataset_registry
     base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ["bp"]})
     chosen = {}
-    for key, value, registry in (("datasets", datasets, dataset_registry), ("archs", archs, ARCHS),
+    for key, value, registry in (("datasets", datasets, DATASETS), ("archs", archs, ARCHS),
                                  ("algos", algos, RULES)):
         names = value.split(",") if value else base[key]
         for name in names:
@@ -173,9 +172,6 @@ def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, devi
     try:
         cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds), options,
                            rule_options)
-        for cell in cells:
-            from models import make_rule
-            make_rule(cell.algo, **cell.rule_options)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))

@@ -30,14 +30,17 @@ TERMINAL = ("complete", "diverged")
 def grid_cells(datasets, archs, algos, seeds, options, rule_options=None):
     """Every cell's config. Each rule gets the ``rule_options`` it declares
     (e.g. ``decay`` goes to kp only); an option no chosen rule knows is an error."""
-    from models import RULES
+    from models import RULES, make_rule
     rule_options = rule_options or {}
     known = {k for r in algos for k in RULES.get(r).defaults}
     unknown = sorted(set(rule_options) - known)
     if unknown:
         raise ValueError(f"rule option(s) {', '.join(unknown)} not known to any of {', '.join(algos)}")
-    per_rule = {r: {k: type(RULES.get(r).defaults[k])(v) for k, v in rule_options.items()
-                    if k in RULES.get(r).defaults} for r in algos}
+    per_rule = {}
+    for r in algos:
+        given = {k: v for k, v in rule_options.items() if k in RULES.get(r).defaults}
+        typed = make_rule(r, **given).options  # the rule types and checks its own options
+        per_rule[r] = {k: typed[k] for k in given}
     return [RunConfig(dataset=d, arch=a, algo=r, seed=s, rule_options=per_rule[r], **options)
             for d in datasets for a in archs for r in algos for s in seeds]
 

@@ -309,24 +309,24 @@ def markdown_lc(rows):
     return "\n".join(lines)
 
 
-def markdown_rules(rows):
-    rules = list(rows[0]["ratios"]) if rows else RULE_NAMES
-    lines = ["| dataset | arch | bp step ms | " + " | ".join(f"{r}/bp" for r in rules) + " |",
-             "|---|---|---|" + "---|" * len(rules)]
+def _per_rule_markdown(rows, key, label, fmt):
+    """One row per (dataset, arch), one column per rule, from ``row[key][rule]``."""
+    rules = list(rows[0][key]) if rows else RULE_NAMES
+    lead = [("dataset", "family"), ("arch", "arch")] + ([("bp step ms", "bp_ms")] if key == "ratios" else [])
+    lines = ["| " + " | ".join([name for name, _ in lead] + [label.format(r) for r in rules]) + " |",
+             "|" + "---|" * (len(lead) + len(rules))]
     for r in rows:
-        lines.append(f"| {r['family']} | {r['arch']} | {_fmt(r['bp_ms'])} | "
-                     + " | ".join(f"{r['ratios'][n]:.3f}" for n in rules) + " |")
+        cells = [str(r[field]) if field != "bp_ms" else _fmt(r[field]) for _, field in lead]
+        lines.append("| " + " | ".join(cells + [fmt(r[key][n]) for n in rules]) + " |")
     return "\n".join(lines)
+
+
+def markdown_rules(rows):
+    return _per_rule_markdown(rows, "ratios", "{}/bp", lambda v: f"{v:.3f}")
 
 
 def markdown_memory(rows):
-    rules = list(rows[0]["memory_mb"]) if rows else RULE_NAMES
-    lines = ["| dataset | arch | " + " | ".join(f"{r} MB" for r in rules) + " |",
-             "|---|---|" + "---|" * len(rules)]
-    for r in rows:
-        lines.append(f"| {r['family']} | {r['arch']} | "
-                     + " | ".join(_fmt(r["memory_mb"][n], ".0f") for n in rules) + " |")
-    return "\n".join(lines)
+    return _per_rule_markdown(rows, "memory_mb", "{} MB", lambda v: _fmt(v, ".0f"))
 
 
 def markdown_harness(rows):

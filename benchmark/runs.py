@@ -2,7 +2,7 @@
 import os
 
 from .data import DataError
-from .records import RECORD_NAME
+from .records import CHECKPOINT_NAME
 from .train import RunConfig, RunError, RunInterrupted, Trainer
 
 
@@ -45,7 +45,7 @@ def start_run(options, rule_options, data_dir, out, device, progress, resume, ba
         trainer._setup()  # loads data and builds the model before anything is written
     except (DataError, RunError, ValueError) as exc:
         raise bad_input(str(exc)) from None
-    if resume and not os.path.exists(os.path.join(out, config.run_name(), "checkpoint.pt")):
+    if resume and not os.path.exists(os.path.join(out, config.run_name(), CHECKPOINT_NAME)):
         raise bad_input(f"--resume: no checkpoint for this config at {os.path.join(out, config.run_name())}; "
                         f"run without --resume first")
     run_dir = claim_run_dir(out, config.run_name(), resume)
