@@ -85,23 +85,30 @@ def angle_degrees(a, b):
     return math.degrees(math.acos(float((a @ b / denom).clamp(-1, 1))))
 
 
-def alignment_metrics(model, rule, x, y):
-    """Per layer: W-B angle, angle of the rule's weight gradient to BP's on
-    the batch (x, y), and |B|/|W|."""
+def exact_gradients(model, x, y):
+    """BP's weight gradients of the mean cross-entropy, with every rule detached."""
     layers = feedback_layers(model)
-    weights = [layer.weight for layer in layers]
-    rule_grads = torch.autograd.grad(F.cross_entropy(model(x), y), weights)
     saved = [layer.rule for layer in layers]
     for layer in layers:
         layer.rule = None
     try:
-        bp_grads = torch.autograd.grad(F.cross_entropy(model(x), y), weights)
+        return torch.autograd.grad(F.cross_entropy(model(x), y), [layer.weight for layer in layers])
     finally:
         for layer, previous in zip(layers, saved):
             layer.rule = previous
+
+
+def alignment_metrics(model, rule, x, y):
+    """Per layer: W-B angle, angle of the rule's weight update to BP's gradient
+    on the batch (x, y), |B|/|W|, and any metrics of the rule's own (target
+    propagation: inverse reconstruction error, target distance)."""
+    layers = feedback_layers(model)
+    rule_updates = rule.weight_updates(model, x, y)
+    bp_grads = exact_gradients(model, x, y)
+    extra = rule.layer_metrics(model, x, y) or [{} for _ in layers]
     rows = []
     with torch.no_grad():
-        for index, (layer, g_rule, g_bp) in enumerate(zip(layers, rule_grads, bp_grads)):
+        for index, (layer, g_rule, g_bp) in enumerate(zip(layers, rule_updates, bp_grads)):
             backward = rule.alignment_matrix(layer)
             rows.append({
                 "layer": index,
@@ -109,6 +116,7 @@ def alignment_metrics(model, rule, x, y):
                 "update_angle": angle_degrees(g_rule, g_bp),
                 "norm_ratio": (float(backward.norm() / layer.weight.norm())
                                if backward is not None else None),
+                **extra[index],
             })
     return rows
 
@@ -188,8 +196,7 @@ class Trainer:
         self.rule = make_rule(cfg.algo, **cfg.rule_options)
         self.rule.attach(self.model, torch.Generator().manual_seed(cfg.seed + 1), data.input_shape)
         self.model.to(self.device)
-        if hasattr(self.rule, "moved_to"):
-            self.rule.moved_to(self.device)
+        self.rule.moved_to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                           betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 2)
@@ -229,7 +236,7 @@ class Trainer:
             "shuffle_gen": self.shuffle_gen.get_state(), "augment_gen": self.augment_gen.get_state(),
             "rule_gen": self.rule.generator.get_state() if hasattr(self.rule, "generator") else None,
             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state(), "record": record,
+            "numpy_rng": np.random.get_state(), "rule_state": self.rule.state_dict(), "record": record,
         }
         with atomic_path(self._checkpoint_path()) as tmp:
             torch.save(state, tmp)
@@ -253,6 +260,7 @@ class Trainer:
         self.augment_gen.set_state(state["augment_gen"].to(self.augment_gen.get_state().device))
         if state["rule_gen"] is not None:
             self.rule.generator.set_state(state["rule_gen"])
+        self.rule.load_state_dict(state["rule_state"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         np.random.set_state(state["numpy_rng"])
@@ -274,7 +282,9 @@ class Trainer:
         try:
             for epoch in range(start_epoch, self.config.epochs + 1):
                 epoch_start = time.time()
+                self.rule.start_epoch()
                 train_loss, train_error = self._train_epoch(epoch)
+                self.rule.end_epoch()
                 if not math.isfinite(train_loss) or not self._weights_finite():
                     self._finish(record, "diverged", epoch, wall_before + time.time() - started)
                     write_json(record_path, record)
@@ -320,9 +330,12 @@ class Trainer:
                 if self.augment:
                     x = random_crop_flip(x, 4 if x.shape[-1] <= 64 else 16, self.augment_gen)
                 y = self.train.labels[index]
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                optimizer_step(loss, optimizer, rule)
+                if rule.owns_step:
+                    loss, out = rule.train_step(model, x, y, optimizer)
+                else:
+                    out = model(x)
+                    loss = F.cross_entropy(out, y)
+                    optimizer_step(loss, optimizer, rule)
                 loss_sum += loss.detach() * len(index)
                 wrong += (out.detach().argmax(1) != y).sum()
                 if bar is not None and (b % 10 == 0 or b == batches - 1):
@@ -346,7 +359,7 @@ class Trainer:
                            ("test_loss", test_loss), ("test_error", test_error),
                            ("val_error", val_error), ("seconds", round(seconds, 3))):
             curves[key].append(value)
-        record["alignment"].append({"epoch": epoch,
+        record["alignment"].append({"epoch": epoch, **self.rule.epoch_info(),
                                     "layers": alignment_metrics(self.model, self.rule, *self.probe)})
         record["summary"] = summarize(curves)
         if self.progress:

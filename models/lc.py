@@ -165,7 +165,44 @@ class LCOps:
         return grad_in, grad_w, grad_b
 
 
-def _position_major_parameter(shape, permutation):
+class TransposedLCFunction(torch.autograd.Function):
+    """The adjoint (transpose) of the LC op with weights ``A``:
+    ``y [N, C_out, H_out, W_out] -> fold(A^T y) [N, C_in, H, W]``.
+
+    This is what an LC layer's backward does to an error, used here as a
+    layer of its own with untied weights (target propagation's inverse of an
+    LC layer has the sparsity of ``W^T``). Both products it needs are the LC
+    forward op's: ``d/dy = A unfold(G)`` and ``d/dA = y unfold(G)^T``.
+    """
+
+    @staticmethod
+    def forward(ctx, y, weight, geometry):
+        g = geometry
+        grad_layout = y.permute(2, 3, 1, 0).reshape(g.positions, g.out_channels, y.shape[0])
+        ctx.geometry = g
+        ctx.save_for_backward(grad_layout, weight)
+        return input_grad_chunked(grad_layout, _gemm_weight(weight), g)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        g = ctx.geometry
+        grad_layout, weight = ctx.saved_tensors
+        cols = unfold_position_major(grad_out, g)  # [L, C_in*K*K, N]
+        grad_y = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_y = torch.bmm(_gemm_weight(weight), cols).view(
+                g.out_height, g.out_width, g.out_channels, -1).permute(3, 2, 0, 1)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(grad_layout, cols.transpose(1, 2)).permute(1, 2, 0)
+        return grad_y, grad_w, None
+
+
+def lc_transpose(y, weight, geometry):
+    """``fold(A^T y)``: the transposed LC op with weights ``A`` (``param_shapes[0]``)."""
+    return TransposedLCFunction.apply(y, weight, geometry)
+
+
+def position_major_parameter(shape, permutation):
     """An empty tensor of ``shape`` whose memory order is ``permutation`` of it."""
     stored = torch.empty([shape[p] for p in permutation])
     inverse = [permutation.index(i) for i in range(len(shape))]
@@ -209,8 +246,8 @@ class LocallyConnected2d(FeedbackLayer, nn.Module):
             self.weight = None
             self.bias = None
         else:
-            self.weight = _position_major_parameter(self.geometry.weight_shape, (2, 0, 1))
-            self.bias = _position_major_parameter(self.geometry.bias_shape, (1, 0)) if bias else None
+            self.weight = position_major_parameter(self.geometry.weight_shape, (2, 0, 1))
+            self.bias = position_major_parameter(self.geometry.bias_shape, (1, 0)) if bias else None
             self.reset_parameters()
 
     # interface of the reference layer --------------------------------------

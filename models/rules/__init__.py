@@ -6,11 +6,16 @@ from .bp import Backprop
 from .dfa import DirectFeedbackAlignment
 from .fa import FeedbackAlignment
 from .kp import KolenPollack
+from .ldrl import LayerwiseDRL
 from .sign import BatchRandomSignSymmetry, FixedRandomSignSymmetry, UniformSignSymmetry
+from .tp import (AOSDTPAlternating, AOSDTPParallel, DTPAlternating, DTPParallel, SDTPAlternating,
+                 SDTPParallel)
 
 RULES = Registry("learning rule")
 for _rule in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, UniformSignSymmetry,
-              BatchRandomSignSymmetry, FixedRandomSignSymmetry, KolenPollack):
+              BatchRandomSignSymmetry, FixedRandomSignSymmetry, KolenPollack,
+              DTPParallel, DTPAlternating, SDTPParallel, SDTPAlternating, AOSDTPParallel,
+              AOSDTPAlternating, LayerwiseDRL):
     RULES.register(_rule.name, _rule)
 
 

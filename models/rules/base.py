@@ -1,5 +1,6 @@
 """Base class of a learning rule: how each layer's backward operand is chosen."""
 import torch
+import torch.nn.functional as F
 
 from ..layers import feedback_layers
 
@@ -20,6 +21,9 @@ class LearningRule:
     defaults = {}
     # Per-step hooks are only called for rules that define them.
     has_step_hooks = False
+    # A rule that owns its training step (target propagation) defines
+    # ``train_step``; the trainer then calls it instead of loss.backward().
+    owns_step = False
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)
@@ -53,6 +57,19 @@ class LearningRule:
     def init_layer(self, layer, generator):
         """Create this rule's buffers on ``layer``."""
 
+    def make_generator(self, generator, device):
+        """``self.generator``: the rule's own random stream (seeded from
+        ``generator``); the trainer checkpoints it, so resumed runs are exact."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def moved_to(self, device):
+        """Called once the model is on its training device."""
+        generator = getattr(self, "generator", None)
+        if generator is not None and generator.device != torch.device(device):
+            # Re-home the stream before its first use (same seed, same draws).
+            self.generator = torch.Generator(device=device).manual_seed(generator.initial_seed())
+
     # training ------------------------------------------------------------------
     def backward_operand(self, layer, weight):
         """Return ``(B, route)`` for the layer's next backward pass."""
@@ -64,7 +81,40 @@ class LearningRule:
     def after_step(self):
         """Called after every optimiser step (rules with ``has_step_hooks``)."""
 
+    def train_step(self, model, x, y, optimizer):
+        """One whole update on the batch ``(x, y)`` (rules with ``owns_step``);
+        ``optimizer`` holds the model's parameters. Returns ``(loss, logits)``,
+        both detached."""
+        raise NotImplementedError
+
+    def start_epoch(self):
+        """Called before every training epoch."""
+
+    def end_epoch(self):
+        """Called after every training epoch, before the checkpoint."""
+
+    def epoch_info(self):
+        """Extra per-epoch facts for the record (e.g. a schedule's phase)."""
+        return {}
+
+    def state_dict(self):
+        """The rule's trained state beyond the model's buffers (checkpointed)."""
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
     # reporting -----------------------------------------------------------------
+    def weight_updates(self, model, x, y):
+        """The update direction this rule gives each layer's weight on ``(x, y)``
+        (the descent direction's negative, like a gradient)."""
+        weights = [layer.weight for layer in feedback_layers(model)]
+        return torch.autograd.grad(F.cross_entropy(model(x), y), weights)
+
+    def layer_metrics(self, model, x, y):
+        """Per layer, extra rule-specific metrics (dicts), or None."""
+        return None
+
     def alignment_matrix(self, layer):
         """The matrix used in place of W (same shape as W), for the W-B angle;
         None where the rule has none (BP, DFA, the first layer)."""

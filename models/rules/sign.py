@@ -58,16 +58,8 @@ class BatchRandomSignSymmetry(_SignSymmetry):
 
     def attach(self, model, generator, input_shape=None):
         super().attach(model, generator, input_shape)
-        device = self.layers[0].weight.device
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.make_generator(generator, self.layers[0].weight.device)
         return self
-
-    def moved_to(self, device):
-        """Re-home the per-step generator after the model moved (keeps its stream)."""
-        if self.generator.device != torch.device(device):
-            seed = self.generator.initial_seed()
-            self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def magnitudes(self, layer):
         bound = layer.init_bound()

@@ -1,0 +1,70 @@
+"""L-DRL: difference target propagation whose inverses learn backprop's
+targets (Ernoult et al. 2022; the DRL idea of Meulemans et al. 2020).
+
+Each inverse ``G_l`` (layers 2..L, the output layer's reading the logits)
+is trained on the layer-local difference-reconstruction loss, with
+``x = h_{l-1}``, ``y = f_l(x)`` and ``dx, dy ~ N(0, sigma^2 I)``:
+
+    L_fb = ( -2 <dx, G(f(x + dx)) - G(y)> + ||G(y + dy) - G(y)||^2 ) / sigma^2
+
+whose minimum puts G's Jacobian at f's transpose, so the difference targets
+approximate backprop's. The 1/sigma^2 keeps the loss O(1) whatever sigma
+(it does not move the minimum). Per batch: ``feedback_steps`` inverse steps
+(fresh noise each), then one forward step on ``0.5 ||h_l - t_l||^2`` for
+every layer, output included, with ``t_L = h_L - beta * dLoss/dh_L``
+(per-sample cross-entropy) and ``t_{l-1} = h_{l-1} + G_l(t_l) - G_l(h_l)``.
+Squared errors are summed over units and averaged over the batch.
+"""
+import torch
+import torch.nn.functional as F
+
+from .tp import TargetPropagation, squared_error
+
+
+class LayerwiseDRL(TargetPropagation):
+    """L-DRL (Ernoult et al. 2022): DTP with layer-local difference-reconstruction inverse training."""
+
+    name = "ldrl"
+    title = "L-DRL (DTP with difference-reconstruction feedback)"
+    citation_keys = ("ernoult2022", "meulemans2020", "lee2015")
+    defaults = {"beta": 0.7, "sigma": 0.1, "feedback_steps": 3, "inverse_lr": 3e-4,
+                "inverse_beta2": 0.999, "inverse_eps": 1e-8}
+    positive_options = TargetPropagation.positive_options + ("beta",)
+    output_on_task_loss = False
+    target_loss_scale = 0.5
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if self.options["feedback_steps"] < 1:
+            raise ValueError(f"rule {self.name!r} option feedback_steps={self.options['feedback_steps']!r} "
+                             f"must be >= 1")
+
+    def inverse_layers(self):
+        return range(2, len(self.segments) + 1)
+
+    def penultimate_target(self, hs, y):
+        top = len(self.segments)
+        logits = hs[top]
+        # d(per-sample cross-entropy)/d(logits) = softmax - onehot
+        grad = F.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
+        return top, logits - self.options["beta"] * grad
+
+    def feedback_loss(self, l, x, y):
+        dx = self.noise_like(x)
+        dy = self.noise_like(y)
+        with torch.no_grad():
+            y_moved = self.f(l, x + dx)
+        base = self.g(l, y)
+        along = -2.0 * (dx * (self.g(l, y_moved) - base)).flatten(1).sum(1).mean()
+        spread = squared_error(self.g(l, y + dy) - base)
+        return (along + spread) / self.options["sigma"] ** 2
+
+    def inverse_loss(self, hs, y):
+        return sum(self.feedback_loss(l, hs[l - 1], hs[l]) for l in self.inverse_layers())
+
+    def inverse_step(self, hs, y):
+        for _ in range(self.options["feedback_steps"]):
+            super().inverse_step(hs, y)
+
+    def output_description(self):
+        return f"trained on its target logits - beta * dLoss/dlogits (beta {self.options['beta']})"
