@@ -271,7 +271,8 @@ def plot(runs, metric, out):
     table, summary, _ = _load_summary(runs, metric, None, False)
     check_out_dir(out)
     paths = plots.bar_plot(summary, out, metric) + plots.curve_plot(table, out) \
-        + plots.alignment_plot(table, out) + plots.params_plot(summary, out, metric)
+        + plots.alignment_plot(table, out) + plots.target_propagation_plot(table, out) \
+        + plots.params_plot(summary, out, metric)
     for path in paths:
         click.echo(path)
 

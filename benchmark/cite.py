@@ -45,6 +45,25 @@ ENTRIES = {
                    "title": "Deep Learning without Weight Transport",
                    "booktitle": "Advances in Neural Information Processing Systems 32 (NeurIPS)", "year": "2019",
                    "eprint": "1904.05391", "archiveprefix": "arXiv"},
+    "lee2015": {"type": "inproceedings",
+                "author": "Lee, Dong-Hyun and Zhang, Saizheng and Fischer, Asja and Bengio, Yoshua",
+                "title": "Difference Target Propagation",
+                "booktitle": "Machine Learning and Knowledge Discovery in Databases (ECML PKDD 2015)",
+                "series": "Lecture Notes in Computer Science", "volume": "9284", "pages": "498--515",
+                "year": "2015", "doi": "10.1007/978-3-319-23528-8_31"},
+    "meulemans2020": {"type": "inproceedings",
+                      "author": "Meulemans, Alexander and Carzaniga, Francesco S. and Suykens, Johan A. K. and "
+                                "Sacramento, Jo{\\~a}o and Grewe, Benjamin F.",
+                      "title": "A Theoretical Framework for Target Propagation",
+                      "booktitle": "Advances in Neural Information Processing Systems 33 (NeurIPS)", "year": "2020",
+                      "eprint": "2006.14331", "archiveprefix": "arXiv"},
+    "ernoult2022": {"type": "inproceedings",
+                    "author": "Ernoult, Maxence and Normandin, Fabrice and Moudgil, Abhinav and Spinney, Sean and "
+                              "Belilovsky, Eugene and Rish, Irina and Richards, Blake and Bengio, Yoshua",
+                    "title": "Towards Scaling Difference Target Propagation by Learning Backprop Targets",
+                    "booktitle": "Proceedings of the 39th International Conference on Machine Learning (ICML)",
+                    "series": "Proceedings of Machine Learning Research", "volume": "162", "year": "2022",
+                    "eprint": "2201.13415", "archiveprefix": "arXiv"},
 }
 
 
@@ -72,6 +91,6 @@ def plain_text(keys):
     for key in keys:
         e = ENTRIES[key]
         venue = e.get("journal") or e.get("booktitle") or (f"arXiv:{e['eprint']}" if "eprint" in e else e.get("note", ""))
-        authors = e["author"].replace("{", "").replace("}", "").replace("\\o", "ø").replace(" and ", "; ")
+        authors = e["author"].replace("{", "").replace("}", "").replace("\\o", "ø").replace("\\~a", "ã").replace(" and ", "; ")
         lines.append(f"[{key}] {authors} ({e['year']}). {e['title']}. {venue}.")
     return "\n".join(lines) + "\n"

@@ -13,16 +13,20 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from models import RULES, make_rule
+
 from .records import CHECKPOINT_NAME, RECORD_NAME
 from .train import RunConfig, RunInterrupted, Trainer
 
-ALL_RULES = ["bp", "fa", "dfa", "usf", "brsf", "frsf", "kp"]
+ALL_RULES = RULES.registered()
+TABLE1_RULES = ["bp", "fa", "dfa", "dtp-par", "dtp-alt", "sdtp-par", "sdtp-alt", "aosdtp-par", "aosdtp-alt"]
 PRESETS = {
-    # Table 1 of Bartunov et al. 2018 (BP, FA, DFA on FC and LC, plus the
-    # shared-weight conv baseline), extended with the other FA-family rules.
+    # Table 1 of Bartunov et al. 2018 (BP, FA, DFA and the six target-propagation
+    # rows on FC and LC, plus the shared-weight conv baseline), extended with
+    # every other registered rule.
     "bartunov-mnist": {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ALL_RULES},
     "bartunov-fashion-mnist": {"datasets": ["fashion-mnist"], "archs": ["fc", "lc", "conv"], "algos": ALL_RULES},
-    "bartunov-cifar10": {"datasets": ["cifar10-jpeg"], "archs": ["fc", "lc", "conv"], "algos": ["bp", "fa", "dfa"]},
+    "bartunov-cifar10": {"datasets": ["cifar10-jpeg"], "archs": ["fc", "lc", "conv"], "algos": TABLE1_RULES},
 }
 TERMINAL = ("complete", "diverged")
 
@@ -30,7 +34,6 @@ TERMINAL = ("complete", "diverged")
 def grid_cells(datasets, archs, algos, seeds, options, rule_options=None):
     """Every cell's config. Each rule gets the ``rule_options`` it declares
     (e.g. ``decay`` goes to kp only); an option no chosen rule knows is an error."""
-    from models import RULES, make_rule
     rule_options = rule_options or {}
     known = {k for r in algos for k in RULES.get(r).defaults}
     unknown = sorted(set(rule_options) - known)

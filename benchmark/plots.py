@@ -14,7 +14,9 @@ from .tables import ARCH_ORDER, DATASET_TITLES, METRICS, RULE_ORDER  # noqa: E40
 
 # One colour per rule, the same in every plot.
 RULE_COLOURS = {"bp": "#000000", "fa": "#1f77b4", "dfa": "#d62728", "usf": "#2ca02c", "frsf": "#9467bd",
-                "brsf": "#8c564b", "kp": "#ff7f0e"}
+                "brsf": "#8c564b", "kp": "#ff7f0e", "dtp-par": "#17becf", "dtp-alt": "#0b6f78",
+                "sdtp-par": "#bcbd22", "sdtp-alt": "#6b6b00", "aosdtp-par": "#e377c2", "aosdtp-alt": "#99235f",
+                "ldrl": "#5254a3"}
 ARCH_MARKERS = {"fc": "o", "lc": "s", "conv": "^"}
 
 
@@ -43,7 +45,8 @@ def bar_plot(summary, out_dir, metric="best"):
     """Grouped bars: test error per rule for each arch, error bars over seeds,
     the paper's values as markers. One panel per dataset."""
     datasets = list(dict.fromkeys(summary["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
+    width_per_panel = max(6.5, 0.16 * summary.algo.nunique() * summary.arch.nunique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(width_per_panel * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         part = summary[summary.dataset == dataset]
         archs = _ordered(set(part.arch), ARCH_ORDER)
@@ -121,7 +124,7 @@ def alignment_plot(runs, out_dir):
     paths = []
     for dataset, arch in dict.fromkeys((d, a) for d, a, _ in records):
         rules = [r for r in _ordered({r for d, a, r in records if (d, a) == (dataset, arch)}, RULE_ORDER)
-                 if r != "bp"]
+                 if r != "bp" and not _is_target_propagation(records[(dataset, arch, r)])]
         if not rules:
             continue
         n_layers = len(records[(dataset, arch, rules[0])][0]["params"]["per_layer"])
@@ -130,14 +133,11 @@ def alignment_plot(runs, out_dir):
             group = records[(dataset, arch, rule)]
             for layer in range(n_layers):
                 for row, key in enumerate(("wb_angle", "update_angle")):
-                    series = [[next((l[key] for l in epoch["layers"] if l["layer"] == layer), None)
-                               for epoch in r["alignment"]] for r in group]
-                    length = min(len(s) for s in series)
-                    values = np.array([[np.nan if v is None else v for v in s[:length]] for s in series])
-                    if np.isnan(values).all():
+                    values = _layer_series(group, layer, key)
+                    if values.size == 0 or np.isnan(values).all():
                         continue
-                    axes[row][layer].plot(np.arange(1, length + 1), np.nanmean(values, 0), color=colour(rule),
-                                          label=rule, marker=".")
+                    axes[row][layer].plot(np.arange(1, values.shape[1] + 1), np.nanmean(values, 0),
+                                          color=colour(rule), label=rule, marker=".")
         for layer in range(n_layers):
             axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
             for row in range(2):
@@ -163,6 +163,77 @@ def alignment_plot(runs, out_dir):
                      f"the first layer has no B)", fontsize=10)
         fig.tight_layout(rect=(0, 0, 0.94, 0.95))
         paths += save(fig, out_dir, f"alignment_{dataset}_{arch}")
+    return paths
+
+
+def _is_target_propagation(group):
+    return any("reconstruction_error" in layer for r in group for epoch in r["alignment"]
+               for layer in epoch["layers"])
+
+
+def _layer_series(group, layer, key):
+    """Per record, the per-epoch values of ``key`` at ``layer`` (NaN where absent)."""
+    series = [[next((l.get(key) for l in epoch["layers"] if l["layer"] == layer), None)
+               for epoch in r["alignment"]] for r in group]
+    length = min(len(s) for s in series)
+    return np.array([[np.nan if v is None else v for v in s[:length]] for s in series], dtype=float)
+
+
+TP_PANELS = (("update_angle", "angle update vs BP gradient (degrees)", "linear"),
+             ("reconstruction_error", "inverse reconstruction error\n||h - g(f(h))||² per sample", "log"),
+             ("target_distance", "||target - activation||\nper sample", "log"))
+
+
+def target_propagation_plot(runs, out_dir):
+    """Per layer over epochs, for the target-propagation rules: the update's
+    angle to the BP gradient, the inverse's reconstruction error and the
+    distance between target and activation (mean over seeds)."""
+    records = _load_curves(runs)
+    paths = []
+    for dataset, arch in dict.fromkeys((d, a) for d, a, _ in records):
+        rules = [r for r in _ordered({r for d, a, r in records if (d, a) == (dataset, arch)}, RULE_ORDER)
+                 if _is_target_propagation(records[(dataset, arch, r)])]
+        if not rules:
+            continue
+        n_layers = len(records[(dataset, arch, rules[0])][0]["params"]["per_layer"])
+        fig, axes = plt.subplots(len(TP_PANELS), n_layers, figsize=(3.2 * n_layers, 8.0), squeeze=False,
+                                 sharey="row")
+        for rule in rules:
+            group = records[(dataset, arch, rule)]
+            for layer in range(n_layers):
+                for row, (key, _, _) in enumerate(TP_PANELS):
+                    values = _layer_series(group, layer, key)
+                    if values.size == 0 or np.isnan(values).all():
+                        continue
+                    axes[row][layer].plot(np.arange(1, values.shape[1] + 1), np.nanmean(values, 0),
+                                          color=colour(rule), label=rule, marker=".")
+        for layer in range(n_layers):
+            axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
+            for row, (key, label, scale) in enumerate(TP_PANELS):
+                ax = axes[row][layer]
+                ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.grid(alpha=0.3, which="both")
+                if scale == "log" and ax.lines:
+                    ax.set_yscale("log")
+                if not ax.lines:
+                    reason = {"reconstruction_error": "no inverse\n(first layer, or DTP's output)",
+                              "target_distance": "no target\n(trained on the task loss)",
+                              "update_angle": "no data"}[key]
+                    ax.text(0.5, 0.5, reason, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+                    ax.set_xticks([])
+                if layer == 0:
+                    ax.set_ylabel(label)
+            axes[0][layer].set_ylim(-3, 95)
+        handles = {}
+        for ax in axes.flat:
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(l, h)
+        fig.legend(handles.values(), handles.keys(), loc="upper right", title="rule", fontsize=8)
+        fig.suptitle(f"Target propagation, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()} "
+                     f"(fixed probe batch, mean over seeds)", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 0.9, 0.96))
+        paths += save(fig, out_dir, f"target_propagation_{dataset}_{arch}")
     return paths
 
 

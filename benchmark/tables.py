@@ -10,6 +10,8 @@ import warnings
 
 import pandas as pd
 
+from models import RULES
+
 from .records import RecordError, find_records, load_record
 
 METRICS = {
@@ -17,7 +19,7 @@ METRICS = {
     "final": ("final_test_error", "test error after the last epoch"),
     "val": ("test_error_at_best_val", "test error at the epoch of best validation error"),
 }
-RULE_ORDER = ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp"]
+RULE_ORDER = RULES.registered()
 ARCH_ORDER = ["fc", "lc", "conv"]
 # Datasets whose numbers the paper's columns stand for.
 PAPER_DATASET = {"mnist": "mnist", "cifar10": "cifar10", "cifar10-jpeg": "cifar10"}

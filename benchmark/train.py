@@ -319,7 +319,9 @@ class Trainer:
         shown = {"loss": float("nan")}
         bar = None
         if self.progress:
-            bar = click.progressbar(length=batches, label=f"epoch {epoch}/{cfg.epochs}",
+            phase = rule.epoch_info().get("phase")
+            label = f"epoch {epoch}/{cfg.epochs}" + (f" ({phase})" if phase not in (None, "parallel") else "")
+            bar = click.progressbar(length=batches, label=label,
                                     file=sys.stderr, show_eta=True, show_percent=False,
                                     item_show_func=lambda _: f"loss {shown['loss']:.4f}")
             bar.__enter__()
@@ -364,6 +366,8 @@ class Trainer:
         record["summary"] = summarize(curves)
         if self.progress:
             val = f"  val {val_error:6.2f}%" if val_error is not None else ""
+            phase = self.rule.epoch_info().get("phase")
+            val += f"  [{phase} epoch]" if phase not in (None, "parallel") else ""
             self.echo(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f}  train err "
                       f"{train_error:6.2f}%  test err {test_error:6.2f}%{val}  ({seconds:.1f}s)")
 

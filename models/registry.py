@@ -27,5 +27,9 @@ class Registry:
     def names(self):
         return sorted(self._entries)
 
+    def registered(self):
+        """Names in registration order (the order tables and presets use)."""
+        return list(self._entries)
+
     def __contains__(self, name):
         return name in self._entries

@@ -76,6 +76,12 @@ def test_every_arch_and_rule_pair_runs(tiny_root, tmp_path, arch, algo):
         assert all(row["wb_angle"] is not None for row in layers[1:])
     if algo in ("fa", "kp", "dfa", "frsf"):
         assert record["params"]["feedback_total"] > 0
+    if RULES.get(algo).owns_step:  # target propagation: inverses counted, TP metrics per layer
+        assert record["params"]["feedback_total"] > 0
+        assert record["alignment"][0]["phase"] in ("parallel", "inverse")
+        assert all(row["reconstruction_error"] is None for row in layers[:1])
+        assert any(row["reconstruction_error"] > 0 for row in layers[1:] if row["reconstruction_error"])
+        assert any(row["target_distance"] is not None for row in layers)
 
 
 def test_help_lists_choices():

@@ -51,15 +51,17 @@ def wait_for_epoch(out, epochs_done, proc, timeout=120):
     raise AssertionError("no epoch finished in time")
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
-def test_interrupted_then_resumed_run_equals_uninterrupted(medium_root, tmp_path, how):
+@pytest.mark.parametrize("how,algo", [("sigkill", "brsf"), ("sigterm", "brsf"),
+                                      # an alternating schedule: its phase and inverses are checkpointed
+                                      ("sigkill", "dtp-alt")])
+def test_interrupted_then_resumed_run_equals_uninterrupted(medium_root, tmp_path, how, algo):
     straight = str(tmp_path / "straight")
-    subprocess.run(cli_command(medium_root, straight), check=True, capture_output=True)
+    subprocess.run(cli_command(medium_root, straight, algo=algo), check=True, capture_output=True)
     (expected,) = records_in(straight).values()
 
     out = str(tmp_path / "interrupted")
-    proc = subprocess.Popen(cli_command(medium_root, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(cli_command(medium_root, out, algo=algo), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     wait_for_epoch(out, 1, proc)
     time.sleep(0.1)  # into the next epoch
     proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
@@ -70,7 +72,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(medium_root, tmp_path
     if how == "sigterm":
         assert "--resume" in stderr and len(stderr.strip().splitlines()) == 1
         assert partial["status"] == "interrupted"
-    resumed = subprocess.run(cli_command(medium_root, out, "--resume"), capture_output=True, text=True)
+    resumed = subprocess.run(cli_command(medium_root, out, "--resume", algo=algo), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     (final,) = records_in(out).values()
     assert comparable(final) == comparable(expected)

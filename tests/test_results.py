@@ -186,3 +186,15 @@ def test_grid_rule_options_go_to_the_rules_that_know_them(tiny_root, tmp_path):
     records = [json.load(open(tmp_path / "g" / f / "record.json")) for f in os.listdir(tmp_path / "g")]
     options = {r["config"]["algo"]: r["config"]["rule_options"] for r in records}
     assert options == {"bp": {}, "kp": {"decay": 0.001}}
+
+
+def test_table_prints_the_papers_target_propagation_numbers(tmp_path):
+    root = tmp_path / "tp"
+    for algo, errors in (("dtp-alt", [3.0]), ("aosdtp-par", [4.0]), ("ldrl", [5.0])):
+        write_json(str(root / algo / "record.json"), fake_record("mnist", "lc", algo, 0, errors))
+    result = CliRunner().invoke(cli, ["table", "--runs", str(root)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("|")[1].strip(): line for line in result.output.splitlines() if line.startswith("| ")}
+    assert "paper 1.46 (+1.54)" in rows["dtp-alt"]  # Bartunov et al. Table 1, MNIST LC
+    assert "paper 1.92 (+2.08)" in rows["aosdtp-par"]
+    assert "paper" not in rows["ldrl"]  # not in the paper
