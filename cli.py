@@ -219,7 +219,8 @@ def _load_summary(runs, metric, seeds, strict):
         raise click.ClickException(f"bad record (--strict): {exc}") from None
     if table.empty:
         raise click.ClickException(f"no run records found under {', '.join(runs)}")
-    return table, summarize(table, metric=metric, seeds=seeds), bad
+    summary = summarize(table, metric=metric, seeds=seeds, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    return table, summary, bad
 
 
 runs_option = click.option("--runs", multiple=True, type=click.Path(file_okay=False), default=[DEFAULT_OUT],

@@ -5,6 +5,7 @@ a cell is mean +- sample std of the chosen error over seeds, with the number of
 seeds, flags for missing seeds / diverged / unfinished runs, and the paper's
 number with our difference where the paper has one.
 """
+import json
 import os
 import warnings
 
@@ -33,12 +34,17 @@ def paper_reference():
 
 
 def load_runs(roots, strict=False, warn=None):
-    """One row per record under ``roots``. Bad files are reported (by path)
-    and skipped; with ``strict`` the first one raises RecordError."""
+    """One row per record under ``roots`` (each file once, however the roots
+    overlap), labelled by configuration (:func:`label_variants`). Bad files
+    are reported (by path) and skipped; with ``strict`` the first one raises
+    RecordError."""
     warn = warn or (lambda msg: warnings.warn(msg))
-    rows, bad = [], []
+    rows, bad, seen = [], [], set()
     for root in roots:
         for path in find_records(root):
+            if os.path.realpath(path) in seen:
+                continue
+            seen.add(os.path.realpath(path))
             try:
                 record = load_record(path)
                 rows.append(_row(record, path))
@@ -48,15 +54,24 @@ def load_runs(roots, strict=False, warn=None):
                     raise RecordError(message) from None
                 bad.append(message)
                 warn(f"skipped {message}")
-    return pd.DataFrame(rows), bad
+    return label_variants(pd.DataFrame(rows)), bad
+
+
+# Keys of a run's config that name its cell or do not change its numbers.
+CELL_KEYS = ("dataset", "arch", "algo", "seed")
+NOT_RESULT_KEYS = ("eval_batch_size",)
 
 
 def _row(record, path):
     cfg, summary = record["config"], record["summary"]
+    setting = {k: v for k, v in cfg.items() if k not in CELL_KEYS + NOT_RESULT_KEYS}
     row = {"dataset": cfg["dataset"], "arch": cfg["arch"], "algo": cfg["algo"], "seed": cfg["seed"],
            "status": record["status"], "epochs": cfg["epochs"], "epochs_done": summary.get("epochs_done", 0),
            "forward_params": record["params"]["forward_total"],
            "feedback_params": record["params"]["feedback_total"], "path": path,
+           "finished_at": record.get("finished_at") or "",
+           "setting": json.dumps(setting, sort_keys=True, default=str),
+           "train_subset": cfg.get("train_subset", 0) or 0,
            "seconds_per_epoch": _mean(record["curves"].get("seconds", []))}
     for key, (field, _) in METRICS.items():
         row[key] = summary.get(field)
@@ -67,18 +82,69 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def summarize(runs, metric="best", seeds=None):
-    """Per (dataset, arch, algo): mean, std, n over complete runs, plus counts of
-    diverged and unfinished runs and the paper's number."""
+def _short(value):
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_short(v)}" for k, v in sorted(value.items())) or "defaults"
+    return str(value)
+
+
+def label_variants(runs):
+    """Add ``label``: the rule's name, plus the settings (everything in the
+    config but the cell and the seed) that tell its runs apart. Runs of one
+    rule that differ in anything but the seed get different labels, so they
+    are never averaged together."""
+    if runs.empty:
+        return runs.assign(label=pd.Series(dtype=str))
+    runs = runs.copy()
+    labels = {}
+    for algo, part in runs.groupby("algo", sort=False):
+        settings = {s: json.loads(s) for s in part["setting"].unique()}
+        varying = set()
+        for _, cell in part.groupby(["dataset", "arch"]):
+            values = [settings[s] for s in cell["setting"].unique()]
+            keys = set().union(*values)
+            varying |= {k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1}
+        for text, setting in settings.items():
+            shown = ", ".join(f"{k}={_short(setting.get(k))}" for k in sorted(varying))
+            labels[(algo, text)] = f"{algo} ({shown})" if shown else algo
+    runs["label"] = [labels[(a, s)] for a, s in zip(runs["algo"], runs["setting"])]
+    return runs
+
+
+def one_per_seed(cell):
+    """A cell's records with each seed once: a complete run before any
+    other, then the latest. Returns (kept, dropped)."""
+    ranked = cell.assign(_complete=cell["status"] == "complete").sort_values(
+        ["_complete", "finished_at"], ascending=False, kind="stable")
+    kept = ranked.drop_duplicates("seed", keep="first")
+    dropped = ranked.drop(kept.index)
+    return kept.drop(columns="_complete"), dropped.drop(columns="_complete")
+
+
+def summarize(runs, metric="best", seeds=None, warn=None):
+    """Per (dataset, arch, rule label): mean, std, n over complete runs (one
+    per seed), plus counts of diverged and unfinished runs and the paper's
+    number where the runs are comparable with it."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
     if runs.empty:
-        return pd.DataFrame(columns=["dataset", "arch", "algo", "mean", "std", "n", "diverged", "unfinished",
-                                     "expected_seeds", "paper", "diff", "flag"])
-    groups = []
-    expected_default = seeds or runs.groupby(["dataset", "arch", "algo"])["seed"].nunique().max()
+        return pd.DataFrame(columns=["dataset", "arch", "algo", "label", "mean", "std", "n", "diverged",
+                                     "unfinished", "expected_seeds", "paper", "diff", "flag"])
+    if "label" not in runs:
+        runs = label_variants(runs)
+    groups, cells = [], []
+    for key, cell in runs.groupby(["dataset", "arch", "algo", "label"], sort=False):
+        kept, dropped = one_per_seed(cell)
+        for _, extra in dropped.iterrows():
+            (warn or (lambda m: None))(
+                f"seed {extra.seed} of {' '.join(key[:2])} {key[3]} has more than one record; counted "
+                f"{kept[kept.seed == extra.seed].iloc[0].path}, not {extra.path}")
+        cells.append((key, kept))
+    expected_default = seeds or max(kept["seed"].nunique() for _, kept in cells)
     paper = paper_reference()
-    for (dataset, arch, algo), cell in runs.groupby(["dataset", "arch", "algo"], sort=False):
+    for (dataset, arch, algo, label), cell in cells:
         done = cell[(cell["status"] == "complete") & cell[metric].notna()]
         values = done[metric].astype(float)
         mean = values.mean() if len(values) else float("nan")
@@ -86,6 +152,7 @@ def summarize(runs, metric="best", seeds=None):
         ref = paper[(paper.dataset == PAPER_DATASET.get(dataset, dataset)) & (paper.arch == arch)
                     & (paper.algo == algo)]
         ref_value = float(ref.error.iloc[0]) if len(ref) else float("nan")
+        subset = int(cell["train_subset"].max())
         diverged = int((cell["status"] == "diverged").sum())
         unfinished = int((~cell["status"].isin(["complete", "diverged"])).sum())
         flags = []
@@ -95,10 +162,16 @@ def summarize(runs, metric="best", seeds=None):
             flags.append(f"{diverged} diverged")
         if unfinished:
             flags.append(f"{unfinished} unfinished")
-        groups.append({"dataset": dataset, "arch": arch, "algo": algo, "mean": mean, "std": std,
+        if metric == "val" and len(done) == 0 and len(cell[cell["status"] == "complete"]):
+            flags.append("no validation split")
+        groups.append({"dataset": dataset, "arch": arch, "algo": algo, "label": label, "mean": mean, "std": std,
                        "n": len(values), "diverged": diverged, "unfinished": unfinished,
                        "expected_seeds": expected_default, "epochs": int(cell["epochs"].max()),
-                       "paper": ref_value, "diff": mean - ref_value, "flag": "; ".join(flags),
+                       "paper": ref_value,
+                       # a run on a subset of the training set is not the paper's kind of run
+                       "comparable": subset == 0,
+                       "diff": mean - ref_value if subset == 0 else float("nan"),
+                       "flag": "; ".join(flags),
                        "forward_params": int(cell["forward_params"].iloc[0]),
                        "feedback_params": int(cell["feedback_params"].iloc[0])})
     table = pd.DataFrame(groups)
@@ -108,6 +181,7 @@ def summarize(runs, metric="best", seeds=None):
 def _ordered(table):
     def rank(order):
         return lambda s: s.map(lambda v: order.index(v) if v in order else len(order))
+    table = table.sort_values(["label"], kind="stable")
     table = table.sort_values(["algo"], key=rank(RULE_ORDER), kind="stable")
     table = table.sort_values(["arch"], key=rank(ARCH_ORDER), kind="stable")
     return table.sort_values(["dataset"], kind="stable").reset_index(drop=True)
@@ -120,7 +194,10 @@ def _cell_text(row, plus_minus, paper_fmt):
         std = f" {plus_minus} {row['std']:.2f}" if row["n"] > 1 else ""
         text = f"{row['mean']:.2f}{std} ({row['n']})"
     if row["paper"] == row["paper"]:  # not NaN
-        text += paper_fmt(row["paper"], row["diff"] if row["n"] else None)
+        if row["comparable"]:
+            text += paper_fmt(row["paper"], row["diff"] if row["n"] else None)
+        else:
+            text += paper_fmt(row["paper"], None) + " (not comparable: trained on a subset)"
     if row["flag"]:
         text += f" [{row['flag']}]"
     return text
@@ -136,8 +213,8 @@ def _columns(summary):
 
 
 def _rules(summary):
-    return [a for a in RULE_ORDER if a in set(summary["algo"])] + \
-        sorted(set(summary["algo"]) - set(RULE_ORDER))
+    """Row labels in table order (the summary is sorted by rule, then label)."""
+    return list(dict.fromkeys(summary["label"]))
 
 
 def to_markdown(summary, metric="best"):
@@ -149,13 +226,14 @@ def to_markdown(summary, metric="best"):
     for algo in rules:
         cells = []
         for d, a in cols:
-            match = summary[(summary.dataset == d) & (summary.arch == a) & (summary.algo == algo)]
+            match = summary[(summary.dataset == d) & (summary.arch == a) & (summary.label == algo)]
             cells.append(_cell_text(match.iloc[0], "±", paper_fmt) if len(match) else "")
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Test error (%), {METRICS[metric][1]}: mean ± sample std over seeds (number of complete "
-                 f"seeds); 'paper' is Bartunov et al. 2018 Table 1 (500 epochs, tuned) and the difference "
-                 f"ours - paper. Epochs here: {_epochs_text(summary)}.")
+                 f"seeds, each seed counted once); a rule's rows with settings in brackets differ in those "
+                 f"settings and are never averaged together; 'paper' is Bartunov et al. 2018 Table 1 "
+                 f"(500 epochs, tuned) and the difference ours - paper. Epochs here: {_epochs_text(summary)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -181,10 +259,10 @@ def to_latex(summary, metric="best"):
     for algo in rules:
         cells = []
         for d, a in cols:
-            match = summary[(summary.dataset == d) & (summary.arch == a) & (summary.algo == algo)]
+            match = summary[(summary.dataset == d) & (summary.arch == a) & (summary.label == algo)]
             cells.append(latex_escape(_cell_text(match.iloc[0], "PLUSMINUS", paper_fmt)).replace(
                 "PLUSMINUS", r"$\pm$") if len(match) else "")
-        lines.append(latex_escape(algo.upper()) + " & " + " & ".join(cells) + r" \\")
+        lines.append(latex_escape(algo) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -194,7 +272,8 @@ def to_csv(summary):
 
 
 def parameter_table(summary):
-    table = summary[["dataset", "arch", "algo", "forward_params", "feedback_params"]].copy()
+    table = summary[["dataset", "arch", "label", "forward_params", "feedback_params"]].rename(
+        columns={"label": "algo"}).drop_duplicates()
     return table.reset_index(drop=True)
 
 

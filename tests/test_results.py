@@ -13,7 +13,7 @@ from benchmark.tables import load_runs, summarize, to_latex, to_markdown
 from cli import cli
 
 
-def fake_record(dataset, arch, algo, seed, errors, status="complete", val=None):
+def fake_record(dataset, arch, algo, seed, errors, status="complete", val=None, epochs_asked=None, **config):
     epochs = list(range(1, len(errors) + 1))
     val = val or [None] * len(errors)
     summary = {"epochs_done": len(errors), "final_test_error": errors[-1], "best_test_error": min(errors),
@@ -26,7 +26,8 @@ def fake_record(dataset, arch, algo, seed, errors, status="complete", val=None):
                "norm_ratio": None if i == 0 else 1.0} for i in range(3) for e in [0]]
     return {
         "schema": SCHEMA, "status": status, "run_id": f"{dataset}-{arch}-{algo}-{seed}",
-        "config": {"dataset": dataset, "arch": arch, "algo": algo, "seed": seed, "epochs": len(errors)},
+        "config": {"dataset": dataset, "arch": arch, "algo": algo, "seed": seed,
+                   "epochs": epochs_asked or len(errors), **config},
         "seed": seed, "summary": summary,
         "params": {"forward_total": {"fc": 1000, "lc": 5000, "conv": 2000}[arch],
                    "feedback_total": 0 if algo == "bp" else 900,
@@ -48,7 +49,8 @@ def runs_dir(tmp_path):
     for (d, a, r), seeds in cells.items():
         for seed, errors in enumerate(seeds):
             write_json(str(root / f"{d}-{a}-{r}-{seed}" / "record.json"), fake_record(d, a, r, seed, errors))
-    write_json(str(root / "div" / "record.json"), fake_record("mnist", "fc", "fa", 2, [5.0], status="diverged"))
+    write_json(str(root / "div" / "record.json"), fake_record("mnist", "fc", "fa", 2, [5.0], status="diverged",
+                                                                  epochs_asked=2))
     write_json(str(root / "lc-fa-0" / "record.json"), fake_record("mnist", "lc", "fa", 0, [9.0], status="running"))
     return root
 
@@ -198,3 +200,37 @@ def test_table_prints_the_papers_target_propagation_numbers(tmp_path):
     assert "paper 1.46 (+1.54)" in rows["dtp-alt"]  # Bartunov et al. Table 1, MNIST LC
     assert "paper 1.92 (+2.08)" in rows["aosdtp-par"]
     assert "paper" not in rows["ldrl"]  # not in the paper
+
+
+def test_table_never_averages_unlike_runs_and_counts_a_seed_once(tmp_path):
+    root = tmp_path / "mixed"
+    base = dict(lr=3e-4, train_subset=0, rule_options={})
+    records = {
+        "a0": fake_record("mnist", "fc", "fa", 0, [5.0, 4.0], **base),
+        "a1": fake_record("mnist", "fc", "fa", 1, [5.0, 4.4], **base),
+        "a1-again": fake_record("mnist", "fc", "fa", 1, [6.0, 5.0], **base),  # the same seed rerun
+        "b0": fake_record("mnist", "fc", "fa", 0, [90.0, 80.0], **dict(base, lr=0.1)),
+        "c0": fake_record("mnist", "fc", "fa", 0, [30.0], **dict(base, train_subset=2000)),
+    }
+    records["a1-again"]["finished_at"] = "2026-01-02T00:00:00+00:00"
+    records["a1"]["finished_at"] = "2026-01-01T00:00:00+00:00"
+    for name, record in records.items():
+        write_json(str(root / name / "record.json"), record)
+    result = CliRunner().invoke(cli, ["table", "--runs", str(root)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in result.output.splitlines() if line.startswith("| ") and "rule" not in line}
+    assert set(rows) == {"fa (epochs=2, lr=0.0003, train_subset=0)", "fa (epochs=2, lr=0.1, train_subset=0)",
+                         "fa (epochs=1, lr=0.0003, train_subset=2000)"}
+    # seed 1 counted once: the later of its two complete records (best errors 4.0 and 5.0)
+    assert rows["fa (epochs=2, lr=0.0003, train_subset=0)"].startswith("4.50 ± 0.71 (2); paper 1.85 (+2.65)")
+    assert "seed 1 of mnist fc" in result.output and os.path.join("a1-again", "record.json") in result.output
+    assert rows["fa (epochs=2, lr=0.1, train_subset=0)"].startswith("80.00 (1); paper 1.85 (+78.15)")
+    assert rows["fa (epochs=1, lr=0.0003, train_subset=2000)"] == \
+        "30.00 (1); paper 1.85 (not comparable: trained on a subset) [1/2 seeds]"
+
+
+def test_val_metric_says_when_runs_have_no_validation_split(runs_dir):
+    result = CliRunner().invoke(cli, ["table", "--runs", str(runs_dir), "--metric", "val"])
+    assert result.exit_code == 0
+    assert "no validation split" in result.output
