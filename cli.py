@@ -72,6 +72,10 @@ def training_options(func):
         click.option("--beta1", type=FiniteFloat(0, 1, low_open=False), default=0.9, show_default=True),
         click.option("--beta2", type=FiniteFloat(0, 1, low_open=False), default=0.999, show_default=True),
         click.option("--eps", type=FiniteFloat(), default=1e-8, show_default=True, help="Adam epsilon."),
+        click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="Multiply every forward weight by (1 - WD) after each step. Default: the rule's "
+                          "own, 0 (as in Bartunov et al.) except kp 1e-4, which needs decay for B to reach W; "
+                          "grids add a bp control at every other decay they use."),
         click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.0,
                      show_default=True,
                      help="Fraction of the training set held out for validation (fixed split); "
@@ -81,7 +85,7 @@ def training_options(func):
         click.option("--train-subset", type=click.IntRange(min=0), default=0,
                      help="Train on the first N training images only (0 = all); for quick checks."),
         click.option("--rule-opt", multiple=True, metavar="KEY=VALUE",
-                     help="Rule option, e.g. --rule-opt decay=1e-4 for kp."),
+                     help="Rule option, e.g. --rule-opt alpha=0.1 for dtp-par (see the README)."),
         click.option("--data-dir", type=click.Path(file_okay=False), envvar=DATA_ENV, default="data",
                      show_default=True, help=f"torchvision data root (env {DATA_ENV})."),
         click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,

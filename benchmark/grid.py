@@ -33,19 +33,27 @@ TERMINAL = ("complete", "diverged")
 
 def grid_cells(datasets, archs, algos, seeds, options, rule_options=None):
     """Every cell's config. Each rule gets the ``rule_options`` it declares
-    (e.g. ``decay`` goes to kp only); an option no chosen rule knows is an error."""
+    (e.g. ``alpha`` goes to dtp-* only; an option no chosen rule knows is an
+    error) and, unless ``options["weight_decay"]`` is given, its own default
+    weight decay. When bp is in the grid, it also runs at every other weight
+    decay used (a BP control for, e.g., Kolen-Pollack's)."""
     rule_options = rule_options or {}
     known = {k for r in algos for k in RULES.get(r).defaults}
     unknown = sorted(set(rule_options) - known)
     if unknown:
         raise ValueError(f"rule option(s) {', '.join(unknown)} not known to any of {', '.join(algos)}")
-    per_rule = {}
+    per_rule, decays = {}, {}
     for r in algos:
         given = {k: v for k, v in rule_options.items() if k in RULES.get(r).defaults}
-        typed = make_rule(r, **given).options  # the rule types and checks its own options
-        per_rule[r] = {k: typed[k] for k in given}
-    return [RunConfig(dataset=d, arch=a, algo=r, seed=s, rule_options=per_rule[r], **options)
-            for d in datasets for a in archs for r in algos for s in seeds]
+        rule = make_rule(r, **given)  # the rule types and checks its own options
+        per_rule[r] = {k: rule.options[k] for k in given}
+        chosen = options.get("weight_decay")
+        decays[r] = [rule.default_weight_decay if chosen is None else chosen]
+    if "bp" in algos:
+        decays["bp"] = list(dict.fromkeys(decays["bp"] + [d for r in algos for d in decays[r]]))
+    base = {k: v for k, v in options.items() if k != "weight_decay"}
+    return [RunConfig(dataset=d, arch=a, algo=r, seed=s, rule_options=per_rule[r], weight_decay=wd, **base)
+            for d in datasets for a in archs for r in algos for wd in decays[r] for s in seeds]
 
 
 def cell_state(run_dir, epochs):

@@ -34,6 +34,8 @@ def start_run(options, rule_options, data_dir, out, device, progress, resume, ba
     except ValueError as exc:
         raise bad_input(str(exc)) from None
     rule_options = {key: rule.options[key] for key in rule_options}  # typed, e.g. "1e-3" -> 0.001
+    if options.get("weight_decay") is None:
+        options = dict(options, weight_decay=rule.default_weight_decay)
     if check_data_dir and dataset is None:
         check_data_dir(data_dir)
     if check_out_dir:

@@ -14,6 +14,7 @@ import pandas as pd
 from models import RULES
 
 from .records import RecordError, find_records, load_record
+from .train import LATER_FIELDS
 
 METRICS = {
     "best": ("best_test_error", "best test error over epochs (the paper's protocol)"),
@@ -64,7 +65,8 @@ NOT_RESULT_KEYS = ("eval_batch_size",)
 
 def _row(record, path):
     cfg, summary = record["config"], record["summary"]
-    setting = {k: v for k, v in cfg.items() if k not in CELL_KEYS + NOT_RESULT_KEYS}
+    # Records from before a field existed ran at its neutral value.
+    setting = {k: v for k, v in {**LATER_FIELDS, **cfg}.items() if k not in CELL_KEYS + NOT_RESULT_KEYS}
     row = {"dataset": cfg["dataset"], "arch": cfg["arch"], "algo": cfg["algo"], "seed": cfg["seed"],
            "status": record["status"], "epochs": cfg["epochs"], "epochs_done": summary.get("epochs_done", 0),
            "forward_params": record["params"]["forward_total"],

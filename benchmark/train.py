@@ -30,6 +30,10 @@ class RunInterrupted(Exception):
     """Stopped by the user (Ctrl-C / SIGTERM) after writing a checkpoint."""
 
 
+# Config fields added later, with the value that leaves a run as it was.
+LATER_FIELDS = {"weight_decay": 0.0}
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run's result (not where it runs or writes)."""
@@ -48,11 +52,18 @@ class RunConfig:
     train_subset: int = 0  # 0: the whole training set; else the first N samples (quick runs)
     rule_options: dict = field(default_factory=dict)
     eval_batch_size: int = 1000
+    weight_decay: float = 0.0  # per step, on every forward weight (see LearningRule.decay_weights)
 
     def identity(self):
         """Short hash of the config without ``epochs``: the same run continued
-        for more epochs (``--resume``) keeps its folder."""
-        blob = json.dumps(dict(dataclasses.asdict(self), epochs=None), sort_keys=True, default=str)
+        for more epochs (``--resume``) keeps its folder. Fields added after
+        the first release are hashed only when set, so older runs keep their
+        names."""
+        fields = dict(dataclasses.asdict(self), epochs=None)
+        for key, unset in LATER_FIELDS.items():
+            if fields[key] == unset:
+                del fields[key]
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     def run_name(self):
@@ -138,12 +149,13 @@ def _error_and_loss(model, split, normalize, batch_size):
 
 def optimizer_step(loss, optimizer, rule):
     """One update: gradients of ``loss`` (through the rule's backward), the
-    optimiser step, and the rule's own per-step updates around it."""
+    optimiser step, weight decay, and the rule's own per-step updates around them."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if rule.has_step_hooks:
         rule.before_step()
     optimizer.step()
+    rule.decay_weights()
     if rule.has_step_hooks:
         rule.after_step()
 
@@ -194,6 +206,7 @@ class Trainer:
             raise RunError(f"dataset {cfg.dataset} has {tuple(data.input_shape)} inputs but the "
                            f"{data.family} networks take {_network_input(data.family)}")
         self.rule = make_rule(cfg.algo, **cfg.rule_options)
+        self.rule.weight_decay = cfg.weight_decay
         self.rule.attach(self.model, torch.Generator().manual_seed(cfg.seed + 1), data.input_shape)
         self.model.to(self.device)
         self.rule.moved_to(self.device)

@@ -140,7 +140,9 @@ def bad_cases(tiny_root, tmp_path):
         "out not writable": (["--out", str(not_a_dir / "sub")], "is not writable"),
         "resume without checkpoint": (["--resume"], "--resume: no checkpoint for this config"),
         "rule option unknown": (["--algo", "kp", "--rule-opt", "speed=2"], "unknown option(s) speed for rule 'kp'"),
-        "rule option type": (["--algo", "kp", "--rule-opt", "decay=lots"], "option decay='lots' is not a float"),
+        "rule option type": (["--algo", "dtp-par", "--rule-opt", "alpha=lots"], "option alpha='lots' is not a float"),
+        "weight decay negative": (["--algo", "kp", "--weight-decay", "-1"], "--weight-decay': -1.0 is not in the range 0<=x<1"),
+        "tp option out of range": (["--algo", "sdtp-par", "--rule-opt", "sigma=-0.1"], "sigma=-0.1 must be finite and > 0"),
         "rule option syntax": (["--rule-opt", "decay"], "is not KEY=VALUE"),
     }
 

@@ -173,7 +173,8 @@ def test_grid_records_a_failing_cell_and_continues(tiny_root, tmp_path, monkeypa
                                       "--data-dir", tiny_root, "--out", str(out)])
     assert result.exit_code == 1
     assert "failed: RuntimeError: simulated failure" in result.output
-    assert "1 complete" in result.output and "1 failed" in result.output
+    # bp twice: at weight decay 0 and as the control at kp's 1e-4
+    assert "2 complete" in result.output and "1 failed" in result.output
     failed = [f for f in os.listdir(out) if os.path.exists(out / f / "error.txt")]
     assert len(failed) == 1 and "-kp-" in failed[0]
 
@@ -181,13 +182,26 @@ def test_grid_records_a_failing_cell_and_continues(tiny_root, tmp_path, monkeypa
 def test_grid_rule_options_go_to_the_rules_that_know_them(tiny_root, tmp_path):
     base = ["grid", "--datasets", "mnist", "--archs", "fc", "--seeds", "1", "--epochs", "1", "--batch-size", "32",
             "--data-dir", tiny_root, "--out", str(tmp_path / "g")]
-    bad = CliRunner().invoke(cli, base + ["--algos", "bp,fa", "--rule-opt", "decay=0.1"])
-    assert bad.exit_code == 2 and "decay not known to any of bp, fa" in bad.output
-    ok = CliRunner().invoke(cli, base + ["--algos", "bp,kp", "--rule-opt", "decay=0.001"])
+    bad = CliRunner().invoke(cli, base + ["--algos", "bp,fa", "--rule-opt", "alpha=0.1"])
+    assert bad.exit_code == 2 and "alpha not known to any of bp, fa" in bad.output
+    ok = CliRunner().invoke(cli, base + ["--algos", "bp,dtp-par", "--rule-opt", "alpha=0.05"])
     assert ok.exit_code == 0, ok.output
     records = [json.load(open(tmp_path / "g" / f / "record.json")) for f in os.listdir(tmp_path / "g")]
     options = {r["config"]["algo"]: r["config"]["rule_options"] for r in records}
-    assert options == {"bp": {}, "kp": {"decay": 0.001}}
+    assert options == {"bp": {}, "dtp-par": {"alpha": 0.05}}
+
+
+def test_grid_runs_a_bp_control_at_kolen_pollacks_weight_decay(tiny_root, tmp_path):
+    base = ["grid", "--datasets", "mnist", "--archs", "fc", "--seeds", "1", "--epochs", "1", "--batch-size", "32",
+            "--data-dir", tiny_root, "--out", str(tmp_path / "g"), "--algos", "bp,fa,kp"]
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 0, result.output
+    records = [json.load(open(tmp_path / "g" / f / "record.json")) for f in os.listdir(tmp_path / "g")]
+    cells = sorted((r["config"]["algo"], r["config"]["weight_decay"]) for r in records)
+    assert cells == [("bp", 0.0), ("bp", 1e-4), ("fa", 0.0), ("kp", 1e-4)]
+    table = CliRunner().invoke(cli, ["table", "--runs", str(tmp_path / "g")])
+    labels = [line.split("|")[1].strip() for line in table.output.splitlines() if line.startswith("| ")][1:]
+    assert labels == ["bp (weight_decay=0)", "bp (weight_decay=0.0001)", "fa", "kp"]
 
 
 def test_table_prints_the_papers_target_propagation_numbers(tmp_path):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.train import alignment_metrics
+from benchmark.train import alignment_metrics, optimizer_step
 from models import RULES, build_network, make_rule
 from models.layers import Conv2d, Linear, feedback_layers
 from models.lc import LocallyConnected2d
@@ -180,20 +180,15 @@ def toy_problem(n=256, seed=0):
     return x, (x @ teacher).argmax(1)
 
 
-def train_small(rule_name, steps=300, **options):
+def train_small(rule_name, steps=300, weight_decay=None, **options):
     torch.manual_seed(6)
     model = nn.Sequential(Linear(20, 32), nn.Tanh(), Linear(32, 32), nn.Tanh(), Linear(32, 4))
     rule = make_rule(rule_name, **options).attach(model, torch.Generator().manual_seed(1), (20,))
+    rule.weight_decay = rule.default_weight_decay if weight_decay is None else weight_decay
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = toy_problem()
     for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        if rule.has_step_hooks:
-            rule.before_step()
-        opt.step()
-        if rule.has_step_hooks:
-            rule.after_step()
+        optimizer_step(F.cross_entropy(model(x), y), opt, rule)
     return model, rule
 
 
@@ -205,8 +200,8 @@ def wb_angles(model, rule):
 def test_kolen_pollack_aligns_b_with_w_and_fa_does_not():
     # Both start near 90 degrees (independent random B). Under FA, W drifts
     # partly towards B (that is the "alignment"); under KP, B - W decays by
-    # (1 - decay) per step, here 0.99**300 ~ 0.05, so B becomes W.
-    model, rule = train_small("kp", decay=1e-2)
+    # (1 - weight decay) per step, here 0.99**300 ~ 0.05, so B becomes W.
+    model, rule = train_small("kp", weight_decay=1e-2)
     kp_angles = wb_angles(model, rule)
     model, rule = train_small("fa")
     fa_angles = wb_angles(model, rule)
@@ -214,19 +209,57 @@ def test_kolen_pollack_aligns_b_with_w_and_fa_does_not():
     assert min(fa_angles) > 45, fa_angles
 
 
-def test_kp_feedback_gets_exactly_the_update_of_w():
+def differences(model):
+    return [layer.feedback_weight - layer.weight.detach() for layer in feedback_layers(model)[1:]]
+
+
+@pytest.mark.parametrize("steps", [1, 40])
+def test_kp_at_its_default_decay_shrinks_b_minus_w_by_exactly_that_factor(steps):
+    assert make_rule("kp").default_weight_decay == 1e-4
+    model, rule = train_small("kp", steps=1)
+    start = differences(model)
+    rest_model, rest_rule = model, rule
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = toy_problem()
+    for _ in range(steps):
+        optimizer_step(F.cross_entropy(rest_model(x), y), opt, rest_rule)
+    for before, after in zip(start, differences(model)):
+        torch.testing.assert_close(after, before * (1 - 1e-4) ** steps)
+
+
+def test_kp_feedback_gets_exactly_the_update_of_w_and_its_decay():
     model, rule = train_small("kp", steps=1)
     layer = feedback_layers(model)[1]
     before_w, before_b = layer.weight.detach().clone(), layer.feedback_weight.clone()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = toy_problem()
-    F.cross_entropy(model(x), y).backward()
-    rule.before_step()
-    opt.step()
-    rule.after_step()
-    keep = 1 - rule.options["decay"]
+    optimizer_step(F.cross_entropy(model(x), y), opt, rule)
+    keep = 1 - rule.weight_decay
     delta_w = layer.weight.detach() / keep - before_w
+    assert delta_w.abs().max() > 1e-4  # the step moved W
     torch.testing.assert_close(layer.feedback_weight / keep - before_b, delta_w)
+
+
+@pytest.mark.parametrize("name", ["bp", "fa", "kp", "dfa", "dtp-par"])
+def test_weight_decay_scales_every_forward_weight_first_layer_included_not_biases(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(Linear(20, 32), nn.Tanh(), Linear(32, 32), nn.Tanh(), Linear(32, 4))
+    rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (20,))
+    rule.moved_to("cpu")
+    rule.weight_decay = 0.25
+    weights = [layer.weight.detach().clone() for layer in feedback_layers(model)]
+    biases = [layer.bias.detach().clone() for layer in feedback_layers(model)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the step itself changes nothing
+    x, y = toy_problem(n=16)
+    if rule.owns_step:
+        rule.start_epoch()
+        rule.train_step(model, x, y, opt)
+    else:
+        optimizer_step(F.cross_entropy(model(x), y), opt, rule)
+    for before, layer in zip(weights, feedback_layers(model)):
+        torch.testing.assert_close(layer.weight.detach(), 0.75 * before)
+    for before, layer in zip(biases, feedback_layers(model)):
+        torch.testing.assert_close(layer.bias.detach(), before)
 
 
 @pytest.mark.parametrize("name", RULES.names())

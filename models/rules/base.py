@@ -24,6 +24,10 @@ class LearningRule:
     # A rule that owns its training step (target propagation) defines
     # ``train_step``; the trainer then calls it instead of loss.backward().
     owns_step = False
+    # Weight decay of a run that does not set --weight-decay (0, as in
+    # Bartunov et al.; Kolen-Pollack needs some to align B with W).
+    default_weight_decay = 0.0
+    weight_decay = 0.0  # the run's, set by the trainer
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)
@@ -77,6 +81,14 @@ class LearningRule:
 
     def before_step(self):
         """Called before every optimiser step (rules with ``has_step_hooks``)."""
+
+    @torch.no_grad()
+    def decay_weights(self):
+        """Weight decay, called right after every forward optimiser step:
+        every forward weight W (not the biases) is multiplied by
+        ``1 - weight_decay``, the same for every rule."""
+        if self.weight_decay:
+            torch._foreach_mul_([layer.weight for layer in self.layers], 1.0 - self.weight_decay)
 
     def after_step(self):
         """Called after every optimiser step (rules with ``has_step_hooks``)."""

@@ -1,3 +1,4 @@
+from ..layers import feedback_layers
 from .base import LearningRule
 
 
@@ -9,7 +10,9 @@ class Backprop(LearningRule):
     citation_keys = ("rumelhart1986",)
 
     def attach(self, model, generator, input_shape=None):
-        return self  # nothing to add: layers without a rule run exactly
+        # Nothing to add: layers without a rule run exactly.
+        self.layers = feedback_layers(model)
+        return self
 
     def describe(self):
         return {"name": self.name, "options": {}, "output_layer": "exact gradient"}

@@ -5,16 +5,17 @@ from .fa import FeedbackAlignment
 
 class KolenPollack(FeedbackAlignment):
     """Kolen & Pollack 1994; Akrout et al. 2019. B starts random and receives
-    exactly the update W receives, and both decay by the same factor, so
-    B - W shrinks geometrically and B converges to W without weight transport.
-
-    Option ``decay``: multiplicative weight decay per step on W and B alike.
+    exactly the update W receives, including the run's weight decay
+    (``--weight-decay``), so B - W shrinks by ``(1 - weight_decay)`` per step
+    and B converges to W without weight transport. Without weight decay B - W
+    never shrinks, which is why KP's default weight decay is 1e-4 per step
+    (Akrout et al.), not 0; compare it with BP at the same decay.
     """
 
     name = "kp"
     title = "Kolen-Pollack"
     citation_keys = ("kolen1994", "akrout2019")
-    defaults = {"decay": 1e-4}
+    default_weight_decay = 1e-4
     has_step_hooks = True
 
     def _pairs(self):
@@ -22,9 +23,8 @@ class KolenPollack(FeedbackAlignment):
 
     @torch.no_grad()
     def before_step(self):
-        # B - W before the step; the step adds the same delta to both, so
-        # afterwards B = W_new + (B - W_old), then both decay alike. Three
-        # passes over the weights in all, no per-step allocation.
+        # B - W before the step; the step adds the same delta to W and B and
+        # decays both alike, so afterwards B = W_new + (1 - decay) (B - W_old).
         pairs = self._pairs()
         if getattr(self, "_difference", None) is None:
             self._difference = [torch.empty_like(b) for _, b in pairs]
@@ -33,8 +33,6 @@ class KolenPollack(FeedbackAlignment):
 
     @torch.no_grad()
     def after_step(self):
-        keep = 1.0 - self.options["decay"]
-        if keep != 1.0:
-            torch._foreach_mul_([layer.weight for layer in self.layers], keep)
+        keep = 1.0 - self.weight_decay
         for (weight, feedback), difference in zip(self._pairs(), self._difference):
             torch.add(weight, difference, alpha=keep, out=feedback)

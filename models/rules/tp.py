@@ -271,6 +271,7 @@ class TargetPropagation(LearningRule):
             optimizer.zero_grad(set_to_none=True)
             local_loss.backward()
             optimizer.step()
+            self.decay_weights()
         logits = detached[-1]
         return F.cross_entropy(logits, y), logits
 
