@@ -83,7 +83,8 @@ def training_options(func):
         click.option("--augment/--no-augment", default=None,
                      help="Random crop + flip; default on for CIFAR-10 and image folders, off for MNIST."),
         click.option("--train-subset", type=click.IntRange(min=0), default=0,
-                     help="Train on the first N training images only (0 = all); for quick checks."),
+                     help="Train on N training images only (0 = all), a fixed class-stratified sample "
+                          "(the same for every run); for quick checks."),
         click.option("--rule-opt", multiple=True, metavar="KEY=VALUE",
                      help="Rule option, e.g. --rule-opt alpha=0.1 for dtp-par (see the README)."),
         click.option("--data-dir", type=click.Path(file_okay=False), envvar=DATA_ENV, default="data",
@@ -93,6 +94,8 @@ def training_options(func):
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when present), cpu, cuda or cuda:N."),
         click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="torch threads per run (default: all cores for run; cores / --jobs for grid)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -127,9 +130,12 @@ def check_out_dir(path):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @training_options
 @click.option("--resume", is_flag=True, help="Continue this config's run from its last checkpoint.")
-def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_opt, **options):
+def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_opt, threads, **options):
     """Train one network with one learning rule and write its record."""
     from benchmark.runs import start_run
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     record, run_dir = start_run(
         dict(arch=arch, algo=algo, dataset=dataset, seed=seed, **options),
         rule_options=parse_rule_options(rule_opt), data_dir=data_dir, out=out, device=device,
@@ -157,7 +163,7 @@ def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_op
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cells run in parallel worker processes (threads split between them).")
 @training_options
-def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, device, rule_opt, **options):
+def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, device, rule_opt, threads, **options):
     """Run a grid of runs; re-running the same command finishes only what is missing."""
     from benchmark.grid import grid_cells, run_grid
     base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ["bp"]})
@@ -181,7 +187,8 @@ def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, devi
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     from benchmark.train import RunInterrupted
     try:
-        counts = run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo)
+        counts = run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo, threads=threads,
+                          epoch_lines=not quiet)
     except (RunInterrupted, KeyboardInterrupt):
         raise click.ClickException("grid interrupted; rerun the same command to finish the missing "
                                    "cells (interrupted ones resume from their checkpoints)") from None
@@ -241,7 +248,7 @@ metric_option = click.option("--metric", type=click.Choice(["best", "final", "va
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Seeds expected per cell (cells with fewer are flagged); default: the most any cell has.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Also write table.{md,csv,tex} and params.{md,csv,tex} into this folder.")
+              help="Also write table_METRIC.{md,csv,tex} and params.{md,csv,tex} into this folder.")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
               show_default=True, help="What to print.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first unreadable record instead of skipping it.")

@@ -112,8 +112,11 @@ class CellLock:
             pass
 
 
-def run_cell(config_dict, out, data_dir, device, threads):
-    """Run one cell (in a worker process). Returns (run name, status, message)."""
+def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False):
+    """Run one cell (in a worker process). Returns (run name, status, message).
+    With ``epoch_lines``, every finished epoch prints one line naming the cell."""
+    import sys
+
     import torch
     if threads:
         torch.set_num_threads(threads)
@@ -127,7 +130,10 @@ def run_cell(config_dict, out, data_dir, device, threads):
         return config.run_name(), "busy", "skipped (another process is running it)"
     try:
         start = time.time()
-        trainer = Trainer(config, run_dir, data_dir=data_dir, device=device, progress=False)
+        def echo(message, name=config.run_name()):
+            print(f"  {name}: {message}", file=sys.stderr, flush=True)
+        trainer = Trainer(config, run_dir, data_dir=data_dir, device=device, progress=False,
+                          epoch_lines=epoch_lines, echo=echo)
         record = trainer.run(resume=state == "resumable")
         s = record["summary"]
         return (config.run_name(), record["status"],
@@ -143,11 +149,11 @@ def run_cell(config_dict, out, data_dir, device, threads):
         lock.release()
 
 
-def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print):
+def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=None, epoch_lines=False):
     """Run every cell; returns {status: count}. Cells run in ``jobs`` worker
-    processes, each with ``cores // jobs`` torch threads."""
+    processes, each with ``threads`` torch threads (default ``cores // jobs``)."""
     os.makedirs(out, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     todo = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs) not in TERMINAL]
     echo(f"grid: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
          f"({jobs} job(s) x {threads} thread(s))")
@@ -162,7 +168,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print):
         echo(f"[{done}/{len(todo)}] {name}: {status}: {message}  (elapsed {elapsed / 60:.1f} min, "
              f"ETA {eta / 60:.1f} min)")
 
-    args = [(dataclasses.asdict(c), out, data_dir, device, threads) for c in todo]
+    args = [(dataclasses.asdict(c), out, data_dir, device, threads, epoch_lines) for c in todo]
     if jobs == 1:
         for done, arg in enumerate(args, 1):
             report(done, run_cell(*arg))

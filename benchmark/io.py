@@ -5,6 +5,12 @@ import tempfile
 from contextlib import contextmanager
 
 
+def _umask():
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path in the target's folder; on success fsync it and
@@ -17,6 +23,9 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        # mkstemp makes the file private (0600); results are meant to be
+        # shared, so give it the mode a plain open() would (0666 & ~umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -6,7 +6,11 @@ Schema ``biobench.run/1`` (all errors in percent):
   ``run_id``, ``started_at``, ``finished_at``, ``wall_seconds``
 * ``config``: the fully resolved run configuration (see ``RunConfig``)
 * ``seed``, ``device``, ``versions`` (python, torch, torchvision, numpy, biobench),
-  ``host`` (platform, cpu, torch threads)
+  ``code`` (``biobench_version``; ``git_commit`` and ``git_dirty`` of the
+  checkout the code ran from, null outside a git checkout), ``host``
+  (platform, cpu, torch threads)
+* ``repeat_of`` (only when present): the folder of an earlier run of the same
+  config and seed that this run did not resume, so it is a second run of it
 * ``rule``: name, options and how the first and output layers are treated
 * ``params``: ``forward_total``, ``feedback_total``, ``per_layer`` rows
   (layer, kind, weight, bias, forward, feedback, shape)
@@ -45,6 +49,29 @@ def versions():
     from . import __version__
     return {"biobench": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+
+
+def code_version():
+    """biobench's version and, when the code runs from a git checkout, its
+    commit and whether it had uncommitted changes (what makes a cited number
+    reproducible)."""
+    import subprocess
+
+    from . import __version__
+    info = {"biobench_version": __version__, "git_commit": None, "git_dirty": None}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no",
+                                     "--", "benchmark", "models", "cli.py"],
+                                    capture_output=True, text=True, timeout=10)
+            info["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
 
 
 def cpu_name():

@@ -1,6 +1,8 @@
 """Starting a run from user options: validation, the run folder, the trainer."""
 import os
 
+import click
+
 from .data import DataError
 from .records import CHECKPOINT_NAME
 from .train import RunConfig, RunError, RunInterrupted, Trainer
@@ -52,11 +54,15 @@ def start_run(options, rule_options, data_dir, out, device, progress, resume, ba
                         f"run without --resume first")
     run_dir = claim_run_dir(out, config.run_name(), resume)
     trainer.run_dir = run_dir
+    first = os.path.join(out, config.run_name())
+    if run_dir != first:
+        click.echo(f"warning: {first} already holds a run of this config and seed; this is a second run of "
+                   f"it, in {run_dir} (use --resume to continue the first instead)", err=True)
+        trainer.notes["repeat_of"] = os.path.basename(first)
     try:
         record = trainer.run(resume=resume, setup_done=True)
     except RunError as exc:
         raise bad_input(str(exc)) from None
     except RunInterrupted as exc:
-        import click
         raise click.ClickException(str(exc)) from None
     return record, run_dir

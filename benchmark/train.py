@@ -49,7 +49,7 @@ class RunConfig:
     seed: int = 0
     val_split: float = 0.0
     augment: bool = None  # None: the dataset's default (on for CIFAR-10 and image folders)
-    train_subset: int = 0  # 0: the whole training set; else the first N samples (quick runs)
+    train_subset: int = 0  # 0: the whole training set; else N samples, class-stratified (quick runs)
     rule_options: dict = field(default_factory=dict)
     eval_batch_size: int = 1000
     weight_decay: float = 0.0  # per step, on every forward weight (see LearningRule.decay_weights)
@@ -160,6 +160,21 @@ def optimizer_step(loss, optimizer, rule):
         rule.after_step()
 
 
+def stratified_subset(labels, size, seed=0):
+    """Indices of ``size`` samples with the classes in the training set's
+    proportions, the same for every run (fixed ``seed``): a random order,
+    then classes taken round-robin by each sample's rank within its class."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels.cpu()[order]
+    counts = torch.bincount(shuffled)
+    rank = torch.empty(len(order), dtype=torch.float64)
+    for label in range(len(counts)):
+        where = (shuffled == label).nonzero().flatten()
+        rank[where] = (torch.arange(len(where), dtype=torch.float64) + 0.5) / max(len(where), 1)
+    keep = order[torch.sort(rank, stable=True).indices[:size]]
+    return keep.sort().values
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -171,13 +186,15 @@ class Trainer:
     ``checkpoint.pt`` (every epoch) atomically into ``run_dir``."""
 
     def __init__(self, config, run_dir, data_dir=None, device="auto", progress=True, echo=None,
-                 dataset=None):
+                 dataset=None, epoch_lines=None, notes=None):
         self.config = config
         self.run_dir = run_dir
         self.data_dir = data_dir
         self.device = resolve_device(device)
-        self.progress = progress
+        self.progress = progress  # the per-batch progress bar
+        self.epoch_lines = progress if epoch_lines is None else epoch_lines  # one line per epoch
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
+        self.notes = notes or {}  # extra top-level facts for a new record
         self._dataset = dataset
         self.stop_requested = False
 
@@ -188,7 +205,10 @@ class Trainer:
         data = self._dataset or load_dataset(cfg.dataset, self.data_dir)
         train = data.train
         if cfg.train_subset:
-            train = train.subset(slice(0, cfg.train_subset))
+            if cfg.train_subset > len(train):
+                raise RunError(f"--train-subset {cfg.train_subset} is larger than the {cfg.dataset} training "
+                               f"set ({len(train)} images)")
+            train = train.subset(stratified_subset(train.labels, cfg.train_subset))
         val = None
         if cfg.val_split > 0:
             # The split is fixed (seed 0) so every seed and rule sees the same one.
@@ -229,7 +249,8 @@ class Trainer:
                      "train_size": len(self.train), "val_size": len(self.val) if self.val else 0,
                      "test_size": len(self.test), "num_classes": self.data.num_classes,
                      "data_dir": os.path.abspath(self.data_dir) if self.data_dir else None},
-            "versions": records.versions(), "host": records.host_info(),
+            "versions": records.versions(), "code": records.code_version(), "host": records.host_info(),
+            **self.notes,
             "rule": self.rule.describe(),
             "params": parameter_counts(self.model, self.rule),
             "curves": {k: [] for k in ("epoch", "train_loss", "train_error", "test_loss",
@@ -377,12 +398,14 @@ class Trainer:
         record["alignment"].append({"epoch": epoch, **self.rule.epoch_info(),
                                     "layers": alignment_metrics(self.model, self.rule, *self.probe)})
         record["summary"] = summarize(curves)
-        if self.progress:
+        if self.epoch_lines:
             val = f"  val {val_error:6.2f}%" if val_error is not None else ""
             phase = self.rule.epoch_info().get("phase")
             val += f"  [{phase} epoch]" if phase not in (None, "parallel") else ""
+            remaining = (cfg.epochs - epoch) * sum(curves["seconds"]) / len(curves["seconds"])
             self.echo(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f}  train err "
-                      f"{train_error:6.2f}%  test err {test_error:6.2f}%{val}  ({seconds:.1f}s)")
+                      f"{train_error:6.2f}%  test err {test_error:6.2f}%{val}  ({seconds:.1f}s, "
+                      f"ETA {remaining / 60:.1f} min)")
 
     def _finish(self, record, status, diverged_epoch, wall):
         record["status"] = status

@@ -106,4 +106,6 @@ def test_real_mnist_smoke(shared_data, tmp_path):
     assert result.exit_code == 0, result.output
     (record,) = only_record(out)
     assert record["data"]["test_size"] == 10000
-    assert record["summary"]["final_test_error"] < 50  # far better than chance (90%)
+    # Correct FA reaches 18.8% here; training the output layer alone (no error
+    # reaching the layers below) gives 37.3%, so the bound tells them apart.
+    assert record["summary"]["final_test_error"] < 25

@@ -50,6 +50,9 @@ def pair(v):
 def test_matches_loop_reference_forward_and_gradients(shape, bias):
     torch.manual_seed(0)
     layer = make_layer(shape, bias)
+    if bias:
+        with torch.no_grad():
+            layer.bias.normal_()  # not the zero init, so the per-position bias path is checked
     c, o, h, w, k, s, p = shape
     x = torch.randn(3, c, h, w, dtype=torch.double, requires_grad=True)
     out = layer(x)

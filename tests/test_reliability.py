@@ -51,16 +51,18 @@ def wait_for_epoch(out, epochs_done, proc, timeout=120):
     raise AssertionError("no epoch finished in time")
 
 
-@pytest.mark.parametrize("how,algo", [("sigkill", "brsf"), ("sigterm", "brsf"),
-                                      # an alternating schedule: its phase and inverses are checkpointed
-                                      ("sigkill", "dtp-alt")])
-def test_interrupted_then_resumed_run_equals_uninterrupted(medium_root, tmp_path, how, algo):
+@pytest.mark.parametrize("how,algo,extra", [("sigkill", "brsf", ()), ("sigterm", "brsf", ()),
+                                            # an alternating schedule: its phase and inverses are checkpointed
+                                            ("sigkill", "dtp-alt", ()),
+                                            # random crops and flips: their generator is checkpointed
+                                            ("sigkill", "fa", ("--augment",))])
+def test_interrupted_then_resumed_run_equals_uninterrupted(medium_root, tmp_path, how, algo, extra):
     straight = str(tmp_path / "straight")
-    subprocess.run(cli_command(medium_root, straight, algo=algo), check=True, capture_output=True)
+    subprocess.run(cli_command(medium_root, straight, *extra, algo=algo), check=True, capture_output=True)
     (expected,) = records_in(straight).values()
 
     out = str(tmp_path / "interrupted")
-    proc = subprocess.Popen(cli_command(medium_root, out, algo=algo), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cli_command(medium_root, out, *extra, algo=algo), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     wait_for_epoch(out, 1, proc)
     time.sleep(0.1)  # into the next epoch
@@ -72,7 +74,8 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(medium_root, tmp_path
     if how == "sigterm":
         assert "--resume" in stderr and len(stderr.strip().splitlines()) == 1
         assert partial["status"] == "interrupted"
-    resumed = subprocess.run(cli_command(medium_root, out, "--resume", algo=algo), capture_output=True, text=True)
+    resumed = subprocess.run(cli_command(medium_root, out, "--resume", *extra, algo=algo), capture_output=True,
+                             text=True)
     assert resumed.returncode == 0, resumed.stderr
     (final,) = records_in(out).values()
     assert comparable(final) == comparable(expected)
@@ -243,3 +246,66 @@ def test_resume_from_a_checkpoint_of_another_config_is_refused(tiny_root, tmp_pa
     assert result.exit_code == 2, result.output
     assert "is from a different config (differs in: lr)" in result.output
     assert not (out / other.run_name() / "record.json").exists()
+
+
+def test_train_subset_is_class_stratified_fixed_and_bounded(tmp_path):
+    from benchmark.train import stratified_subset
+    labels = torch.arange(10).repeat_interleave(50)  # class-sorted, like the CIFAR-10 JPEG folders
+    chosen = stratified_subset(labels, 100)
+    assert len(chosen) == 100 and len(set(chosen.tolist())) == 100
+    assert torch.bincount(labels[chosen]).tolist() == [10] * 10
+    assert torch.equal(chosen, stratified_subset(labels, 100))  # the same subset for every run
+    assert torch.bincount(labels[stratified_subset(labels, 7)], minlength=10).max() == 1
+    root = make_tiny_mnist(str(tmp_path / "data"))  # 96 training images
+    result = invoke_bad(root, tmp_path / "out", ["--train-subset", "500"])
+    assert result.exit_code == 2
+    assert "--train-subset 500 is larger than the mnist training set (96 images)" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_of_the_same_config_is_announced_and_recorded(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    args = ["run", "--arch", "fc", "--algo", "bp", "--epochs", "1", "--batch-size", "32", "--data-dir", tiny_root,
+            "--out", str(out), "--quiet"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0 and "warning" not in first.output
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0
+    (name,) = [f for f in os.listdir(out) if not f.endswith("-2")]
+    assert f"{os.path.join(str(out), name)} already holds a run of this config and seed" in second.output
+    assert json.load(open(out / f"{name}-2" / "record.json"))["repeat_of"] == name
+    assert "repeat_of" not in json.load(open(out / name / "record.json"))
+
+
+def test_outputs_respect_the_umask_and_records_name_the_code(tiny_root, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "runs"
+        assert CliRunner().invoke(cli, ["run", "--arch", "fc", "--algo", "bp", "--epochs", "1", "--data-dir",
+                                        tiny_root, "--out", str(out), "--quiet"]).exit_code == 0
+        (folder,) = os.listdir(out)
+        for name in ("record.json", "checkpoint.pt"):
+            assert os.stat(out / folder / name).st_mode & 0o777 == 0o644
+    finally:
+        os.umask(previous)
+    record = json.load(open(out / folder / "record.json"))
+    from benchmark import __version__
+    assert record["code"]["biobench_version"] == __version__
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if commit.returncode == 0:
+        assert record["code"]["git_commit"] == commit.stdout.strip()
+    else:
+        assert record["code"]["git_commit"] is None
+
+
+def test_grid_shows_each_cells_epochs_and_takes_threads(tiny_root, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "grid", "--datasets", "mnist",
+                             "--archs", "fc", "--algos", "bp", "--seeds", "1", "--epochs", "2", "--threads", "1",
+                             "--data-dir", tiny_root, "--out", str(tmp_path / "g")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "(1 job(s) x 1 thread(s))" in result.stderr
+    epoch_lines = [line for line in result.stderr.splitlines() if ": epoch " in line]
+    assert len(epoch_lines) == 2 and "mnist-fc-bp-seed0" in epoch_lines[0] and "ETA" in epoch_lines[0]
+    record = records_in(str(tmp_path / "g"))
+    assert list(record.values())[0]["host"]["torch_threads"] == 1

@@ -45,8 +45,10 @@ class DirectFeedbackAlignment(LearningRule):
         for layer, shape in zip(self.layers[1:], shapes[1:]):
             size = math.prod(shape)
             bound = glorot_bound(classes, size)
-            layer.register_buffer(
-                "feedback_weight", torch.empty(classes, size).uniform_(-bound, bound, generator=generator))
+            weight = layer.weight.detach()
+            # Drawn on the CPU generator, then given the layer weight's dtype and device.
+            drawn = torch.empty(classes, size, dtype=weight.dtype).uniform_(-bound, bound, generator=generator)
+            layer.register_buffer("feedback_weight", drawn.to(weight.device))
             layer.feedback_route = DirectRoute(holder, captures_error=layer is self.output_layer)
         return self
 
