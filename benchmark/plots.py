@@ -20,8 +20,29 @@ RULE_COLOURS = {"bp": "#000000", "fa": "#1f77b4", "dfa": "#d62728", "usf": "#2ca
 ARCH_MARKERS = {"fc": "o", "lc": "s", "conv": "^"}
 
 
-def colour(rule):
-    return RULE_COLOURS.get(rule, "#7f7f7f")
+def colour(label):
+    """The rule's colour; ``label`` is a rule name or a table row label such
+    as ``bp (weight_decay=0.0001)``."""
+    return RULE_COLOURS.get(label.split(" ")[0], "#7f7f7f")
+
+
+LINESTYLES, HATCHES = ("-", "--", ":", "-."), (None, "//", "..", "xx")
+
+
+def variant_index(label, labels):
+    """Which of its rule's rows ``label`` is (0 for the first), so rows of one
+    rule that differ in a setting share a colour but not a line or hatch."""
+    rule = label.split(" ")[0]
+    same_rule = [other for other in _ordered_labels(labels) if other.split(" ")[0] == rule]
+    return same_rule.index(label) % len(LINESTYLES)
+
+
+def _ordered_labels(labels):
+    """Row labels in table order: by rule (registry order), then by label."""
+    def rank(label):
+        rule = label.split(" ")[0]
+        return (RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER), label)
+    return sorted(set(labels), key=rank)
 
 
 def save(fig, out_dir, name):
@@ -50,17 +71,18 @@ def bar_plot(summary, out_dir, metric="best"):
     for ax, dataset in zip(axes[0], datasets):
         part = summary[summary.dataset == dataset]
         archs = _ordered(set(part.arch), ARCH_ORDER)
-        rules = _ordered(set(part.algo), RULE_ORDER)
+        rules = _ordered_labels(part.label)
         width = 0.8 / len(rules)
         paper_labelled = False
         for i, rule in enumerate(rules):
             for j, arch in enumerate(archs):
-                row = part[(part.arch == arch) & (part.algo == rule)]
+                row = part[(part.arch == arch) & (part.label == rule)]
                 if not len(row) or row.iloc[0]["n"] == 0:
                     continue
                 r = row.iloc[0]
                 x = j - 0.4 + width * (i + 0.5)
-                ax.bar(x, r["mean"], width, color=colour(rule), label=rule if j == 0 or rule not in
+                ax.bar(x, r["mean"], width, color=colour(rule), hatch=HATCHES[variant_index(rule, rules)],
+                       label=rule if j == 0 or rule not in
                        ax.get_legend_handles_labels()[1] else None,
                        yerr=r["std"] if r["n"] > 1 else None, capsize=2, edgecolor="white", linewidth=0.5)
                 if r["paper"] == r["paper"]:
@@ -85,7 +107,7 @@ def _load_curves(runs):
     for _, run in runs[runs.status == "complete"].iterrows():
         with open(run.path, encoding="utf-8") as handle:
             record = json.load(handle)
-        curves.setdefault((run.dataset, run.arch, run.algo), []).append(record)
+        curves.setdefault((run.dataset, run.arch, run.label), []).append(record)
     return curves
 
 
@@ -99,12 +121,13 @@ def curve_plot(runs, out_dir):
             continue
         fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.8), squeeze=False, sharey=True)
         for ax, arch in zip(axes[0], archs):
-            for rule in _ordered({r for d, a, r in records if d == dataset and a == arch}, RULE_ORDER):
+            for rule in _ordered_labels({r for d, a, r in records if d == dataset and a == arch}):
                 group = records[(dataset, arch, rule)]
                 length = min(len(r["curves"]["test_error"]) for r in group)
                 errors = np.array([r["curves"]["test_error"][:length] for r in group])
                 epochs = np.arange(1, length + 1)
-                ax.plot(epochs, errors.mean(0), color=colour(rule), label=f"{rule} ({len(group)})", marker=".")
+                ax.plot(epochs, errors.mean(0), color=colour(rule), label=f"{rule} ({len(group)})", marker=".",
+                        linestyle=LINESTYLES[variant_index(rule, [k[2] for k in records])])
                 if len(group) > 1:
                     ax.fill_between(epochs, errors.min(0), errors.max(0), color=colour(rule), alpha=0.15)
             ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)} {arch.upper()}")
@@ -118,13 +141,22 @@ def curve_plot(runs, out_dir):
     return paths
 
 
+def _figure_legend(fig, axes):
+    """One legend for all panels, each rule once."""
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="upper right", title="rule", fontsize=8)
+
+
 def alignment_plot(runs, out_dir):
     """W-B angle and update-vs-BP angle per layer over epochs, mean over seeds."""
     records = _load_curves(runs)
     paths = []
     for dataset, arch in dict.fromkeys((d, a) for d, a, _ in records):
-        rules = [r for r in _ordered({r for d, a, r in records if (d, a) == (dataset, arch)}, RULE_ORDER)
-                 if r != "bp" and not _is_target_propagation(records[(dataset, arch, r)])]
+        rules = [r for r in _ordered_labels({r for d, a, r in records if (d, a) == (dataset, arch)})
+                 if not r.startswith("bp") and not _is_target_propagation(records[(dataset, arch, r)])]
         if not rules:
             continue
         n_layers = len(records[(dataset, arch, rules[0])][0]["params"]["per_layer"])
@@ -137,7 +169,8 @@ def alignment_plot(runs, out_dir):
                     if values.size == 0 or np.isnan(values).all():
                         continue
                     axes[row][layer].plot(np.arange(1, values.shape[1] + 1), np.nanmean(values, 0),
-                                          color=colour(rule), label=rule, marker=".")
+                                          color=colour(rule), label=rule, marker=".",
+                                          linestyle=LINESTYLES[variant_index(rule, rules)])
         for layer in range(n_layers):
             axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
             for row in range(2):
@@ -154,11 +187,7 @@ def alignment_plot(runs, out_dir):
                          va="center", transform=axes[1][-1].transAxes, fontsize=9)
         axes[0][0].set_ylabel("angle W vs B (degrees)")
         axes[1][0].set_ylabel("angle update vs BP gradient (degrees)")
-        handles, labels = {}, []
-        for ax in axes.flat:
-            for h, l in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(l, h)
-        fig.legend(handles.values(), handles.keys(), loc="upper right", title="rule", fontsize=8)
+        _figure_legend(fig, axes)
         fig.suptitle(f"Alignment, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()} (mean over seeds; "
                      f"the first layer has no B)", fontsize=10)
         fig.tight_layout(rect=(0, 0, 0.94, 0.95))
@@ -191,7 +220,7 @@ def target_propagation_plot(runs, out_dir):
     records = _load_curves(runs)
     paths = []
     for dataset, arch in dict.fromkeys((d, a) for d, a, _ in records):
-        rules = [r for r in _ordered({r for d, a, r in records if (d, a) == (dataset, arch)}, RULE_ORDER)
+        rules = [r for r in _ordered_labels({r for d, a, r in records if (d, a) == (dataset, arch)})
                  if _is_target_propagation(records[(dataset, arch, r)])]
         if not rules:
             continue
@@ -206,7 +235,8 @@ def target_propagation_plot(runs, out_dir):
                     if values.size == 0 or np.isnan(values).all():
                         continue
                     axes[row][layer].plot(np.arange(1, values.shape[1] + 1), np.nanmean(values, 0),
-                                          color=colour(rule), label=rule, marker=".")
+                                          color=colour(rule), label=rule, marker=".",
+                                          linestyle=LINESTYLES[variant_index(rule, rules)])
         for layer in range(n_layers):
             axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
             for row, (key, label, scale) in enumerate(TP_PANELS):
@@ -225,11 +255,7 @@ def target_propagation_plot(runs, out_dir):
                 if layer == 0:
                     ax.set_ylabel(label)
             axes[0][layer].set_ylim(-3, 95)
-        handles = {}
-        for ax in axes.flat:
-            for h, l in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(l, h)
-        fig.legend(handles.values(), handles.keys(), loc="upper right", title="rule", fontsize=8)
+        _figure_legend(fig, axes)
         fig.suptitle(f"Target propagation, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()} "
                      f"(fixed probe batch, mean over seeds)", fontsize=10)
         fig.tight_layout(rect=(0, 0, 0.9, 0.96))
@@ -251,7 +277,7 @@ def params_plot(summary, out_dir, metric="best"):
     ax.grid(alpha=0.3, which="both")
     from matplotlib.lines import Line2D
     rule_handles = [Line2D([], [], color=colour(r), marker="o", linestyle="none", label=r)
-                    for r in _ordered(set(summary.algo), RULE_ORDER)]
+                    for r in _ordered(set(summary.algo), RULE_ORDER)]  # colour is per rule
     arch_handles = [Line2D([], [], color="grey", marker=ARCH_MARKERS.get(a, "o"), linestyle="none", label=a.upper())
                     for a in _ordered(set(summary.arch), ARCH_ORDER)]
     ax.legend(handles=rule_handles + arch_handles, fontsize=8, ncol=2, title="rule / architecture")
