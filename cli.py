@@ -80,6 +80,9 @@ def training_options(func):
                      show_default=True,
                      help="Fraction of the training set held out for validation (fixed split); "
                           "enables the honest 'test error at best validation epoch' metric."),
+        click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Early stopping: stop once validation error has not improved for this many "
+                          "epochs (needs --val-split; 0 = never). The record says where and why."),
         click.option("--augment/--no-augment", default=None,
                      help="Random crop + flip; default on for CIFAR-10 and image folders, off for MNIST."),
         click.option("--train-subset", type=click.IntRange(min=0), default=0,
@@ -147,6 +150,8 @@ def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_op
                f"{summary['best_test_epoch']}); record: {os.path.join(run_dir, 'record.json')}"
                if summary.get("final_test_error") is not None else
                f"{record['status']}: record: {os.path.join(run_dir, 'record.json')}")
+    if record.get("early_stop"):
+        click.echo(f"stopped early at epoch {record['early_stop']['epoch']}: {record['early_stop']['reason']}")
     if record["status"] == "diverged":
         raise click.ClickException(f"run diverged at epoch {summary['diverged_at_epoch']} "
                                    f"(loss or weights not finite); record marked 'diverged'")
@@ -196,6 +201,84 @@ def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, devi
                else "grid finished: nothing to do")
     if counts.get("failed"):
         raise click.ClickException(f"{counts['failed']} cell(s) failed; see error.txt in their run folders")
+
+
+SEARCHED_TRAINING_OPTIONS = ("lr", "beta2", "eps")
+
+
+@cli.command()
+@click.option("--arch", type=click.Choice(ARCHS.names()), default="fc", show_default=True)
+@click.option("--algo", type=click.Choice(RULES.names()), default="bp", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASETS.names()), default="mnist", show_default=True)
+@click.option("--trials", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Random configurations (the paper: 60 per cell).")
+@click.option("--search-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the sampler; trial i depends only on (search seed, i).")
+@click.option("--space", "space_overrides", multiple=True, metavar="NAME=SPEC",
+              help="Narrow or widen a searched setting: SPEC is log:LOW:HIGH, uniform:LOW:HIGH, int:LOW:HIGH "
+                   "or choice:A,B,... (defaults: lr log:1e-5:3e-3, beta2 choice:0.99,0.999, eps "
+                   "choice:1e-4,1e-6,1e-8, plus the rule's own, e.g. TP's inverse_lr, sigma, alpha).")
+@click.option("--halving", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Successive halving with this factor (e.g. 3): all trials train --min-epochs, the best third "
+                   "continues to 3x as many, and so on up to --epochs. 0 = off.")
+@click.option("--min-epochs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Epochs of the first halving rung.")
+@click.option("--final-seeds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then train the chosen settings with this many seeds (in <search>/final).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trials run in parallel worker processes.")
+@training_options
+def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, min_epochs, final_seeds, jobs, quiet,
+           out, data_dir, device, rule_opt, threads, **options):
+    """Random search of one (dataset, arch, rule) cell, chosen on the validation split."""
+    from benchmark.search import Search, search_space
+    from benchmark.train import RunInterrupted
+    ctx = click.get_current_context()
+    for name in SEARCHED_TRAINING_OPTIONS:
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise BadInput(f"--{name} is searched; fix it with --space {name}=choice:VALUE instead")
+    if not options["val_split"]:
+        raise BadInput("search chooses on a validation split: give --val-split, e.g. 0.1 (the test set is "
+                       "never used for choosing)")
+    overrides = parse_rule_options(space_overrides)
+    try:
+        space = search_space(algo, overrides)
+        rule_options = parse_rule_options(rule_opt)
+        searched_rule_options = sorted(set(rule_options) & set(space))
+        if searched_rule_options:
+            raise ValueError(f"--rule-opt {searched_rule_options[0]} is searched; fix it with --space "
+                             f"{searched_rule_options[0]}=choice:VALUE instead")
+        from models import make_rule
+        rule = make_rule(algo, **rule_options)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    check_data_dir(data_dir)
+    check_out_dir(out)
+    if options["weight_decay"] is None:
+        options["weight_decay"] = rule.default_weight_decay
+    base = {k: v for k, v in options.items() if k not in space}
+    job = Search(dataset=dataset, arch=arch, algo=algo, trials=trials, epochs=options["epochs"],
+                 search_seed=search_seed, space=space, base={k: v for k, v in base.items() if k != "epochs"},
+                 rule_options={k: rule.options[k] for k in rule_options}, halving=halving, min_epochs=min_epochs,
+                 final_seeds=final_seeds)
+    echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    try:
+        record = job.run(out, data_dir, device=device, jobs=jobs, threads=threads, echo=echo)
+    except (RunInterrupted, KeyboardInterrupt):
+        raise click.ClickException("search interrupted; rerun the same command to go on (finished trials are "
+                                   "kept, interrupted ones resume from their checkpoints)") from None
+    folder = job.folder(out)
+    if record["status"] != "complete":
+        raise click.ClickException(f"no trial finished with a validation error; see {folder}")
+    chosen = record["chosen"]
+    settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in chosen["settings"].items())
+    click.echo(f"chosen (trial {chosen['trial']} of {trials}, best validation error "
+               f"{chosen['best_val_error']:.2f}%): {settings}")
+    click.echo(f"search record: {os.path.join(folder, 'search.json')}")
+    if final_seeds:
+        click.echo(f"final runs: {os.path.join(folder, 'final')} (python cli.py table --runs "
+                   f"{os.path.join(folder, 'final')})")
 
 
 @cli.command()
@@ -248,7 +331,8 @@ metric_option = click.option("--metric", type=click.Choice(["best", "final", "va
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Seeds expected per cell (cells with fewer are flagged); default: the most any cell has.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Also write table_METRIC.{md,csv,tex} and params.{md,csv,tex} into this folder.")
+              help="Also write table_METRIC.{md,csv,tex}, params.{md,csv,tex} and, when the folders hold "
+                   "searches, chosen.{md,csv,tex} into this folder.")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
               show_default=True, help="What to print.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first unreadable record instead of skipping it.")
@@ -267,7 +351,15 @@ def table(runs, metric, seeds, out, fmt, strict):
         write_text(os.path.join(out, "params.md"), tables.parameters_markdown(params))
         write_text(os.path.join(out, "params.csv"), params.to_csv(index=False))
         write_text(os.path.join(out, "params.tex"), tables.parameters_latex(params))
+    from benchmark.search import find_searches
+    chosen = tables.chosen_table(find_searches(runs))
+    if out and not chosen.empty:
+        write_text(os.path.join(out, "chosen.md"), tables.chosen_markdown(chosen))
+        write_text(os.path.join(out, "chosen.csv"), chosen.to_csv(index=False))
+        write_text(os.path.join(out, "chosen.tex"), tables.chosen_latex(chosen))
     click.echo(texts[fmt], nl=False)
+    if not chosen.empty:
+        click.echo("\nChosen settings:\n\n" + tables.chosen_markdown(chosen), nl=False)
     if bad:
         click.echo(f"warning: {len(bad)} record(s) skipped (see above)", err=True)
 

@@ -58,15 +58,16 @@ def grid_cells(datasets, archs, algos, seeds, options, rule_options=None):
 
 def cell_state(run_dir, epochs):
     """complete | diverged | resumable | missing, for a cell wanting ``epochs``.
-    A complete run with fewer epochs is resumable: the grid extends it."""
+    A complete run with fewer epochs is resumable (the grid extends it) unless
+    it stopped early."""
     path = os.path.join(run_dir, RECORD_NAME)
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as handle:
                 record = json.load(handle)
             status = record.get("status")
-            if status == "diverged" or (status == "complete"
-                                        and record["summary"]["epochs_done"] >= epochs):
+            if status == "diverged" or (status == "complete" and (
+                    record["summary"]["epochs_done"] >= epochs or record.get("early_stop"))):
                 return status
         except (OSError, ValueError, KeyError, TypeError):
             pass

@@ -9,6 +9,8 @@ Schema ``biobench.run/1`` (all errors in percent):
   ``code`` (``biobench_version``; ``git_commit`` and ``git_dirty`` of the
   checkout the code ran from, null outside a git checkout), ``host``
   (platform, cpu, torch threads)
+* ``early_stop`` (only when a run stopped early, ``--patience``): ``epoch``,
+  ``best_val_epoch``, ``patience``, ``reason``
 * ``repeat_of`` (only when present): the folder of an earlier run of the same
   config and seed that this run did not resume, so it is a second run of it
 * ``rule``: name, options and how the first and output layers are treated

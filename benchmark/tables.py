@@ -295,3 +295,57 @@ def parameters_latex(table):
                      f"{r.forward_params:,} & {r.feedback_params:,} \\\\".replace(",", "{,}"))
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
+
+
+def chosen_table(searches):
+    """The settings each search chose (like Bartunov et al.'s Table 5)."""
+    rows = []
+    for record in searches:
+        chosen = record.get("chosen")
+        if not chosen:
+            continue
+        settings = chosen["settings"]
+        rule_settings = {k: v for k, v in settings.items() if k not in ("lr", "beta2", "eps")}
+        rows.append({"dataset": record["dataset"], "arch": record["arch"], "algo": record["algo"],
+                     "trials": len(record["trials"]), "epochs": record["epochs"],
+                     "halving": record.get("halving") or 0,
+                     "lr": settings.get("lr", record["base"].get("lr")),
+                     "beta2": settings.get("beta2", record["base"].get("beta2")),
+                     "eps": settings.get("eps", record["base"].get("eps")),
+                     "rule_settings": ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in sorted(rule_settings.items())),
+                     "best_val_error": chosen["best_val_error"], "trial": chosen["trial"]})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return _ordered(table.assign(label=table["algo"])).drop(columns="label")
+
+
+CHOSEN_COLUMNS = [("dataset", "dataset"), ("arch", "arch"), ("algo", "rule"), ("trials", "trials"),
+                  ("epochs", "epochs"), ("lr", "lr"), ("beta2", "beta2"), ("eps", "eps"),
+                  ("rule_settings", "rule settings"), ("best_val_error", "val error (%)"),
+                  ("trial", "chosen trial")]
+
+
+def _chosen_cells(row):
+    return [DATASET_TITLES.get(row.dataset, row.dataset) if key == "dataset" else
+            f"{row[key]:.3g}" if key in ("lr", "eps") else
+            f"{row[key]:.2f}" if key == "best_val_error" else str(row[key]) for key, _ in CHOSEN_COLUMNS]
+
+
+def chosen_markdown(table):
+    lines = ["| " + " | ".join(title for _, title in CHOSEN_COLUMNS) + " |",
+             "|" + "---|" * len(CHOSEN_COLUMNS)]
+    lines += ["| " + " | ".join(_chosen_cells(row)) + " |" for _, row in table.iterrows()]
+    lines.append("")
+    lines.append("Settings chosen by random search on the validation split (lowest validation error over "
+                 "epochs); the test set played no part.")
+    return "\n".join(lines) + "\n"
+
+
+def chosen_latex(table):
+    lines = [r"\begin{tabular}{" + "l" * len(CHOSEN_COLUMNS) + "}", r"\toprule",
+             " & ".join(latex_escape(title) for _, title in CHOSEN_COLUMNS) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(c) for c in _chosen_cells(row)) + r" \\" for _, row in table.iterrows()]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"

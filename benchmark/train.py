@@ -31,7 +31,7 @@ class RunInterrupted(Exception):
 
 
 # Config fields added later, with the value that leaves a run as it was.
-LATER_FIELDS = {"weight_decay": 0.0}
+LATER_FIELDS = {"weight_decay": 0.0, "patience": 0}
 
 
 @dataclass
@@ -53,6 +53,7 @@ class RunConfig:
     rule_options: dict = field(default_factory=dict)
     eval_batch_size: int = 1000
     weight_decay: float = 0.0  # per step, on every forward weight (see LearningRule.decay_weights)
+    patience: int = 0  # stop once validation error has not improved for this many epochs (0: never)
 
     def identity(self):
         """Short hash of the config without ``epochs``: the same run continued
@@ -209,6 +210,9 @@ class Trainer:
                 raise RunError(f"--train-subset {cfg.train_subset} is larger than the {cfg.dataset} training "
                                f"set ({len(train)} images)")
             train = train.subset(stratified_subset(train.labels, cfg.train_subset))
+        if cfg.patience and not cfg.val_split:
+            raise RunError(f"--patience {cfg.patience} needs a validation split (--val-split > 0): early "
+                           f"stopping looks at validation error, never at the test set")
         val = None
         if cfg.val_split > 0:
             # The split is fixed (seed 0) so every seed and rule sees the same one.
@@ -311,6 +315,8 @@ class Trainer:
         record_path = os.path.join(self.run_dir, records.RECORD_NAME)
         write_json(record_path, record)
         start_epoch = record["summary"]["epochs_done"] + 1
+        if record.get("early_stop"):
+            start_epoch = self.config.epochs + 1  # stopped early: more epochs would not be trained
         wall_before = record["wall_seconds"]
         started = time.time()
         try:
@@ -325,8 +331,13 @@ class Trainer:
                     return record
                 self._log_epoch(record, epoch, train_loss, train_error, time.time() - epoch_start)
                 record["wall_seconds"] = round(wall_before + time.time() - started, 3)
+                stop = early_stop(record["curves"], self.config.patience)
+                if stop:
+                    record["early_stop"] = stop
                 write_json(record_path, record)
                 self._save_checkpoint(record)
+                if stop:
+                    break
         except KeyboardInterrupt:
             record["status"] = "interrupted"
             write_json(record_path, record)
@@ -412,6 +423,20 @@ class Trainer:
         record["summary"]["diverged_at_epoch"] = diverged_epoch
         record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         record["wall_seconds"] = round(wall, 3)
+
+
+def early_stop(curves, patience):
+    """``{epoch, best_val_epoch, patience, reason}`` once validation error has
+    not improved on its best for ``patience`` epochs, else None."""
+    val = curves["val_error"]
+    if not patience or not val or val[-1] is None:
+        return None
+    best = val.index(min(val))
+    if len(val) - 1 - best < patience:
+        return None
+    return {"epoch": curves["epoch"][-1], "best_val_epoch": curves["epoch"][best], "patience": patience,
+            "reason": f"validation error did not improve for {patience} epoch(s) after epoch "
+                      f"{curves['epoch'][best]}"}
 
 
 def summarize(curves):

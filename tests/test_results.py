@@ -248,3 +248,20 @@ def test_val_metric_says_when_runs_have_no_validation_split(runs_dir):
     result = CliRunner().invoke(cli, ["table", "--runs", str(runs_dir), "--metric", "val"])
     assert result.exit_code == 0
     assert "no validation split" in result.output
+
+
+def test_every_registered_rule_is_complete_everywhere():
+    """The registry is the one list of rules: presets, table order, plot
+    colours and citations all follow it."""
+    from benchmark import cite
+    from benchmark.grid import PRESETS
+    from benchmark.plots import RULE_COLOURS
+    from benchmark.tables import RULE_ORDER
+    from models import RULES
+    assert RULE_ORDER == RULES.registered()
+    assert PRESETS["bartunov-mnist"]["algos"] == RULES.registered()
+    for name in RULES.registered():
+        rule = RULES.get(name)
+        assert rule.name == name and rule.title, name
+        assert rule.citation_keys and all(key in cite.ENTRIES for key in rule.citation_keys), name
+        assert name in RULE_COLOURS, name

@@ -19,6 +19,9 @@ class LearningRule:
     title = ""
     citation_keys = ()
     defaults = {}
+    # Options ``cli.py search`` draws, as ``{name: "log:LOW:HIGH" | "uniform:LOW:HIGH"
+    # | "int:LOW:HIGH" | "choice:A,B"}`` (names from ``defaults``).
+    search_space = {}
     # Per-step hooks are only called for rules that define them.
     has_step_hooks = False
     # A rule that owns its training step (target propagation) defines

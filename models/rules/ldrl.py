@@ -30,6 +30,7 @@ class LayerwiseDRL(TargetPropagation):
     defaults = {"beta": 0.7, "sigma": 0.1, "feedback_steps": 3, "inverse_lr": 3e-4,
                 "inverse_beta2": 0.999, "inverse_eps": 1e-8}
     positive_options = TargetPropagation.positive_options + ("beta",)
+    search_space = {"inverse_lr": "log:1e-5:3e-3", "sigma": "log:0.01:0.3"}
     output_on_task_loss = False
     target_loss_scale = 0.5
 

@@ -94,6 +94,9 @@ class TargetPropagation(LearningRule):
     citation_keys = ("lee2015", "bartunov2018")
     defaults = {"sigma": 0.36, "inverse_lr": 7.7e-4, "inverse_beta2": 0.999, "inverse_eps": 1e-8}
     positive_options = ("sigma", "inverse_lr", "inverse_eps")
+    # What ``cli.py search`` draws besides the optimiser settings (Bartunov et
+    # al.'s ranges for sigma; the inverse learning rate like the forward one).
+    search_space = {"inverse_lr": "log:1e-5:3e-3", "sigma": "uniform:0.01:0.3"}
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -334,6 +337,7 @@ class DifferenceTargetPropagation(TargetPropagation):
     (layers 2..L-1) reconstruct the noisy input."""
 
     defaults = {**TargetPropagation.defaults, "alpha": 0.15}
+    search_space = {**TargetPropagation.search_space, "alpha": "uniform:0.01:0.2"}
     positive_options = TargetPropagation.positive_options + ("alpha",)
 
     def penultimate_target(self, hs, y):

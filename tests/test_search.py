@@ -1,0 +1,200 @@
+"""Random search, successive halving and early stopping."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import benchmark.grid
+from benchmark.search import Dimension, Search, best_validation_error, rung_epochs, sample_trials, search_space
+from benchmark.train import RunConfig, Trainer, early_stop
+from cli import cli
+
+
+def test_sampling_is_deterministic_prefix_stable_and_inside_the_ranges():
+    space = search_space("dtp-par", {"lr": "log:1e-5:3e-3"})
+    assert set(space) == {"lr", "beta2", "eps", "inverse_lr", "sigma", "alpha"}
+    trials = sample_trials(space, 3000, search_seed=7)
+    assert trials == sample_trials(space, 3000, search_seed=7)
+    assert trials[:10] == sample_trials(space, 10, search_seed=7)  # more trials keep the earlier ones
+    assert trials[:10] != sample_trials(space, 10, search_seed=8)
+    lr = np.log10([t["lr"] for t in trials])
+    assert lr.min() >= -5 and lr.max() <= math.log10(3e-3)
+    # log-uniform: uniform on the log scale (mean and quartiles of log10 lr)
+    low, high = -5, math.log10(3e-3)
+    assert abs(lr.mean() - (low + high) / 2) < 0.05
+    assert abs(np.mean(lr < low + (high - low) / 4) - 0.25) < 0.03
+    sigma = np.array([t["sigma"] for t in trials])
+    assert sigma.min() >= 0.01 and sigma.max() <= 0.3 and abs(np.median(sigma) - 0.155) < 0.02
+    assert {t["beta2"] for t in trials} == {0.99, 0.999}
+    assert {t["eps"] for t in trials} == {1e-4, 1e-6, 1e-8}
+    assert {Dimension.parse("int:2:4", "k").sample(np.random.default_rng(i)) for i in range(200)} == {2, 3, 4}
+
+
+@pytest.mark.parametrize("name,spec,message", [
+    ("lr", "log:0:1", "is not one of log:LOW:HIGH"), ("lr", "uniform:3:1", "is not one of"),
+    ("beta2", "choice:", "is not one of"), ("speed", "log:1:2", "--space speed: not a setting of fa")])
+def test_bad_search_ranges_are_refused(name, spec, message):
+    with pytest.raises(ValueError, match=message):
+        search_space("fa", {name: spec})
+
+
+def test_rung_epochs():
+    assert rung_epochs(9, 0, 1) == [9]
+    assert rung_epochs(9, 3, 1) == [1, 3, 9]
+    assert rung_epochs(10, 3, 2) == [2, 6, 10]
+    assert rung_epochs(3, 2, 5) == [3]
+
+
+def fake_trial_record(val, test):
+    return {"status": "complete", "curves": {"val_error": val, "test_error": test}}
+
+
+def make_search(tmp_path, trials=6, halving=0, epochs=2):
+    return Search(dataset="mnist", arch="fc", algo="fa", trials=trials, epochs=epochs, search_seed=3,
+                  space=search_space("fa"), base={"batch_size": 32, "val_split": 0.25}, rule_options={},
+                  halving=halving, min_epochs=1)
+
+
+def scripted_grid(scores, calls):
+    """Stand-in for run_grid: writes each cell's record with a scripted curve."""
+    def run_grid(cells, out, data_dir, **kwargs):
+        calls.append([(c.run_name(), c.epochs) for c in cells])
+        for cell in cells:
+            val, test = scores[cell.run_name()]
+            path = os.path.join(out, cell.run_name(), "record.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            json.dump(fake_trial_record(val[:cell.epochs], test[:cell.epochs]), open(path, "w"))
+        return {"complete": len(cells)}
+    return run_grid
+
+
+def test_selection_uses_the_validation_error_only(tmp_path, monkeypatch):
+    job = make_search(tmp_path, trials=3)
+    _, configs = job.configs(2)
+    names = [c.run_name() for c in configs]
+    scores = {names[0]: ([9.0, 5.0], [9.0, 1.0]),   # best test error, worse validation error
+              names[1]: ([8.0, 3.0], [8.0, 4.0]),   # best validation error
+              names[2]: ([7.0, 4.0], [7.0, 2.0])}
+    monkeypatch.setattr("benchmark.search.run_grid", scripted_grid(scores, []))
+    record = job.run(str(tmp_path), "unused", echo=lambda m: None)
+    assert record["chosen"]["trial"] == 1 and record["chosen"]["best_val_error"] == 3.0
+    assert [t["best_val_error"] for t in record["trials"]] == [5.0, 3.0, 4.0]
+    assert json.load(open(os.path.join(job.folder(str(tmp_path)), "search.json")))["chosen"]["trial"] == 1
+
+
+def test_successive_halving_keeps_the_stated_fraction(tmp_path, monkeypatch):
+    job = make_search(tmp_path, trials=9, halving=3, epochs=9)
+    _, configs = job.configs(9)
+    # trial i's validation error falls to i at the end: lower index = better
+    scores = {c.run_name(): ([50.0 + i] * 8 + [float(i)], [1.0] * 9) for i, c in enumerate(configs)}
+    calls = []
+    monkeypatch.setattr("benchmark.search.run_grid", scripted_grid(scores, calls))
+    record = job.run(str(tmp_path), "unused", echo=lambda m: None)
+    assert [len(c) for c in calls] == [9, 3, 1]
+    assert [{e for _, e in c} for c in calls] == [{1}, {3}, {9}]
+    assert [r["kept"] for r in record["rungs"]] == [[0, 1, 2], [0], [0]]
+    assert record["chosen"]["trial"] == 0
+
+
+def test_search_resumes_after_an_interrupt_without_retraining_finished_trials(tiny_root, tmp_path, monkeypatch):
+    args = ["search", "--dataset", "mnist", "--arch", "fc", "--algo", "fa", "--trials", "4", "--epochs", "2",
+            "--halving", "2", "--val-split", "0.25", "--batch-size", "32", "--data-dir", tiny_root,
+            "--out", str(tmp_path / "s"), "--quiet", "--threads", "1"]
+    real = benchmark.grid.run_cell
+    calls = []
+
+    def interrupting(*a, **k):
+        calls.append(a[0]["epochs"])
+        if len(calls) == 6:  # the second trial of rung 2
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(benchmark.grid, "run_cell", interrupting)
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 1 and "search interrupted; rerun the same command" in first.output
+    (folder,) = os.listdir(tmp_path / "s")
+    trials = tmp_path / "s" / folder / "trials"
+    stamps = {f: os.path.getmtime(trials / f / "record.json") for f in os.listdir(trials)}
+    monkeypatch.setattr(benchmark.grid, "run_cell", real)
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert "chosen (trial" in second.output
+    record = json.load(open(tmp_path / "s" / folder / "search.json"))
+    losers = set(record["rungs"][0]["trials"]) - set(record["rungs"][0]["kept"])
+    assert len(losers) == 2
+    for index in losers:  # finished in rung 1 before the interrupt: not trained again
+        name = record["trials"][index]["run"]
+        assert os.path.getmtime(trials / name / "record.json") == stamps[name]
+
+
+def test_search_then_final_seeds_then_table_shows_the_chosen_settings(tiny_root, tmp_path):
+    out = tmp_path / "s"
+    result = CliRunner().invoke(cli, ["search", "--dataset", "mnist", "--arch", "fc", "--algo", "dtp-par",
+                                      "--trials", "3", "--epochs", "2", "--final-seeds", "2", "--val-split", "0.25",
+                                      "--space", "alpha=choice:0.1", "--batch-size", "32", "--data-dir", tiny_root,
+                                      "--out", str(out), "--quiet", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    (folder,) = os.listdir(out)
+    record = json.load(open(out / folder / "search.json"))
+    chosen = record["chosen"]
+    assert chosen["settings"]["alpha"] == 0.1 and set(chosen["settings"]) == {
+        "lr", "beta2", "eps", "alpha", "inverse_lr", "sigma"}
+    finals = [json.load(open(out / folder / "final" / f / "record.json")) for f in os.listdir(out / folder / "final")]
+    assert sorted(r["seed"] for r in finals) == [0, 1]
+    assert all(r["config"]["lr"] == chosen["settings"]["lr"] and r["status"] == "complete" for r in finals)
+    assert all(r["config"]["rule_options"]["sigma"] == chosen["settings"]["sigma"] for r in finals)
+    tables = tmp_path / "tables"
+    shown = CliRunner().invoke(cli, ["table", "--runs", str(out), "--out", str(tables)])
+    assert shown.exit_code == 0, shown.output
+    assert "Chosen settings" in shown.output and f"| {chosen['trial']} |" in shown.output
+    assert f"{chosen['settings']['lr']:.3g}" in (tables / "chosen.md").read_text()
+    assert (tables / "chosen.csv").exists() and (tables / "chosen.tex").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--lr", "0.01"], "--lr is searched; fix it with --space lr=choice:VALUE"),
+    ([], "search chooses on a validation split"),
+    (["--val-split", "0.2", "--space", "lr=log:-1:2"], "is not one of log:LOW:HIGH"),
+    (["--val-split", "0.2", "--algo", "dtp-par", "--rule-opt", "alpha=0.1"], "--rule-opt alpha is searched"),
+])
+def test_search_bad_input_is_one_line(tiny_root, tmp_path, extra, message):
+    result = CliRunner().invoke(cli, ["search", "--algo", "fa", "--trials", "2", "--epochs", "1", "--data-dir",
+                                      tiny_root, "--out", str(tmp_path / "s"), *extra])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "s").exists()
+
+
+# --- early stopping ------------------------------------------------------------------------
+def curves(val):
+    return {"epoch": list(range(1, len(val) + 1)), "val_error": val}
+
+
+def test_early_stop_rule_on_scripted_curves():
+    assert early_stop(curves([5, 4, 4.5, 4.2]), 2)["epoch"] == 4
+    assert early_stop(curves([5, 4, 4.5, 4.2]), 2)["best_val_epoch"] == 2
+    assert early_stop(curves([5, 4, 4.5]), 2) is None
+    assert early_stop(curves([5, 4, 4.0]), 1)["epoch"] == 3  # equal is not an improvement
+    assert early_stop(curves([5, 4, 3, 2]), 1) is None
+    assert early_stop(curves([5, 6, 7]), 0) is None
+
+
+def test_run_stops_at_the_right_epoch_and_says_why(tiny_root, tmp_path, monkeypatch):
+    import benchmark.train as train
+    script = iter([9.0, 7.0, 8.0, 7.5, 6.0])  # validation errors of epochs 1..5
+    real = train._error_and_loss
+
+    def scripted(model, split, normalize, batch_size):
+        error, loss = real(model, split, normalize, batch_size)
+        return (next(script), loss) if split is trainer.val else (error, loss)
+    monkeypatch.setattr(train, "_error_and_loss", scripted)
+    config = RunConfig(dataset="mnist", arch="fc", algo="bp", epochs=10, batch_size=32, val_split=0.25,
+                       patience=2)
+    trainer = Trainer(config, str(tmp_path / "run"), data_dir=tiny_root, progress=False)
+    trainer._setup()
+    record = trainer.run(setup_done=True)
+    assert record["status"] == "complete" and record["summary"]["epochs_done"] == 4
+    assert record["early_stop"]["epoch"] == 4 and record["early_stop"]["best_val_epoch"] == 2
+    assert "did not improve for 2 epoch(s) after epoch 2" in record["early_stop"]["reason"]
+    assert benchmark.grid.cell_state(str(tmp_path / "run"), 10) == "complete"  # a grid will not extend it
