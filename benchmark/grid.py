@@ -9,9 +9,12 @@ import dataclasses
 import errno
 import json
 import os
+import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import torch
 
 from models import RULES, make_rule
 
@@ -116,12 +119,16 @@ class CellLock:
 def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False):
     """Run one cell (in a worker process). Returns (run name, status, message).
     With ``epoch_lines``, every finished epoch prints one line naming the cell."""
-    import sys
-
-    import torch
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    config = RunConfig(**config_dict)
+    try:
+        return _run_cell(RunConfig(**config_dict), out, data_dir, device, epoch_lines, sys.stderr)
+    finally:
+        torch.set_num_threads(previous_threads)  # the calling process (jobs=1) keeps its own setting
+
+
+def _run_cell(config, out, data_dir, device, epoch_lines, stream):
     run_dir = os.path.join(out, config.run_name())
     state = cell_state(run_dir, config.epochs)
     if state in TERMINAL:
@@ -131,8 +138,9 @@ def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False):
         return config.run_name(), "busy", "skipped (another process is running it)"
     try:
         start = time.time()
+
         def echo(message, name=config.run_name()):
-            print(f"  {name}: {message}", file=sys.stderr, flush=True)
+            print(f"  {name}: {message}", file=stream, flush=True)
         trainer = Trainer(config, run_dir, data_dir=data_dir, device=device, progress=False,
                           epoch_lines=epoch_lines, echo=echo)
         record = trainer.run(resume=state == "resumable")

@@ -11,8 +11,8 @@ from models.lc import LocallyConnected2d
 def test_bench_quick_prints_every_table():
     result = CliRunner().invoke(cli, ["bench", "--quick", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    for heading in ("## 1. Locally connected layer", "## 2. Training-step time", "## 4. Peak memory",
-                    "## 3. Harness overhead"):
+    for heading in ("## 1. Locally connected layer", "## 2. Training-step time", "## 3. Peak memory",
+                    "## 4. Harness overhead"):
         assert heading in result.output
     assert "| MNIST LC2 | 8 |" in result.output
     assert "| mnist | lc |" in result.output and "| mnist | fc | 256 |" in result.output
