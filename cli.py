@@ -38,14 +38,18 @@ class FiniteFloat(click.ParamType):
         return number
 
 
-def parse_rule_options(pairs):
+def parse_key_values(pairs, flag):
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise BadInput(f"--rule-opt {pair!r} is not KEY=VALUE")
+            raise BadInput(f"{flag} {pair!r} is not KEY=VALUE")
         options[key] = value
     return options
+
+
+def parse_rule_options(pairs):
+    return parse_key_values(pairs, "--rule-opt")
 
 
 def _install_sigterm():
@@ -114,14 +118,20 @@ def check_data_dir(path):
 
 
 def check_out_dir(path):
-    probe = path
+    """``path`` exists as a writable folder or can be created: checked by
+    creating (and removing) a scratch folder in its nearest existing ancestor,
+    so a read-only place, a file in the way or a pseudo file system like /proc
+    is one line before any training starts."""
+    import tempfile
+    probe = os.path.abspath(path)
     while not os.path.exists(probe):
-        parent = os.path.dirname(os.path.abspath(probe))
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise BadInput(f"--out {path!r} is not writable (nearest existing folder: {probe})")
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise BadInput(f"--out {path!r} cannot be created: {probe} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".biobench-probe-", dir=probe))
+    except OSError as exc:
+        raise BadInput(f"--out {path!r} cannot be created or written: {exc.strerror} in {probe}") from None
 
 
 @cli.command()
@@ -157,20 +167,61 @@ def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_op
                                    f"(loss or weights not finite); record marked 'diverged'")
 
 
-@cli.command()
-@click.option("--preset", type=click.Choice(sorted(PRESETS)),
-              help="A named grid mirroring the paper's Table 1 cells.")
-@click.option("--datasets", default=None, help="Comma-separated datasets (overrides the preset).")
-@click.option("--archs", default=None, help="Comma-separated architectures (overrides the preset).")
-@click.option("--algos", default=None, help="Comma-separated learning rules (overrides the preset).")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Number of seeds (0..N-1).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Cells run in parallel worker processes (threads split between them).")
-@training_options
-def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, device, rule_opt, threads, **options):
-    """Run a grid of runs; re-running the same command finishes only what is missing."""
-    from benchmark.grid import grid_cells, run_grid
+def executor_options(func):
+    """Where the cells of ``grid`` and ``search`` run: local worker processes or a Slurm job array."""
+    options = [
+        click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                     help="local: worker processes here (--jobs); slurm: one Slurm job array through submitit "
+                          "(pip install -e \".[slurm]\")."),
+        click.option("--slurm-partition", default=None, help="Slurm partition (default: the cluster's)."),
+        click.option("--slurm-time", type=click.IntRange(min=1), default=60, show_default=True,
+                     help="Time limit per cell, in minutes; a cell that hits it is requeued and resumes."),
+        click.option("--slurm-gpus-per-task", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--slurm-cpus-per-task", type=click.IntRange(min=1), default=None),
+        click.option("--slurm-mem", default=None, help="Memory per cell, e.g. 16G."),
+        click.option("--slurm-array-parallelism", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Cells of the array running at once."),
+        click.option("--slurm-opt", multiple=True, metavar="KEY=VALUE",
+                     help="Passed to sbatch through submitit's slurm_additional_parameters, e.g. "
+                          "--slurm-opt account=mylab --slurm-opt qos=high."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=True):
+    """``runner(cells, out, data_dir) -> {status: count}`` for the chosen executor."""
+    from benchmark.grid import run_grid
+    if executor == "local":
+        return lambda cells, out, data_dir: run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo,
+                                                     threads=threads, epoch_lines=epoch_lines)
+    from benchmark import cluster
+    options = cluster.SlurmOptions(partition=slurm["slurm_partition"], time_minutes=slurm["slurm_time"],
+                                   gpus_per_task=slurm["slurm_gpus_per_task"],
+                                   cpus_per_task=slurm["slurm_cpus_per_task"], mem=slurm["slurm_mem"],
+                                   array_parallelism=slurm["slurm_array_parallelism"],
+                                   extra=parse_key_values(slurm["slurm_opt"], "--slurm-opt"))
+
+    def runner(cells, out, data_dir):
+        try:
+            submitted, jobs_, skipped = cluster.submit(cells, out, data_dir, device, threads, options, echo=echo)
+        except cluster.ClusterError as exc:
+            raise BadInput(str(exc)) from None
+        if not submitted:
+            echo(f"slurm: nothing to submit ({skipped} cell(s) done or already queued)")
+            return {}
+        job_id = jobs_[0].job_id.split("_")[0]
+        echo(f"slurm: submitted {len(submitted)} cell(s) as job array {job_id} ({skipped} done or queued); "
+             f"logs in {os.path.join(out, cluster.LOGS)}")
+        if not wait:
+            echo(f"check on it with: squeue -j {job_id}, or python cli.py grid --status {out}")
+            return {"submitted": len(submitted)}
+        return cluster.wait(submitted, jobs_, out, echo=echo)
+    return runner
+
+
+def select_grid(preset, datasets, archs, algos):
     base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ["bp"]})
     chosen = {}
     for key, value, registry in (("datasets", datasets, DATASETS), ("archs", archs, ARCHS),
@@ -181,26 +232,66 @@ def grid(preset, datasets, archs, algos, seeds, jobs, quiet, out, data_dir, devi
                 raise BadInput(f"--{key}: unknown {registry.kind} {name!r}; allowed: "
                                f"{', '.join(registry.names())}")
         chosen[key] = names
-    check_data_dir(data_dir)
-    check_out_dir(out)
+    return chosen
+
+
+@cli.command()
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
+              help="A named grid mirroring the paper's Table 1 cells.")
+@click.option("--datasets", default=None, help="Comma-separated datasets (overrides the preset).")
+@click.option("--archs", default=None, help="Comma-separated architectures (overrides the preset).")
+@click.option("--algos", default=None, help="Comma-separated learning rules (overrides the preset).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Number of seeds (0..N-1).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells run in parallel worker processes (threads split between them).")
+@executor_options
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="With --executor slurm: block until every cell ends (a line per finished cell), or return "
+                   "after submitting.")
+@click.option("--status", "status_dir", type=click.Path(file_okay=False), default=None,
+              help="Only print the cells under this folder by status (complete, running, resumable, failed, "
+                   "diverged, and, with a grid selection, missing); train nothing.")
+@training_options
+def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, quiet, out, data_dir, device, rule_opt,
+         threads, executor, **options):
+    """Run a grid of runs; re-running the same command finishes only what is missing."""
+    from benchmark.grid import grid_cells
+    slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
+    chosen = select_grid(preset, datasets, archs, algos)
     rule_options = parse_rule_options(rule_opt)
     try:
         cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds), options,
                            rule_options)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
+    if status_dir is not None:
+        from benchmark.cluster import grid_status
+        if not os.path.isdir(status_dir):
+            raise BadInput(f"--status {status_dir!r} is not a folder")
+        selected = preset or datasets or archs or algos
+        for status, names in grid_status(status_dir, cells if selected else None).items():
+            click.echo(f"{status}: {len(names)}")
+            for name in names:
+                click.echo(f"  {name}")
+        return
+    check_data_dir(data_dir)
+    check_out_dir(out)
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=wait, epoch_lines=not quiet)
     from benchmark.train import RunInterrupted
     try:
-        counts = run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo, threads=threads,
-                          epoch_lines=not quiet)
+        counts = runner(cells, out, data_dir)
     except (RunInterrupted, KeyboardInterrupt):
         raise click.ClickException("grid interrupted; rerun the same command to finish the missing "
                                    "cells (interrupted ones resume from their checkpoints)") from None
+    if counts.get("submitted"):
+        return
     click.echo("grid finished: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) if counts
                else "grid finished: nothing to do")
     if counts.get("failed"):
-        raise click.ClickException(f"{counts['failed']} cell(s) failed; see error.txt in their run folders")
+        raise click.ClickException(f"{counts['failed']} cell(s) failed; see error.txt in their run folders"
+                                   + (" and the Slurm logs" if executor == "slurm" else ""))
 
 
 SEARCHED_TRAINING_OPTIONS = ("lr", "beta2", "eps")
@@ -227,11 +318,13 @@ SEARCHED_TRAINING_OPTIONS = ("lr", "beta2", "eps")
               help="Then train the chosen settings with this many seeds (in <search>/final).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Trials run in parallel worker processes.")
+@executor_options
 @training_options
 def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, min_epochs, final_seeds, jobs, quiet,
-           out, data_dir, device, rule_opt, threads, **options):
+           out, data_dir, device, rule_opt, threads, executor, **options):
     """Random search of one (dataset, arch, rule) cell, chosen on the validation split."""
     from benchmark.search import Search, search_space
+    slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
     from benchmark.train import RunInterrupted
     ctx = click.get_current_context()
     for name in SEARCHED_TRAINING_OPTIONS:
@@ -240,7 +333,7 @@ def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, m
     if not options["val_split"]:
         raise BadInput("search chooses on a validation split: give --val-split, e.g. 0.1 (the test set is "
                        "never used for choosing)")
-    overrides = parse_rule_options(space_overrides)
+    overrides = parse_key_values(space_overrides, "--space")
     try:
         space = search_space(algo, overrides)
         rule_options = parse_rule_options(rule_opt)
@@ -262,8 +355,10 @@ def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, m
                  rule_options={k: rule.options[k] for k in rule_options}, halving=halving, min_epochs=min_epochs,
                  final_seeds=final_seeds)
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    # Each rung's choice needs its trials finished, so a Slurm search always waits.
+    runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=False)
     try:
-        record = job.run(out, data_dir, device=device, jobs=jobs, threads=threads, echo=echo)
+        record = job.run(out, data_dir, echo=echo, runner=runner)
     except (RunInterrupted, KeyboardInterrupt):
         raise click.ClickException("search interrupted; rerun the same command to go on (finished trials are "
                                    "kept, interrupted ones resume from their checkpoints)") from None

@@ -8,7 +8,9 @@ processes off the same cell.
 import dataclasses
 import errno
 import json
+import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
@@ -32,6 +34,7 @@ PRESETS = {
     "bartunov-cifar10": {"datasets": ["cifar10-jpeg"], "archs": ["fc", "lc", "conv"], "algos": TABLE1_RULES},
 }
 TERMINAL = ("complete", "diverged")
+ERROR_NAME = "error.txt"  # a cell that raised leaves its traceback here
 
 
 def grid_cells(datasets, archs, algos, seeds, options, rule_options=None):
@@ -116,19 +119,20 @@ class CellLock:
             pass
 
 
-def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False):
-    """Run one cell (in a worker process). Returns (run name, status, message).
-    With ``epoch_lines``, every finished epoch prints one line naming the cell."""
+def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, notes=None):
+    """Run one cell (in a worker process or a Slurm task). Returns (run name,
+    status, message). With ``epoch_lines``, every finished epoch prints one
+    line naming the cell; ``notes`` go into the record (e.g. Slurm ids)."""
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_cell(RunConfig(**config_dict), out, data_dir, device, epoch_lines, sys.stderr)
+        return _run_cell(RunConfig(**config_dict), out, data_dir, device, epoch_lines, sys.stderr, notes)
     finally:
         torch.set_num_threads(previous_threads)  # the calling process (jobs=1) keeps its own setting
 
 
-def _run_cell(config, out, data_dir, device, epoch_lines, stream):
+def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes):
     run_dir = os.path.join(out, config.run_name())
     state = cell_state(run_dir, config.epochs)
     if state in TERMINAL:
@@ -142,7 +146,7 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream):
         def echo(message, name=config.run_name()):
             print(f"  {name}: {message}", file=stream, flush=True)
         trainer = Trainer(config, run_dir, data_dir=data_dir, device=device, progress=False,
-                          epoch_lines=epoch_lines, echo=echo)
+                          epoch_lines=epoch_lines, echo=echo, notes=notes)
         record = trainer.run(resume=state == "resumable")
         s = record["summary"]
         return (config.run_name(), record["status"],
@@ -151,7 +155,7 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream):
     except (KeyboardInterrupt, RunInterrupted):
         raise  # stop the grid; the cell's checkpoint lets the next run resume it
     except Exception as exc:  # one failing cell must not stop the grid
-        with open(os.path.join(run_dir, "error.txt"), "w", encoding="utf-8") as handle:
+        with open(os.path.join(run_dir, ERROR_NAME), "w", encoding="utf-8") as handle:
             handle.write(traceback.format_exc())
         return config.run_name(), "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
     finally:
@@ -181,9 +185,49 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
     if jobs == 1:
         for done, arg in enumerate(args, 1):
             report(done, run_cell(*arg))
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run_cell, *arg) for arg in args]
-            for done, future in enumerate(as_completed(futures), 1):
-                report(done, future.result())
+        return counts
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_quiet_worker)
+    try:
+        futures = [pool.submit(_worker_cell, *arg) for arg in args]
+        for done, future in enumerate(as_completed(futures), 1):
+            report(done, future.result())
+    except (KeyboardInterrupt, RunInterrupted):
+        # Stop every worker the same way: no new cell starts, a running cell
+        # checkpoints and returns, an idle worker leaves without a word; then
+        # the caller prints one line.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
     return counts
+
+
+_worker_state = {"in_cell": False, "stopping": False}  # of this worker process
+
+
+def _quiet_worker():
+    """Worker set-up: Ctrl-C is the parent's business; the first SIGTERM
+    interrupts a running cell (which checkpoints), and an idle worker leaves
+    quietly; a stopping worker starts no other cell."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def on_sigterm(signum, frame):
+        if not _worker_state["in_cell"]:
+            os._exit(0)
+        if not _worker_state["stopping"]:
+            _worker_state["stopping"] = True
+            raise KeyboardInterrupt
+        # a second SIGTERM (the group's and the parent's) lets the checkpoint finish
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _worker_cell(*args):
+    if _worker_state["stopping"]:
+        raise RunInterrupted("the grid is stopping")
+    _worker_state["in_cell"] = True
+    try:
+        return run_cell(*args)
+    finally:
+        _worker_state["in_cell"] = False

@@ -15,14 +15,17 @@ def claim_run_dir(out, name, resume):
     base = os.path.join(out, name)
     if resume:
         return base
-    os.makedirs(out, exist_ok=True)
-    for attempt in range(1, 10_000):
-        path = base if attempt == 1 else f"{base}-{attempt}"
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
+    try:
+        os.makedirs(out, exist_ok=True)
+        for attempt in range(1, 10_000):
+            path = base if attempt == 1 else f"{base}-{attempt}"
+            try:
+                os.mkdir(path)
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise RunError(f"--out {out!r}: cannot create the run folder: {exc.strerror}") from None
     raise RunError(f"too many runs named {name} in {out}")
 
 

@@ -173,8 +173,13 @@ class Search:
         return params, [trial_config(dict(self.base, dataset=self.dataset, arch=self.arch), self.algo, p,
                                      self.rule_options, epochs) for p in params]
 
-    def run(self, out, data_dir, device="auto", jobs=1, threads=None, echo=print):
-        """Run (or resume) the search, then the final seeds; returns the search record."""
+    def run(self, out, data_dir, device="auto", jobs=1, threads=None, echo=print, runner=None):
+        """Run (or resume) the search, then the final seeds; returns the search
+        record. ``runner(cells, out, data_dir)`` trains cells and returns
+        ``{status: count}`` (default: a local grid)."""
+        if runner is None:
+            def runner(cells, folder, data):
+                return run_grid(cells, folder, data, device=device, jobs=jobs, threads=threads, echo=echo)
         folder = self.folder(out)
         trials_dir = os.path.join(folder, "trials")
         record = self._record(folder)
@@ -183,8 +188,7 @@ class Search:
         for rung, epochs in enumerate(rung_epochs(self.epochs, self.halving, self.min_epochs)):
             _, configs = self.configs(epochs)
             echo(f"search rung {rung + 1}: {len(alive)} trial(s) x {epochs} epoch(s)")
-            counts = run_grid([configs[i] for i in alive], trials_dir, data_dir, device=device, jobs=jobs,
-                              threads=threads, echo=echo)
+            counts = runner([configs[i] for i in alive], trials_dir, data_dir)
             scores = {i: best_validation_error(self._trial_record(trials_dir, configs[i])) for i in alive}
             keep = alive if epochs == self.epochs else \
                 sorted(alive, key=lambda i: (scores[i], i))[:math.ceil(len(alive) / self.halving)]
@@ -211,8 +215,7 @@ class Search:
             cells = [dataclasses.replace(configs[index], seed=s) for s in range(self.final_seeds)]
             echo(f"final: the chosen settings (trial {index}) with {self.final_seeds} seed(s)")
             record["final"] = {"folder": "final", "seeds": self.final_seeds,
-                               "status_counts": run_grid(cells, final_dir, data_dir, device=device, jobs=jobs,
-                                                         threads=threads, echo=echo)}
+                               "status_counts": runner(cells, final_dir, data_dir)}
         record["status"] = "complete"
         write_json(os.path.join(folder, SEARCH_NAME), record)
         return record

@@ -254,7 +254,6 @@ class Trainer:
                      "test_size": len(self.test), "num_classes": self.data.num_classes,
                      "data_dir": os.path.abspath(self.data_dir) if self.data_dir else None},
             "versions": records.versions(), "code": records.code_version(), "host": records.host_info(),
-            **self.notes,
             "rule": self.rule.describe(),
             "params": parameter_counts(self.model, self.rule),
             "curves": {k: [] for k in ("epoch", "train_loss", "train_error", "test_loss",
@@ -310,6 +309,7 @@ class Trainer:
             self._setup()
         os.makedirs(self.run_dir, exist_ok=True)
         record = self._load_checkpoint() if resume else self._new_record()
+        record.update({k: v for k, v in self.notes.items() if v is not None})
         record["status"] = "running"
         record["config"]["epochs"] = self.config.epochs
         record_path = os.path.join(self.run_dir, records.RECORD_NAME)

@@ -140,7 +140,8 @@ def bad_cases(tiny_root, tmp_path):
         "beta2 above one": (["--beta2", "1.5"], "must be finite, >= 0 and <= 1"),
         "data dir missing": (["--data-dir", str(tmp_path / "nowhere")], "is not a folder"),
         "data dir is a file": (["--data-dir", str(not_a_dir)], "is a file"),
-        "out not writable": (["--out", str(not_a_dir / "sub")], "is not writable"),
+        "out not writable": (["--out", str(not_a_dir / "sub")], "cannot be created: "),
+        "out in a pseudo file system": (["--out", "/proc/biobench-out"], "cannot be created or written"),
         "resume without checkpoint": (["--resume"], "--resume: no checkpoint for this config"),
         "rule option unknown": (["--algo", "kp", "--rule-opt", "speed=2"], "unknown option(s) speed for rule 'kp'"),
         "rule option type": (["--algo", "dtp-par", "--rule-opt", "alpha=lots"], "option alpha='lots' is not a float"),
@@ -309,3 +310,43 @@ def test_grid_shows_each_cells_epochs_and_takes_threads(tiny_root, tmp_path):
     assert len(epoch_lines) == 2 and "mnist-fc-bp-seed0" in epoch_lines[0] and "ETA" in epoch_lines[0]
     record = records_in(str(tmp_path / "g"))
     assert list(record.values())[0]["host"]["torch_threads"] == 1
+
+
+@pytest.mark.parametrize("command", ["grid", "search"])
+def test_out_that_cannot_be_created_is_one_line_before_training(tiny_root, command):
+    extra = ["--val-split", "0.2", "--trials", "1"] if command == "search" else []
+    result = CliRunner().invoke(cli, [command, "--archs" if command == "grid" else "--arch", "fc", "--epochs", "1",
+                                      "--data-dir", tiny_root, "--out", "/proc/biobench-out", *extra])
+    assert result.exit_code == 2, result.output
+    assert "--out '/proc/biobench-out' cannot be created or written" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("target", ["group", "parent"])
+def test_sigterm_stops_a_parallel_grid_with_one_line_and_no_stray_workers(medium_root, tmp_path, target):
+    out = str(tmp_path / "grid")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cli.py"), "grid", "--datasets", "mnist",
+                             "--archs", "fc", "--algos", "bp,fa,dfa", "--seeds", "2", "--epochs", "30",
+                             "--batch-size", "16", "--jobs", "3", "--threads", "1", "--quiet",
+                             "--data-dir", medium_root, "--out", out],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_epoch(out, 1, proc)
+    if target == "group":  # what a scheduler or a terminal does
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert stderr.strip().splitlines() == ["Error: grid interrupted; rerun the same command to finish the missing "
+                                           "cells (interrupted ones resume from their checkpoints)"]
+    deadline = time.time() + 20
+    while time.time() < deadline:  # every worker of the group has left
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("worker processes are still running")
+    statuses = [r["status"] for r in records_in(out).values()]
+    assert statuses and all(s == "interrupted" for s in statuses), statuses

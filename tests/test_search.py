@@ -59,7 +59,7 @@ def make_search(tmp_path, trials=6, halving=0, epochs=2):
 
 
 def scripted_grid(scores, calls):
-    """Stand-in for run_grid: writes each cell's record with a scripted curve."""
+    """Stand-in for the cell runner: writes each cell's record with a scripted curve."""
     def run_grid(cells, out, data_dir, **kwargs):
         calls.append([(c.run_name(), c.epochs) for c in cells])
         for cell in cells:
@@ -78,8 +78,7 @@ def test_selection_uses_the_validation_error_only(tmp_path, monkeypatch):
     scores = {names[0]: ([9.0, 5.0], [9.0, 1.0]),   # best test error, worse validation error
               names[1]: ([8.0, 3.0], [8.0, 4.0]),   # best validation error
               names[2]: ([7.0, 4.0], [7.0, 2.0])}
-    monkeypatch.setattr("benchmark.search.run_grid", scripted_grid(scores, []))
-    record = job.run(str(tmp_path), "unused", echo=lambda m: None)
+    record = job.run(str(tmp_path), "unused", echo=lambda m: None, runner=scripted_grid(scores, []))
     assert record["chosen"]["trial"] == 1 and record["chosen"]["best_val_error"] == 3.0
     assert [t["best_val_error"] for t in record["trials"]] == [5.0, 3.0, 4.0]
     assert json.load(open(os.path.join(job.folder(str(tmp_path)), "search.json")))["chosen"]["trial"] == 1
@@ -91,8 +90,7 @@ def test_successive_halving_keeps_the_stated_fraction(tmp_path, monkeypatch):
     # trial i's validation error falls to i at the end: lower index = better
     scores = {c.run_name(): ([50.0 + i] * 8 + [float(i)], [1.0] * 9) for i, c in enumerate(configs)}
     calls = []
-    monkeypatch.setattr("benchmark.search.run_grid", scripted_grid(scores, calls))
-    record = job.run(str(tmp_path), "unused", echo=lambda m: None)
+    record = job.run(str(tmp_path), "unused", echo=lambda m: None, runner=scripted_grid(scores, calls))
     assert [len(c) for c in calls] == [9, 3, 1]
     assert [{e for _, e in c} for c in calls] == [{1}, {3}, {9}]
     assert [r["kept"] for r in record["rungs"]] == [[0, 1, 2], [0], [0]]

@@ -1,0 +1,197 @@
+"""Grid cells as a Slurm job array, through submitit.
+
+The run folders stay the single source of truth: a cell is done when its
+record says ``complete`` or ``diverged`` (many clusters have no ``sacct``),
+so submitting a grid again submits only the cells that are missing or
+resumable and not already queued. Each cell is a checkpointable callable: on
+preemption or time-out submitit calls ``checkpoint()``, which requeues the same
+cell, and the requeued task resumes from the cell's own epoch checkpoint (the
+``--resume`` path, exact). The record counts the requeues
+(``slurm.requeues``, from ``SLURM_RESTART_COUNT``).
+
+submitit is imported only here, only when the Slurm executor is asked for.
+"""
+import dataclasses
+import os
+import shutil
+import subprocess
+import time
+from datetime import datetime
+
+from .grid import ERROR_NAME, TERMINAL, CellLock, cell_state, run_cell
+from .records import RECORD_NAME
+
+LOGS = "slurm-logs"
+
+
+class ClusterError(Exception):
+    """Slurm or submitit is not usable; the message is one line for the user."""
+
+
+def import_submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ClusterError("--executor slurm needs submitit: pip install -e \".[slurm]\"") from None
+    return submitit
+
+
+def slurm_environment():
+    """This task's Slurm ids and how often it was requeued (None outside Slurm)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    return {"job_id": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"]),
+            "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
+            "requeues": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
+
+
+def make_cell_task():
+    submitit = import_submitit()
+
+    class CellTask(submitit.helpers.Checkpointable):
+        """One grid cell in a Slurm task. ``checkpoint()`` (inherited) requeues
+        the same call; the cell then resumes from its epoch checkpoint."""
+
+        def __call__(self, config_dict, out, data_dir, device, threads):
+            return run_cell(config_dict, out, data_dir, device, threads, epoch_lines=True,
+                            notes={"slurm": slurm_environment()})
+
+    return CellTask()
+
+
+@dataclasses.dataclass
+class SlurmOptions:
+    partition: str = None
+    time_minutes: int = 60
+    gpus_per_task: int = 0
+    cpus_per_task: int = None
+    mem: str = None
+    array_parallelism: int = 256
+    extra: dict = dataclasses.field(default_factory=dict)  # slurm_additional_parameters
+
+
+def queued_tasks(job_ids):
+    """``{"JOB_TASK", ...}`` of the given array jobs still pending or running (squeue, not sacct)."""
+    if not job_ids:
+        return set()
+    result = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)],
+                            capture_output=True, text=True)
+    return set(result.stdout.split()) if result.returncode == 0 else set()
+
+
+def submitted_elsewhere(out):
+    """Cells already queued by an earlier submission: ``{run name: "JOB_TASK"}``."""
+    path = os.path.join(out, LOGS, "submitted.tsv")
+    if not os.path.exists(path):
+        return {}
+    entries = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            name, task = line.rstrip("\n").split("\t")
+            entries[name] = task
+    alive = queued_tasks(sorted({t.split("_")[0] for t in entries.values()}))
+    return {name: task for name, task in entries.items() if task in alive}
+
+
+def submit(cells, out, data_dir, device, threads, options, echo=print):
+    """Submit the cells that are not done and not queued as one job array.
+    Returns ``(submitted cells, jobs, skipped count)``."""
+    if not shutil.which("sbatch"):
+        raise ClusterError("--executor slurm: no sbatch on this machine's PATH (is this a Slurm login node?)")
+    submitit = import_submitit()
+    out, data_dir = os.path.abspath(out), os.path.abspath(data_dir)
+    os.makedirs(out, exist_ok=True)
+    queued = submitted_elsewhere(out)
+    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs) not in TERMINAL
+            and c.run_name() not in queued]
+    skipped = len(cells) - len(todo)
+    if not todo:
+        return [], [], skipped
+    folder = os.path.join(out, LOGS, datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+    executor = submitit.SlurmExecutor(folder=os.path.join(folder, "%j"), max_num_timeout=100)
+    parameters = {"time": options.time_minutes, "array_parallelism": options.array_parallelism,
+                  "job_name": "biobench-grid", "additional_parameters": dict(options.extra)}
+    for key, value in (("partition", options.partition), ("gpus_per_task", options.gpus_per_task or None),
+                       ("cpus_per_task", options.cpus_per_task), ("mem", options.mem)):
+        if value is not None:
+            parameters[key] = value
+    executor.update_parameters(**parameters)
+    task = make_cell_task()
+    for cell in todo:  # a previous attempt's failure note must not count for this one
+        stale = os.path.join(out, cell.run_name(), ERROR_NAME)
+        if os.path.exists(stale):
+            os.unlink(stale)
+    try:
+        jobs = executor.map_array(task, [dataclasses.asdict(c) for c in todo], [out] * len(todo),
+                                  [data_dir] * len(todo), [device] * len(todo), [threads] * len(todo))
+    except Exception as exc:  # sbatch refused or failed: leave nothing behind
+        shutil.rmtree(folder, ignore_errors=True)
+        message = str(exc).strip().splitlines()
+        raise ClusterError(f"Slurm refused the submission: {message[-1] if message else type(exc).__name__}") \
+            from None
+    with open(os.path.join(out, LOGS, "submitted.tsv"), "a", encoding="utf-8") as handle:
+        for cell, job in zip(todo, jobs):
+            handle.write(f"{cell.run_name()}\t{job.job_id}\n")
+    return todo, jobs, skipped
+
+
+def wait(cells, jobs, out, echo=print, poll_seconds=2.0):
+    """Block until every submitted cell has ended; returns {status: count}.
+    A cell ended when its record is complete or diverged, when it left an
+    error note, or when its task left the queue without either (failed)."""
+    out = os.path.abspath(out)
+    pending = {c.run_name(): (c, j) for c, j in zip(cells, jobs)}
+    counts, started = {}, time.time()
+    while pending:
+        alive = queued_tasks(sorted({j.job_id.split("_")[0] for _, j in pending.values()}))
+        for name, (cell, job) in list(pending.items()):
+            run_dir = os.path.join(out, name)
+            state = cell_state(run_dir, cell.epochs)
+            if state in TERMINAL:
+                status, note = state, ""
+            elif os.path.exists(os.path.join(run_dir, ERROR_NAME)):
+                status, note = "failed", f"see {job.paths.stdout} and {os.path.join(run_dir, ERROR_NAME)}"
+            elif job.job_id not in alive and _task_finished(job):
+                status, note = "failed", f"the task ended without a record; see {job.paths.stdout}"
+            else:
+                continue
+            del pending[name]
+            counts[status] = counts.get(status, 0) + 1
+            done = sum(counts.values())
+            echo(f"[{done}/{len(cells)}] {name}: {status}{': ' + note if note else ''}  "
+                 f"(elapsed {(time.time() - started) / 60:.1f} min)")
+        if pending:
+            time.sleep(poll_seconds)
+    return counts
+
+
+def _task_finished(job):
+    """A task out of the queue may still be between requeues: give it a moment."""
+    time.sleep(1.0)
+    return job.job_id not in queued_tasks([job.job_id.split("_")[0]])
+
+
+STATUS_ORDER = ("complete", "running", "resumable", "failed", "diverged", "missing")
+
+
+def grid_status(out, cells=None):
+    """``{status: [run names]}`` from the run folders under ``out`` (and the
+    expected ``cells``, which adds the missing ones)."""
+    names = set()
+    if os.path.isdir(out):
+        names = {f for f in os.listdir(out) if os.path.isdir(os.path.join(out, f)) and f != LOGS}
+    wanted = {c.run_name(): c.epochs for c in cells or []}
+    queued = submitted_elsewhere(out) if os.path.isdir(os.path.join(out, LOGS)) else {}
+    result = {status: [] for status in STATUS_ORDER}
+    for name in sorted(names | set(wanted)):
+        run_dir = os.path.join(out, name)
+        state = cell_state(run_dir, wanted.get(name, 0))
+        lock = CellLock(run_dir)
+        if state not in TERMINAL and (name in queued or (os.path.exists(lock.path) and not lock._stale())):
+            state = "running"  # queued or training
+        elif state not in TERMINAL and os.path.exists(os.path.join(run_dir, ERROR_NAME)):
+            state = "failed"
+        elif state == "missing" and os.path.exists(os.path.join(run_dir, RECORD_NAME)):
+            state = "resumable" if name not in wanted else "missing"
+        result[state].append(name)
+    return result
