@@ -141,6 +141,24 @@ def curve_plot(runs, out_dir):
     return paths
 
 
+def _per_layer_panels(records, dataset, arch, rules, keys, height):
+    """One row of panels per metric in ``keys``, one column per layer: each
+    rule's per-epoch mean over seeds."""
+    n_layers = len(records[(dataset, arch, rules[0])][0]["params"]["per_layer"])
+    fig, axes = plt.subplots(len(keys), n_layers, figsize=(3.2 * n_layers, height), squeeze=False, sharey="row")
+    for rule in rules:
+        group = records[(dataset, arch, rule)]
+        for layer in range(n_layers):
+            for row, key in enumerate(keys):
+                values = _layer_series(group, layer, key)
+                if values.size == 0 or np.isnan(values).all():
+                    continue
+                axes[row][layer].plot(np.arange(1, values.shape[1] + 1), np.nanmean(values, 0),
+                                      color=colour(rule), label=rule, marker=".",
+                                      linestyle=LINESTYLES[variant_index(rule, rules)])
+    return fig, axes, n_layers
+
+
 def _figure_legend(fig, axes):
     """One legend for all panels, each rule once."""
     handles = {}
@@ -159,18 +177,7 @@ def alignment_plot(runs, out_dir):
                  if not r.startswith("bp") and not _is_target_propagation(records[(dataset, arch, r)])]
         if not rules:
             continue
-        n_layers = len(records[(dataset, arch, rules[0])][0]["params"]["per_layer"])
-        fig, axes = plt.subplots(2, n_layers, figsize=(3.2 * n_layers, 5.6), squeeze=False, sharey="row")
-        for rule in rules:
-            group = records[(dataset, arch, rule)]
-            for layer in range(n_layers):
-                for row, key in enumerate(("wb_angle", "update_angle")):
-                    values = _layer_series(group, layer, key)
-                    if values.size == 0 or np.isnan(values).all():
-                        continue
-                    axes[row][layer].plot(np.arange(1, values.shape[1] + 1), np.nanmean(values, 0),
-                                          color=colour(rule), label=rule, marker=".",
-                                          linestyle=LINESTYLES[variant_index(rule, rules)])
+        fig, axes, n_layers = _per_layer_panels(records, dataset, arch, rules, ("wb_angle", "update_angle"), 5.6)
         for layer in range(n_layers):
             axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
             for row in range(2):
@@ -224,19 +231,7 @@ def target_propagation_plot(runs, out_dir):
                  if _is_target_propagation(records[(dataset, arch, r)])]
         if not rules:
             continue
-        n_layers = len(records[(dataset, arch, rules[0])][0]["params"]["per_layer"])
-        fig, axes = plt.subplots(len(TP_PANELS), n_layers, figsize=(3.2 * n_layers, 8.0), squeeze=False,
-                                 sharey="row")
-        for rule in rules:
-            group = records[(dataset, arch, rule)]
-            for layer in range(n_layers):
-                for row, (key, _, _) in enumerate(TP_PANELS):
-                    values = _layer_series(group, layer, key)
-                    if values.size == 0 or np.isnan(values).all():
-                        continue
-                    axes[row][layer].plot(np.arange(1, values.shape[1] + 1), np.nanmean(values, 0),
-                                          color=colour(rule), label=rule, marker=".",
-                                          linestyle=LINESTYLES[variant_index(rule, rules)])
+        fig, axes, n_layers = _per_layer_panels(records, dataset, arch, rules, [k for k, _, _ in TP_PANELS], 8.0)
         for layer in range(n_layers):
             axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
             for row, (key, label, scale) in enumerate(TP_PANELS):
