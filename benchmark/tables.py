@@ -215,8 +215,11 @@ def _columns(summary):
 
 
 def _rules(summary):
-    """Row labels in table order (the summary is sorted by rule, then label)."""
-    return list(dict.fromkeys(summary["label"]))
+    """Row labels in table order: by rule (registry order), then by label."""
+    def rank(label):
+        algo = summary.loc[summary.label == label, "algo"].iloc[0]
+        return (RULE_ORDER.index(algo) if algo in RULE_ORDER else len(RULE_ORDER), label)
+    return sorted(set(summary["label"]), key=rank)
 
 
 def to_markdown(summary, metric="best"):
