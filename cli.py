@@ -498,6 +498,18 @@ def cite(runs, algos, fmt):
     click.echo(citations.bibtex(keys) if fmt == "bibtex" else citations.plain_text(keys), nl=False)
 
 
+@cli.command()
+def rules():
+    """Every learning rule, built-in or plug-in: source, title, citations, options."""
+    for name in RULES.registered():
+        rule = RULES.get(name)
+        options = ", ".join(f"{k}={v}" for k, v in rule.defaults.items()) or "none"
+        click.echo(f"{name}\n  source: {RULES.source(name)}\n  title: {rule.title or '(none)'}\n"
+                   f"  cite: {', '.join(rule.citation_keys) or '(none)'}\n  options: {options}")
+    for problem in RULES.problems:
+        click.echo(f"problem: {problem}")
+
+
 def main():
     from benchmark.runtime import tune_allocator
     tune_allocator()

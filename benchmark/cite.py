@@ -67,6 +67,18 @@ ENTRIES = {
 }
 
 
+def entry(key):
+    """A citation by key: the built-in ones, or one a plug-in rule brings in
+    its ``citations`` dict (``{key: {"type": ..., "author": ..., ...}}``)."""
+    if key in ENTRIES:
+        return ENTRIES[key]
+    for name in RULES.registered():
+        brought = getattr(RULES.get(name), "citations", {})
+        if key in brought:
+            return brought[key]
+    raise ValueError(f"no citation entry {key!r} (a plug-in rule names it but does not bring it)")
+
+
 def keys_for_rules(rules):
     keys = ["biobench", "bartunov2018"]
     for name in rules:
@@ -79,17 +91,17 @@ def keys_for_rules(rules):
 def bibtex(keys):
     blocks = []
     for key in keys:
-        entry = dict(ENTRIES[key])
-        kind = entry.pop("type")
-        fields = ",\n".join(f"  {name} = {{{value}}}" for name, value in entry.items())
-        blocks.append(f"@{kind}{{{key},\n{fields}\n}}")
+        fields = dict(entry(key))
+        kind = fields.pop("type")
+        body = ",\n".join(f"  {name} = {{{value}}}" for name, value in fields.items())
+        blocks.append(f"@{kind}{{{key},\n{body}\n}}")
     return "\n\n".join(blocks) + "\n"
 
 
 def plain_text(keys):
     lines = []
     for key in keys:
-        e = ENTRIES[key]
+        e = entry(key)
         venue = e.get("journal") or e.get("booktitle") or (f"arXiv:{e['eprint']}" if "eprint" in e else e.get("note", ""))
         authors = e["author"].replace("{", "").replace("}", "").replace("\\o", "ø").replace("\\~a", "ã").replace(" and ", "; ")
         lines.append(f"[{key}] {authors} ({e['year']}). {e['title']}. {venue}.")

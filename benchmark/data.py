@@ -19,7 +19,7 @@ from .io import atomic_path
 
 DATA_ENV = "BIOBENCH_DATA"
 CACHE_ENV = "BIOBENCH_CACHE"
-DATASETS = Registry("dataset")
+DATASETS = Registry("dataset", group="biobench.datasets")
 
 
 class DataError(Exception):

@@ -23,7 +23,7 @@ from models import RULES, make_rule
 from .records import CHECKPOINT_NAME, RECORD_NAME
 from .train import RunConfig, RunInterrupted, Trainer
 
-ALL_RULES = RULES.registered()
+ALL_RULES = RULES.registered(plugins=False)
 TABLE1_RULES = ["bp", "fa", "dfa", "dtp-par", "dtp-alt", "sdtp-par", "sdtp-alt", "aosdtp-par", "aosdtp-alt"]
 PRESETS = {
     # Table 1 of Bartunov et al. 2018 (BP, FA, DFA and the six target-propagation

@@ -31,7 +31,7 @@ LC_SHAPES = [
 ]
 # Alternating target-propagation schedules do half of their parallel twin's
 # step in each epoch, so only the parallel ones are timed.
-RULE_NAMES = [name for name in RULES.registered()
+RULE_NAMES = [name for name in RULES.registered(plugins=False)
               if getattr(RULES.get(name), "schedule", "parallel") == "parallel"]
 
 

@@ -24,7 +24,7 @@ SPATIAL_STACKS = {
 }
 FC_WIDTHS = {"mnist": [256] * 5, "cifar10": [1024] * 3}
 
-ARCHS = Registry("architecture")
+ARCHS = Registry("architecture", group="biobench.archs")
 
 
 def same_padding(size, kernel, stride):

@@ -1,22 +1,67 @@
 """A tiny name -> object registry, so adding a rule, an architecture or a
-dataset is one new module plus one ``register`` line."""
+dataset is one new module plus one ``register`` line, or, from another
+package, one entry point (a plug-in).
+
+Plug-ins are found through a Python entry-point group (``biobench.rules``,
+``biobench.archs``, ``biobench.datasets``), read the first time a registry is
+asked for its names or an entry, so every process (grid workers, Slurm tasks)
+sees them. A plug-in that fails to import, or whose name is already taken, is
+reported in one line on stderr and left out; everything else keeps working.
+"""
+import sys
+from importlib.metadata import entry_points
 
 
 class Registry:
-    def __init__(self, kind):
+    def __init__(self, kind, group=None):
         self.kind = kind
+        self.group = group  # entry-point group of plug-ins, e.g. "biobench.rules"
         self._entries = {}
+        self._sources = {}
+        self._plugins_loaded = group is None
+        self.problems = []  # one line per plug-in that could not be loaded
 
-    def register(self, name, obj=None):
-        """Register ``obj`` under ``name``; usable as a decorator."""
+    def register(self, name, obj=None, source=None):
+        """Register ``obj`` under ``name``; usable as a decorator. ``source``
+        says where it comes from (default: the object's module)."""
         def add(target):
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {self._sources[name]})")
             self._entries[name] = target
+            self._sources[name] = source or f"built-in ({getattr(target, '__module__', '?')})"
             return target
         return add if obj is None else add(obj)
 
+    def _load_plugins(self):
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for point in sorted(entry_points(group=self.group), key=lambda p: p.name):
+            dist = point.dist.name if point.dist is not None else "?"
+            source = f"plug-in {dist} ({point.value})"
+            try:
+                target = point.load()
+            except Exception as exc:  # a broken plug-in must not take the CLI down
+                self._report(f"{self.kind} plug-in {point.name!r} from {source} failed to import: "
+                             f"{type(exc).__name__}: {exc}".splitlines()[0] + "; left out")
+                continue
+            name = point.name
+            if getattr(target, "name", name) != name:
+                self._report(f"{self.kind} plug-in {name!r} from {source} calls itself {target.name!r}; "
+                             f"the entry point and the name must agree; left out")
+                continue
+            if name in self._entries:
+                self._report(f"{self.kind} {name!r} from {source} clashes with the {self._sources[name]} "
+                             f"one of that name; the plug-in is left out (rename it)")
+                continue
+            self.register(name, target, source=source)
+
+    def _report(self, message):
+        self.problems.append(message)
+        sys.stderr.write(f"error: {message}\n")
+
     def get(self, name):
+        self._load_plugins()
         try:
             return self._entries[name]
         except KeyError:
@@ -24,12 +69,22 @@ class Registry:
                 f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
             ) from None
 
+    def source(self, name):
+        self._load_plugins()
+        return self._sources[name]
+
     def names(self):
+        self._load_plugins()
         return sorted(self._entries)
 
-    def registered(self):
-        """Names in registration order (the order tables and presets use)."""
+    def registered(self, plugins=True):
+        """Names in registration order, built-ins first (the order tables use);
+        ``plugins=False``: the built-ins only (what the paper presets run)."""
+        if not plugins:
+            return [n for n in self._entries if not self._sources[n].startswith("plug-in")]
+        self._load_plugins()
         return list(self._entries)
 
     def __contains__(self, name):
+        self._load_plugins()
         return name in self._entries

@@ -11,7 +11,7 @@ from .sign import BatchRandomSignSymmetry, FixedRandomSignSymmetry, UniformSignS
 from .tp import (AOSDTPAlternating, AOSDTPParallel, DTPAlternating, DTPParallel, SDTPAlternating,
                  SDTPParallel)
 
-RULES = Registry("learning rule")
+RULES = Registry("learning rule", group="biobench.rules")
 for _rule in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, UniformSignSymmetry,
               BatchRandomSignSymmetry, FixedRandomSignSymmetry, KolenPollack,
               DTPParallel, DTPAlternating, SDTPParallel, SDTPAlternating, AOSDTPParallel,
