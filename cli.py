@@ -101,6 +101,9 @@ def training_options(func):
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when present), cpu, cuda or cuda:N."),
         click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines."),
+        click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
+                     help="Also write the per-epoch curves and per-layer alignment as TensorBoard scalars "
+                          "into this folder, one TensorBoard run per run folder (pip install -e \".[tensorboard]\")."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="torch threads per run (default: all cores for run; cores / --jobs for grid)."),
     ]
@@ -143,7 +146,7 @@ def check_out_dir(path):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @training_options
 @click.option("--resume", is_flag=True, help="Continue this config's run from its last checkpoint.")
-def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_opt, threads, **options):
+def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_opt, threads, tensorboard, **options):
     """Train one network with one learning rule and write its record."""
     from benchmark.runs import start_run
     if threads:
@@ -153,7 +156,7 @@ def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_op
         dict(arch=arch, algo=algo, dataset=dataset, seed=seed, **options),
         rule_options=parse_rule_options(rule_opt), data_dir=data_dir, out=out, device=device,
         progress=not quiet, resume=resume, bad_input=BadInput, check_data_dir=check_data_dir,
-        check_out_dir=check_out_dir)
+        check_out_dir=check_out_dir, tensorboard=checked_board(tensorboard))
     summary = record["summary"]
     click.echo(f"{record['status']}: {dataset} {arch} {algo} seed {seed}: test error "
                f"{summary['final_test_error']:.2f}% (best {summary['best_test_error']:.2f}% at epoch "
@@ -190,12 +193,26 @@ def executor_options(func):
     return func
 
 
-def make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=True):
+def checked_board(folder):
+    """The --tensorboard folder, once tensorboard is known to be importable."""
+    if folder:
+        from benchmark.board import BoardError, check_available
+        try:
+            check_available()
+        except BoardError as exc:
+            raise BadInput(str(exc)) from None
+        check_out_dir(folder)
+    return folder
+
+
+def make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=True, tensorboard=None):
     """``runner(cells, out, data_dir) -> {status: count}`` for the chosen executor."""
     from benchmark.grid import run_grid
+    tensorboard = checked_board(tensorboard)
     if executor == "local":
         return lambda cells, out, data_dir: run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo,
-                                                     threads=threads, epoch_lines=epoch_lines)
+                                                     threads=threads, epoch_lines=epoch_lines,
+                                                     tensorboard=tensorboard)
     from benchmark import cluster
     options = cluster.SlurmOptions(partition=slurm["slurm_partition"], time_minutes=slurm["slurm_time"],
                                    gpus_per_task=slurm["slurm_gpus_per_task"],
@@ -205,7 +222,8 @@ def make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, ep
 
     def runner(cells, out, data_dir):
         try:
-            submitted, jobs_, skipped = cluster.submit(cells, out, data_dir, device, threads, options, echo=echo)
+            submitted, jobs_, skipped = cluster.submit(cells, out, data_dir, device, threads, options, echo=echo,
+                                                       tensorboard=tensorboard)
         except cluster.ClusterError as exc:
             raise BadInput(str(exc)) from None
         if not submitted:
@@ -254,7 +272,7 @@ def select_grid(preset, datasets, archs, algos):
                    "diverged, and, with a grid selection, missing); train nothing.")
 @training_options
 def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, quiet, out, data_dir, device, rule_opt,
-         threads, executor, **options):
+         threads, executor, tensorboard, **options):
     """Run a grid of runs; re-running the same command finishes only what is missing."""
     from benchmark.grid import grid_cells
     slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
@@ -278,7 +296,8 @@ def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, quiet, o
     check_data_dir(data_dir)
     check_out_dir(out)
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=wait, epoch_lines=not quiet)
+    runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=wait, epoch_lines=not quiet,
+                              tensorboard=tensorboard)
     from benchmark.train import RunInterrupted
     try:
         counts = runner(cells, out, data_dir)
@@ -321,7 +340,7 @@ SEARCHED_TRAINING_OPTIONS = ("lr", "beta2", "eps")
 @executor_options
 @training_options
 def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, min_epochs, final_seeds, jobs, quiet,
-           out, data_dir, device, rule_opt, threads, executor, **options):
+           out, data_dir, device, rule_opt, threads, executor, tensorboard, **options):
     """Random search of one (dataset, arch, rule) cell, chosen on the validation split."""
     from benchmark.search import Search, search_space
     slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
@@ -356,7 +375,8 @@ def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, m
                  final_seeds=final_seeds)
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     # Each rung's choice needs its trials finished, so a Slurm search always waits.
-    runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=False)
+    runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=False,
+                              tensorboard=tensorboard)
     try:
         record = job.run(out, data_dir, echo=echo, runner=runner)
     except (RunInterrupted, KeyboardInterrupt):

@@ -52,9 +52,9 @@ def make_cell_task():
         """One grid cell in a Slurm task. ``checkpoint()`` (inherited) requeues
         the same call; the cell then resumes from its epoch checkpoint."""
 
-        def __call__(self, config_dict, out, data_dir, device, threads):
+        def __call__(self, config_dict, out, data_dir, device, threads, tensorboard=None):
             return run_cell(config_dict, out, data_dir, device, threads, epoch_lines=True,
-                            notes={"slurm": slurm_environment()})
+                            notes={"slurm": slurm_environment()}, tensorboard=tensorboard)
 
     return CellTask()
 
@@ -93,7 +93,7 @@ def submitted_elsewhere(out):
     return {name: task for name, task in entries.items() if task in alive}
 
 
-def submit(cells, out, data_dir, device, threads, options, echo=print):
+def submit(cells, out, data_dir, device, threads, options, echo=print, tensorboard=None):
     """Submit the cells that are not done and not queued as one job array.
     Returns ``(submitted cells, jobs, skipped count)``."""
     if not shutil.which("sbatch"):
@@ -122,8 +122,10 @@ def submit(cells, out, data_dir, device, threads, options, echo=print):
         if os.path.exists(stale):
             os.unlink(stale)
     try:
+        board = os.path.abspath(tensorboard) if tensorboard else None
         jobs = executor.map_array(task, [dataclasses.asdict(c) for c in todo], [out] * len(todo),
-                                  [data_dir] * len(todo), [device] * len(todo), [threads] * len(todo))
+                                  [data_dir] * len(todo), [device] * len(todo), [threads] * len(todo),
+                                  [board] * len(todo))
     except Exception as exc:  # sbatch refused or failed: leave nothing behind
         shutil.rmtree(folder, ignore_errors=True)
         message = str(exc).strip().splitlines()

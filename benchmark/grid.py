@@ -119,7 +119,7 @@ class CellLock:
             pass
 
 
-def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, notes=None):
+def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, notes=None, tensorboard=None):
     """Run one cell (in a worker process or a Slurm task). Returns (run name,
     status, message). With ``epoch_lines``, every finished epoch prints one
     line naming the cell; ``notes`` go into the record (e.g. Slurm ids)."""
@@ -127,12 +127,13 @@ def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, not
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_cell(RunConfig(**config_dict), out, data_dir, device, epoch_lines, sys.stderr, notes)
+        return _run_cell(RunConfig(**config_dict), out, data_dir, device, epoch_lines, sys.stderr, notes,
+                         tensorboard)
     finally:
         torch.set_num_threads(previous_threads)  # the calling process (jobs=1) keeps its own setting
 
 
-def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes):
+def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorboard):
     run_dir = os.path.join(out, config.run_name())
     state = cell_state(run_dir, config.epochs)
     if state in TERMINAL:
@@ -146,7 +147,7 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes):
         def echo(message, name=config.run_name()):
             print(f"  {name}: {message}", file=stream, flush=True)
         trainer = Trainer(config, run_dir, data_dir=data_dir, device=device, progress=False,
-                          epoch_lines=epoch_lines, echo=echo, notes=notes)
+                          epoch_lines=epoch_lines, echo=echo, notes=notes, tensorboard=tensorboard)
         record = trainer.run(resume=state == "resumable")
         s = record["summary"]
         return (config.run_name(), record["status"],
@@ -162,7 +163,8 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes):
         lock.release()
 
 
-def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=None, epoch_lines=False):
+def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=None, epoch_lines=False,
+             tensorboard=None):
     """Run every cell; returns {status: count}. Cells run in ``jobs`` worker
     processes, each with ``threads`` torch threads (default ``cores // jobs``)."""
     os.makedirs(out, exist_ok=True)
@@ -181,7 +183,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         echo(f"[{done}/{len(todo)}] {name}: {status}: {message}  (elapsed {elapsed / 60:.1f} min, "
              f"ETA {eta / 60:.1f} min)")
 
-    args = [(dataclasses.asdict(c), out, data_dir, device, threads, epoch_lines) for c in todo]
+    args = [(dataclasses.asdict(c), out, data_dir, device, threads, epoch_lines, None, tensorboard) for c in todo]
     if jobs == 1:
         for done, arg in enumerate(args, 1):
             report(done, run_cell(*arg))

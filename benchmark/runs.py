@@ -30,7 +30,7 @@ def claim_run_dir(out, name, resume):
 
 
 def start_run(options, rule_options, data_dir, out, device, progress, resume, bad_input,
-              check_data_dir=None, check_out_dir=None, dataset=None):
+              check_data_dir=None, check_out_dir=None, dataset=None, tensorboard=None):
     """Validate, create the run folder and train. Errors about the user's input
     are raised as ``bad_input`` (one line, nothing written)."""
     from models import make_rule
@@ -48,7 +48,7 @@ def start_run(options, rule_options, data_dir, out, device, progress, resume, ba
     config = RunConfig(rule_options=rule_options, **options)
     try:
         trainer = Trainer(config, run_dir=None, data_dir=data_dir, device=device, progress=progress,
-                          dataset=dataset)
+                          dataset=dataset, tensorboard=tensorboard)
         trainer._setup()  # loads data and builds the model before anything is written
     except (DataError, RunError, ValueError) as exc:
         raise bad_input(str(exc)) from None

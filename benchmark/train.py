@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from models import build_network, feedback_layers, make_rule, parameter_counts
 
 from . import records
+from .board import Board
 from .data import Normalizer, load_dataset, random_crop_flip
 from .io import atomic_path, write_json
 
@@ -187,7 +188,7 @@ class Trainer:
     ``checkpoint.pt`` (every epoch) atomically into ``run_dir``."""
 
     def __init__(self, config, run_dir, data_dir=None, device="auto", progress=True, echo=None,
-                 dataset=None, epoch_lines=None, notes=None):
+                 dataset=None, epoch_lines=None, notes=None, tensorboard=None):
         self.config = config
         self.run_dir = run_dir
         self.data_dir = data_dir
@@ -195,7 +196,8 @@ class Trainer:
         self.progress = progress  # the per-batch progress bar
         self.epoch_lines = progress if epoch_lines is None else epoch_lines  # one line per epoch
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
-        self.notes = notes or {}  # extra top-level facts for a new record
+        self.notes = notes or {}  # extra top-level facts for the record
+        self.tensorboard = tensorboard  # a folder: mirror the epochs as TensorBoard scalars
         self._dataset = dataset
         self.stop_requested = False
 
@@ -319,6 +321,7 @@ class Trainer:
             start_epoch = self.config.epochs + 1  # stopped early: more epochs would not be trained
         wall_before = record["wall_seconds"]
         started = time.time()
+        board = Board(self.tensorboard, self.run_dir, start_epoch) if self.tensorboard else None
         try:
             for epoch in range(start_epoch, self.config.epochs + 1):
                 epoch_start = time.time()
@@ -330,6 +333,8 @@ class Trainer:
                     write_json(record_path, record)
                     return record
                 self._log_epoch(record, epoch, train_loss, train_error, time.time() - epoch_start)
+                if board is not None:
+                    board.write_epoch(record)
                 record["wall_seconds"] = round(wall_before + time.time() - started, 3)
                 stop = early_stop(record["curves"], self.config.patience)
                 if stop:
@@ -344,6 +349,9 @@ class Trainer:
             raise RunInterrupted(
                 f"interrupted after {record['summary']['epochs_done']} complete epoch(s); "
                 f"the checkpoint in {self.run_dir} keeps them: rerun the same command with --resume") from None
+        finally:
+            if board is not None:
+                board.close()
         self._finish(record, "complete", None, wall_before + time.time() - started)
         write_json(record_path, record)
         return record

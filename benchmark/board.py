@@ -1,0 +1,48 @@
+"""TensorBoard view of runs: per-epoch curves and per-layer alignment as
+scalars, one TensorBoard run per biobench run (named like its folder). The
+records stay the source of truth; this only mirrors them."""
+import math
+import os
+
+CURVES = {"train_loss": "loss/train", "test_loss": "loss/test", "train_error": "error/train",
+          "test_error": "error/test", "val_error": "error/val", "seconds": "time/epoch_seconds"}
+LAYER_METRICS = ("update_angle", "wb_angle", "norm_ratio", "reconstruction_error", "target_distance")
+
+
+class BoardError(Exception):
+    """TensorBoard output was asked for but cannot be written (one line)."""
+
+
+def check_available():
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise BoardError("--tensorboard needs the tensorboard package: pip install -e \".[tensorboard]\"") from None
+
+
+class Board:
+    """Writes one run's epochs; ``first_epoch`` drops events an interrupted
+    attempt wrote beyond the checkpoint the run resumes from."""
+
+    def __init__(self, directory, run_dir, first_epoch):
+        check_available()
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=os.path.join(directory, os.path.basename(os.path.normpath(run_dir))),
+                                    purge_step=first_epoch)
+
+    def write_epoch(self, record):
+        curves = record["curves"]
+        epoch = curves["epoch"][-1]
+        for key, tag in CURVES.items():
+            value = curves[key][-1]
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(tag, value, epoch)
+        for layer in record["alignment"][-1]["layers"]:
+            for key in LAYER_METRICS:
+                value = layer.get(key)
+                if value is not None:
+                    self.writer.add_scalar(f"layer{layer['layer'] + 1}/{key}", value, epoch)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
