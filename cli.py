@@ -519,6 +519,23 @@ def cite(runs, algos, fmt):
 
 
 @cli.command()
+@runs_option
+@metric_option
+@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="The HTML file to write.")
+@click.option("--title", default=None, help="Title of the report (default: the --runs folders).")
+def report(runs, metric, out, title):
+    """One self-contained HTML page: tables, plots, chosen settings, provenance."""
+    from benchmark.io import write_text
+    from benchmark.report import render
+    from benchmark.search import find_searches
+    table, summary, _ = _load_summary(runs, metric, None, False)
+    check_out_dir(os.path.dirname(os.path.abspath(out)))
+    write_text(out, render(table, summary, metric, find_searches(runs), title or ", ".join(runs)))
+    click.echo(out)
+
+
+@cli.command()
 def rules():
     """Every learning rule, built-in or plug-in: source, title, citations, options."""
     for name in RULES.registered():

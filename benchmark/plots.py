@@ -98,7 +98,9 @@ def bar_plot(summary, out_dir, metric="best"):
         ax.grid(axis="y", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=8, ncol=2, title="rule")
+        # Outside the axes: with many rules a legend inside would hide bars.
+        ax.legend(unique.values(), unique.keys(), fontsize=8, ncol=1 if len(unique) <= 12 else 2, title="rule",
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, out_dir, f"bars_{metric}")
 
 
@@ -132,11 +134,20 @@ def curve_plot(runs, out_dir):
                     ax.fill_between(epochs, errors.min(0), errors.max(0), color=colour(rule), alpha=0.15)
             ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)} {arch.upper()}")
             ax.set_xlabel("epoch")
+            # Log scale: chance-level epochs (an alternating schedule's inverse
+            # epoch) would otherwise flatten every other curve.
+            ax.set_yscale("log")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("test error (%)")
-        axes[0][-1].legend(fontsize=8, title="rule (seeds)")
+            ax.grid(alpha=0.3, which="both")
+        axes[0][0].set_ylabel("test error (%, log scale)")
+        handles = {}
+        for ax in axes[0]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        fig.legend(handles.values(), handles.keys(), fontsize=8, title="rule (seeds)", loc="upper left",
+                   bbox_to_anchor=(1.0, 0.95))
         fig.suptitle("Learning curves: mean over seeds, band = min..max", fontsize=10)
+        fig.tight_layout()
         paths += save(fig, out_dir, f"curves_{dataset}")
     return paths
 
@@ -275,5 +286,6 @@ def params_plot(summary, out_dir, metric="best"):
                     for r in _ordered(set(summary.algo), RULE_ORDER)]  # colour is per rule
     arch_handles = [Line2D([], [], color="grey", marker=ARCH_MARKERS.get(a, "o"), linestyle="none", label=a.upper())
                     for a in _ordered(set(summary.arch), ARCH_ORDER)]
-    ax.legend(handles=rule_handles + arch_handles, fontsize=8, ncol=2, title="rule / architecture")
+    ax.legend(handles=rule_handles + arch_handles, fontsize=8, ncol=1 if len(rule_handles) <= 10 else 2,
+              title="rule / architecture", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, out_dir, f"params_vs_error_{metric}")

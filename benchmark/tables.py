@@ -222,9 +222,19 @@ def _rules(summary):
     return sorted(set(summary["label"]), key=rank)
 
 
+def markdown_paper_text(ref, diff):
+    return f"; paper {ref:.2f}" + (f" ({diff:+.2f})" if diff is not None else "")
+
+
+def footer_text(summary, metric):
+    return (f"Test error (%), {METRICS[metric][1]}: mean ± sample std over seeds (number of complete "
+            f"seeds, each seed counted once); a rule's rows with settings in brackets differ in those "
+            f"settings and are never averaged together; 'paper' is Bartunov et al. 2018 Table 1 "
+            f"(500 epochs, tuned) and the difference ours - paper. Epochs here: {_epochs_text(summary)}.")
+
+
 def to_markdown(summary, metric="best"):
-    def paper_fmt(ref, diff):
-        return f"; paper {ref:.2f}" + (f" ({diff:+.2f})" if diff is not None else "")
+    paper_fmt = markdown_paper_text
     cols, rules = _columns(summary), _rules(summary)
     header = "| rule | " + " | ".join(f"{DATASET_TITLES.get(d, d)} {a.upper()}" for d, a in cols) + " |"
     lines = [header, "|---|" + "---|" * len(cols)]
@@ -235,10 +245,7 @@ def to_markdown(summary, metric="best"):
             cells.append(_cell_text(match.iloc[0], "±", paper_fmt) if len(match) else "")
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Test error (%), {METRICS[metric][1]}: mean ± sample std over seeds (number of complete "
-                 f"seeds, each seed counted once); a rule's rows with settings in brackets differ in those "
-                 f"settings and are never averaged together; 'paper' is Bartunov et al. 2018 Table 1 "
-                 f"(500 epochs, tuned) and the difference ours - paper. Epochs here: {_epochs_text(summary)}.")
+    lines.append(footer_text(summary, metric))
     return "\n".join(lines) + "\n"
 
 
