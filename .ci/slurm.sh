@@ -4,6 +4,9 @@
 #   .ci/slurm.sh down   stop them, by the pids in their pid files
 # No systemd and no cgroups are needed: process tracking by /proc, no task plugin.
 set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  exec sudo -n bash "$0" "$@"  # installing packages and starting daemons needs root
+fi
 
 PIDS=(/run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid)
 HOST="$(hostname -s)"
