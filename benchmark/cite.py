@@ -104,5 +104,5 @@ def plain_text(keys):
         e = entry(key)
         venue = e.get("journal") or e.get("booktitle") or (f"arXiv:{e['eprint']}" if "eprint" in e else e.get("note", ""))
         authors = e["author"].replace("{", "").replace("}", "").replace("\\o", "ø").replace("\\~a", "ã").replace(" and ", "; ")
-        lines.append(f"[{key}] {authors} ({e['year']}). {e['title']}. {venue}.")
+        lines.append(f"[{key}] {authors} ({e['year']}). {e['title']}." + (f" {venue}." if venue else ""))
     return "\n".join(lines) + "\n"
