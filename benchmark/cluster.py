@@ -189,7 +189,7 @@ def grid_status(out, cells=None):
         run_dir = os.path.join(out, name)
         state = cell_state(run_dir, wanted.get(name, 0))
         lock = CellLock(run_dir)
-        if state not in TERMINAL and (name in queued or (os.path.exists(lock.path) and not lock._stale())):
+        if state not in TERMINAL and (name in queued or (os.path.exists(lock.path) and not lock.stale())):
             state = "running"  # queued or training
         elif state not in TERMINAL and os.path.exists(os.path.join(run_dir, ERROR_NAME)):
             state = "failed"

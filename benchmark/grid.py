@@ -97,12 +97,12 @@ class CellLock:
                 os.close(fd)
                 return True
             except FileExistsError:
-                if not self._stale():
+                if not self.stale():
                     return False
                 os.unlink(self.path)
         return False
 
-    def _stale(self):
+    def stale(self):
         try:
             pid = int(open(self.path).read().strip() or 0)
             os.kill(pid, 0)

@@ -140,12 +140,7 @@ def curve_plot(runs, out_dir):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3, which="both")
         axes[0][0].set_ylabel("test error (%, log scale)")
-        handles = {}
-        for ax in axes[0]:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(label, handle)
-        fig.legend(handles.values(), handles.keys(), fontsize=8, title="rule (seeds)", loc="upper left",
-                   bbox_to_anchor=(1.0, 0.95))
+        _figure_legend(fig, axes, title="rule (seeds)", loc="upper left", bbox_to_anchor=(1.0, 0.95))
         fig.suptitle("Learning curves: mean over seeds, band = min..max", fontsize=10)
         fig.tight_layout()
         paths += save(fig, out_dir, f"curves_{dataset}")
@@ -170,13 +165,13 @@ def _per_layer_panels(records, dataset, arch, rules, keys, height):
     return fig, axes, n_layers
 
 
-def _figure_legend(fig, axes):
+def _figure_legend(fig, axes, title="rule", **placement):
     """One legend for all panels, each rule once."""
     handles = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="upper right", title="rule", fontsize=8)
+    fig.legend(handles.values(), handles.keys(), title=title, fontsize=8, **(placement or {"loc": "upper right"}))
 
 
 def alignment_plot(runs, out_dir):

@@ -372,8 +372,8 @@ class Trainer:
         shown = {"loss": float("nan")}
         bar = None
         if self.progress:
-            phase = rule.epoch_info().get("phase")
-            label = f"epoch {epoch}/{cfg.epochs}" + (f" ({phase})" if phase not in (None, "parallel") else "")
+            phase = _schedule_phase(rule)
+            label = f"epoch {epoch}/{cfg.epochs}" + (f" ({phase})" if phase else "")
             bar = click.progressbar(length=batches, label=label,
                                     file=sys.stderr, show_eta=True, show_percent=False,
                                     item_show_func=lambda _: f"loss {shown['loss']:.4f}")
@@ -419,8 +419,8 @@ class Trainer:
         record["summary"] = summarize(curves)
         if self.epoch_lines:
             val = f"  val {val_error:6.2f}%" if val_error is not None else ""
-            phase = self.rule.epoch_info().get("phase")
-            val += f"  [{phase} epoch]" if phase not in (None, "parallel") else ""
+            phase = _schedule_phase(self.rule)
+            val += f"  [{phase} epoch]" if phase else ""
             remaining = (cfg.epochs - epoch) * sum(curves["seconds"]) / len(curves["seconds"])
             self.echo(f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f}  train err "
                       f"{train_error:6.2f}%  test err {test_error:6.2f}%{val}  ({seconds:.1f}s, "
@@ -460,6 +460,12 @@ def summarize(curves):
         summary["best_val_epoch"] = curves["epoch"][best]
         summary["test_error_at_best_val"] = test[best]
     return summary
+
+
+def _schedule_phase(rule):
+    """The epoch's phase worth showing (an alternating schedule's), else None."""
+    phase = rule.epoch_info().get("phase")
+    return phase if phase not in (None, "parallel") else None
 
 
 def _network_input(family):
