@@ -314,6 +314,8 @@ def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, quiet, o
 
 
 SEARCHED_TRAINING_OPTIONS = ("lr", "beta2", "eps")
+# Search always chooses on held-out training data; this much unless --val-split says otherwise.
+SEARCH_VAL_SPLIT = 0.1
 
 
 @cli.command()
@@ -341,7 +343,8 @@ SEARCHED_TRAINING_OPTIONS = ("lr", "beta2", "eps")
 @training_options
 def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, min_epochs, final_seeds, jobs, quiet,
            out, data_dir, device, rule_opt, threads, executor, tensorboard, **options):
-    """Random search of one (dataset, arch, rule) cell, chosen on the validation split."""
+    """Random search of one (dataset, arch, rule) cell, chosen on the validation split
+    (10% of the training set unless --val-split says otherwise; never the test set)."""
     from benchmark.search import Search, search_space
     slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
     from benchmark.train import RunInterrupted
@@ -349,9 +352,11 @@ def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, m
     for name in SEARCHED_TRAINING_OPTIONS:
         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
             raise BadInput(f"--{name} is searched; fix it with --space {name}=choice:VALUE instead")
+    if ctx.get_parameter_source("val_split") != click.core.ParameterSource.COMMANDLINE:
+        options["val_split"] = SEARCH_VAL_SPLIT
     if not options["val_split"]:
-        raise BadInput("search chooses on a validation split: give --val-split, e.g. 0.1 (the test set is "
-                       "never used for choosing)")
+        raise BadInput("--val-split 0: search chooses on a validation split, so it needs one in (0, 1), e.g. "
+                       f"{SEARCH_VAL_SPLIT} (the test set is never used for choosing)")
     overrides = parse_key_values(space_overrides, "--space")
     try:
         space = search_space(algo, overrides)
@@ -369,10 +374,13 @@ def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, m
     if options["weight_decay"] is None:
         options["weight_decay"] = rule.default_weight_decay
     base = {k: v for k, v in options.items() if k not in space}
-    job = Search(dataset=dataset, arch=arch, algo=algo, trials=trials, epochs=options["epochs"],
-                 search_seed=search_seed, space=space, base={k: v for k, v in base.items() if k != "epochs"},
-                 rule_options={k: rule.options[k] for k in rule_options}, halving=halving, min_epochs=min_epochs,
-                 final_seeds=final_seeds)
+    try:
+        job = Search(dataset=dataset, arch=arch, algo=algo, trials=trials, epochs=options["epochs"],
+                     search_seed=search_seed, space=space, base={k: v for k, v in base.items() if k != "epochs"},
+                     rule_options={k: rule.options[k] for k in rule_options}, halving=halving,
+                     min_epochs=min_epochs, final_seeds=final_seeds)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     # Each rung's choice needs its trials finished, so a Slurm search always waits.
     runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=False,

@@ -157,6 +157,15 @@ class Search:
     min_epochs: int = 1
     final_seeds: int = 0
 
+    def __post_init__(self):
+        first = RULES.get(self.algo).first_forward_epoch
+        shortest = rung_epochs(self.epochs, self.halving, self.min_epochs)[0]
+        if shortest < first:
+            option = "--min-epochs" if self.halving and shortest < self.epochs else "--epochs"
+            raise ValueError(f"{option} {shortest} is too short for {self.algo}: it changes the forward weights "
+                             f"only from epoch {first} on, so every trial would score at chance; give {option} "
+                             f"{first} or more")
+
     def identity(self):
         blob = json.dumps({"dataset": self.dataset, "arch": self.arch, "algo": self.algo, "trials": self.trials,
                            "epochs": self.epochs, "search_seed": self.search_seed, "halving": self.halving,

@@ -151,9 +151,23 @@ def test_search_then_final_seeds_then_table_shows_the_chosen_settings(tiny_root,
     assert (tables / "chosen.csv").exists() and (tables / "chosen.tex").exists()
 
 
+def test_search_holds_out_a_tenth_of_the_training_set_unless_told(tiny_root, tmp_path):
+    result = CliRunner().invoke(cli, ["search", "--algo", "fa", "--trials", "1", "--epochs", "1", "--batch-size",
+                                      "32", "--data-dir", tiny_root, "--out", str(tmp_path / "s"), "--quiet",
+                                      "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    (folder,) = os.listdir(tmp_path / "s")
+    record = json.load(open(tmp_path / "s" / folder / "search.json"))
+    trial = json.load(open(tmp_path / "s" / folder / "trials" / record["chosen"]["run"] / "record.json"))
+    assert record["base"]["val_split"] == trial["config"]["val_split"] == 0.1
+    assert trial["curves"]["val_error"][0] is not None
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--lr", "0.01"], "--lr is searched; fix it with --space lr=choice:VALUE"),
-    ([], "search chooses on a validation split"),
+    (["--val-split", "0"], "--val-split 0: search chooses on a validation split"),
+    (["--algo", "dtp-alt", "--epochs", "1"], "--epochs 1 is too short for dtp-alt"),
+    (["--algo", "sdtp-alt", "--epochs", "4", "--halving", "2"], "--min-epochs 1 is too short for sdtp-alt"),
     (["--val-split", "0.2", "--space", "lr=log:-1:2"], "is not one of log:LOW:HIGH"),
     (["--val-split", "0.2", "--algo", "dtp-par", "--rule-opt", "alpha=0.1"], "--rule-opt alpha is searched"),
 ])

@@ -31,6 +31,10 @@ class LearningRule:
     # Bartunov et al.; Kolen-Pollack needs some to align B with W).
     default_weight_decay = 0.0
     weight_decay = 0.0  # the run's, set by the trainer
+    # The first epoch (1-based) that changes the forward weights; a search
+    # cannot judge a trial on fewer epochs (alternating TP starts with an
+    # inverse-only epoch).
+    first_forward_epoch = 1
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)

@@ -98,6 +98,11 @@ class TargetPropagation(LearningRule):
     # al.'s ranges for sigma; the inverse learning rate like the forward one).
     search_space = {"inverse_lr": "log:1e-5:3e-3", "sigma": "uniform:0.01:0.3"}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # The alternating schedule starts with an inverse-only epoch.
+        cls.first_forward_epoch = 2 if cls.schedule == "alternating" else 1
+
     def __init__(self, **options):
         super().__init__(**options)
         for key in self.positive_options:
