@@ -336,7 +336,8 @@ SEARCH_VAL_SPLIT = 0.1
 @click.option("--min-epochs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Epochs of the first halving rung.")
 @click.option("--final-seeds", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Then train the chosen settings with this many seeds (in <search>/final).")
+              help="Then train the chosen settings with this many fresh seeds, 1..S (in <search>/final; "
+                   "the trials ran seed 0, whose result took part in the choice).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Trials run in parallel worker processes.")
 @executor_options
@@ -400,8 +401,7 @@ def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, m
                f"{chosen['best_val_error']:.2f}%): {settings}")
     click.echo(f"search record: {os.path.join(folder, 'search.json')}")
     if final_seeds:
-        click.echo(f"final runs: {os.path.join(folder, 'final')} (python cli.py table --runs "
-                   f"{os.path.join(folder, 'final')})")
+        click.echo(f"final runs: {os.path.join(folder, 'final')} (python cli.py table --runs {folder})")
 
 
 @cli.command()

@@ -36,6 +36,8 @@ import sys
 SCHEMA = "biobench.run/1"
 RECORD_NAME = "record.json"
 CHECKPOINT_NAME = "checkpoint.pt"
+SEARCH_NAME = "search.json"  # a search's own record (benchmark.search)
+SEARCH_TRIALS = "trials"  # the folder of a search's trial runs
 REQUIRED_KEYS = ("schema", "status", "config", "curves", "summary", "params")
 
 
@@ -110,9 +112,13 @@ def load_record(path):
 
 
 def find_records(root):
-    """Paths of every record.json under ``root`` (sorted)."""
+    """Paths of every record.json under ``root`` (sorted), except a search's
+    trials: they are that search's working material, reported through its
+    chosen settings (``root`` pointing into ``<search>/trials`` lists them)."""
     found = []
-    for folder, _, files in os.walk(root):
+    for folder, subfolders, files in os.walk(root):
+        if SEARCH_NAME in files and SEARCH_TRIALS in subfolders:
+            subfolders.remove(SEARCH_TRIALS)
         if RECORD_NAME in files:
             found.append(os.path.join(folder, RECORD_NAME))
     return sorted(found)

@@ -27,11 +27,10 @@ from models import RULES
 
 from .grid import run_grid
 from .io import write_json
-from .records import RECORD_NAME
+from .records import RECORD_NAME, SEARCH_NAME, SEARCH_TRIALS
 from .train import RunConfig
 
 SCHEMA = "biobench.search/1"
-SEARCH_NAME = "search.json"
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ class Search:
             def runner(cells, folder, data):
                 return run_grid(cells, folder, data, device=device, jobs=jobs, threads=threads, echo=echo)
         folder = self.folder(out)
-        trials_dir = os.path.join(folder, "trials")
+        trials_dir = os.path.join(folder, SEARCH_TRIALS)
         record = self._record(folder)
         params, _ = self.configs(self.epochs)
         alive = list(range(self.trials))
@@ -221,9 +220,11 @@ class Search:
         if self.final_seeds:
             _, configs = self.configs(self.epochs)
             final_dir = os.path.join(folder, "final")
-            cells = [dataclasses.replace(configs[index], seed=s) for s in range(self.final_seeds)]
-            echo(f"final: the chosen settings (trial {index}) with {self.final_seeds} seed(s)")
-            record["final"] = {"folder": "final", "seeds": self.final_seeds,
+            # Fresh seeds: seed 0's result took part in the choice, so it is optimistic.
+            seeds = list(range(1, self.final_seeds + 1))
+            cells = [dataclasses.replace(configs[index], seed=s) for s in seeds]
+            echo(f"final: the chosen settings (trial {index}) with seeds {seeds[0]}..{seeds[-1]}")
+            record["final"] = {"folder": "final", "seeds": seeds,
                                "status_counts": runner(cells, final_dir, data_dir)}
         record["status"] = "complete"
         write_json(os.path.join(folder, SEARCH_NAME), record)

@@ -140,13 +140,18 @@ def test_search_then_final_seeds_then_table_shows_the_chosen_settings(tiny_root,
     assert chosen["settings"]["alpha"] == 0.1 and set(chosen["settings"]) == {
         "lr", "beta2", "eps", "alpha", "inverse_lr", "sigma"}
     finals = [json.load(open(out / folder / "final" / f / "record.json")) for f in os.listdir(out / folder / "final")]
-    assert sorted(r["seed"] for r in finals) == [0, 1]
+    assert sorted(r["seed"] for r in finals) == [1, 2] == record["final"]["seeds"]  # fresh seeds
     assert all(r["config"]["lr"] == chosen["settings"]["lr"] and r["status"] == "complete" for r in finals)
     assert all(r["config"]["rule_options"]["sigma"] == chosen["settings"]["sigma"] for r in finals)
     tables = tmp_path / "tables"
     shown = CliRunner().invoke(cli, ["table", "--runs", str(out), "--out", str(tables)])
     assert shown.exit_code == 0, shown.output
     assert "Chosen settings" in shown.output and f"| {chosen['trial']} |" in shown.output
+    # the trials stay out of the results: one dtp-par row, the final seeds' (2 seeds)
+    rows = [line for line in shown.output.splitlines() if line.startswith("| dtp-par")]
+    assert len(rows) == 1 and "(2)" in rows[0] and "warning" not in shown.output, shown.output
+    trials = CliRunner().invoke(cli, ["table", "--runs", str(out / folder / "trials")])
+    assert sum(line.startswith("| dtp-par") for line in trials.output.splitlines()) == 3
     assert f"{chosen['settings']['lr']:.3g}" in (tables / "chosen.md").read_text()
     assert (tables / "chosen.csv").exists() and (tables / "chosen.tex").exists()
 
