@@ -88,14 +88,8 @@ def _plots(runs, summary, metric):
 
 
 def render(runs, summary, metric, searches, title):
-    columns = tables._columns(summary)
-    results = []
-    for label in tables._rules(summary):
-        cells = []
-        for dataset, arch in columns:
-            match = summary[(summary.dataset == dataset) & (summary.arch == arch) & (summary.label == label)]
-            cells.append(tables._cell_text(match.iloc[0], "±", tables.markdown_paper_text) if len(match) else "")
-        results.append({"label": label, "cells": cells})
+    columns, rows = tables.results_grid(summary, "±", tables.markdown_paper_text)
+    results = [{"label": label, "cells": cells} for label, cells in rows]
     params = [{"dataset": tables.DATASET_TITLES.get(r.dataset, r.dataset), "arch": r.arch, "algo": r.algo,
                "forward": f"{r.forward_params:,}", "feedback": f"{r.feedback_params:,}"}
               for _, r in tables.parameter_table(summary).iterrows()]
@@ -109,7 +103,7 @@ def render(runs, summary, metric, searches, title):
         title=title, runs_count=len(runs), version=__version__,
         made_at=datetime.now(timezone.utc).isoformat(timespec="minutes"),
         metric_text=tables.footer_text(summary, metric),
-        columns=[f"{tables.DATASET_TITLES.get(d, d)} {a.upper()}" for d, a in columns], results=results,
-        params=params, chosen=[tables._chosen_cells(row) for _, row in chosen.iterrows()] if not chosen.empty else [],
+        columns=[tables.column_title(d, a) for d, a in columns], results=results,
+        params=params, chosen=[tables.chosen_cells(row) for _, row in chosen.iterrows()] if not chosen.empty else [],
         chosen_titles=[title for _, title in tables.CHOSEN_COLUMNS], plots=_plots(runs, summary, metric),
         problems=problems, devices=devices, versions=versions, code=code, commands=commands(runs))
