@@ -270,24 +270,30 @@ def select_grid(preset, datasets, archs, algos):
 @click.option("--status", "status_dir", type=click.Path(file_okay=False), default=None,
               help="Only print the cells under this folder by status (complete, running, resumable, failed, "
                    "diverged, and, with a grid selection, missing); train nothing.")
+@click.option("--from-search", "from_search", type=click.Path(file_okay=False), default=None,
+              help="Instead of a grid selection: train the settings chosen by every finished search under this "
+                   "folder, for --epochs, with seeds 1..--seeds (the trials ran seed 0, whose result took part "
+                   "in the choice); every other setting is the search's.")
 @training_options
-def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, quiet, out, data_dir, device, rule_opt,
-         threads, executor, tensorboard, **options):
+def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, from_search, quiet, out, data_dir, device,
+         rule_opt, threads, executor, tensorboard, **options):
     """Run a grid of runs; re-running the same command finishes only what is missing."""
     from benchmark.grid import grid_cells
     slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
-    chosen = select_grid(preset, datasets, archs, algos)
-    rule_options = parse_rule_options(rule_opt)
-    try:
-        cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds), options,
-                           rule_options)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
+    if from_search is not None:
+        cells = cells_from_search(from_search, seeds, options)
+    else:
+        chosen = select_grid(preset, datasets, archs, algos)
+        try:
+            cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds), options,
+                               parse_rule_options(rule_opt))
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
     if status_dir is not None:
         from benchmark.cluster import grid_status
         if not os.path.isdir(status_dir):
             raise BadInput(f"--status {status_dir!r} is not a folder")
-        selected = preset or datasets or archs or algos
+        selected = preset or datasets or archs or algos or from_search
         for status, names in grid_status(status_dir, cells if selected else None).items():
             click.echo(f"{status}: {len(names)}")
             for name in names:
@@ -311,6 +317,27 @@ def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, quiet, o
     if counts.get("failed"):
         raise click.ClickException(f"{counts['failed']} cell(s) failed; see error.txt in their run folders"
                                    + (" and the Slurm logs" if executor == "slurm" else ""))
+
+
+# What --from-search takes from the command line; every other setting is the search's.
+FROM_SEARCH_OPTIONS = ("epochs", "patience")
+
+
+def cells_from_search(folder, seeds, options):
+    from benchmark.search import chosen_configs, find_searches
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if (param.name in options and param.name not in FROM_SEARCH_OPTIONS or param.name in (
+                "preset", "datasets", "archs", "algos", "rule_opt")) and \
+                ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
+            raise BadInput(f"{param.opts[0]} cannot be combined with --from-search: the settings are the "
+                           f"search's (only {', '.join('--' + o for o in FROM_SEARCH_OPTIONS)} apply)")
+    if not os.path.isdir(folder):
+        raise BadInput(f"--from-search {folder!r} is not a folder")
+    cells = chosen_configs(find_searches([folder]), options["epochs"], seeds, options["patience"])
+    if not cells:
+        raise BadInput(f"--from-search {folder!r} holds no finished search (a search.json with a choice)")
+    return cells
 
 
 SEARCHED_TRAINING_OPTIONS = ("lr", "beta2", "eps")

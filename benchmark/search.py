@@ -251,12 +251,28 @@ class Search:
             return {"status": "missing", "curves": {"val_error": []}}
 
 
+def chosen_configs(searches, epochs, seeds, patience=0):
+    """Run configs that train each finished search's chosen settings for
+    ``epochs`` with fresh seeds 1..``seeds`` (the trials ran seed 0, whose
+    result took part in the choice); everything else as the search had it."""
+    configs = []
+    for record in searches:
+        if record.get("status") != "complete" or not record.get("chosen"):
+            continue
+        base = dict(record["base"], dataset=record["dataset"], arch=record["arch"], patience=patience)
+        chosen = trial_config(base, record["algo"], record["chosen"]["settings"], record["rule_options"], epochs)
+        configs += [dataclasses.replace(chosen, seed=s) for s in range(1, seeds + 1)]
+    return configs
+
+
 def find_searches(roots):
-    """Every search record under ``roots``."""
+    """Every search record under ``roots``, in folder order."""
     found = []
     for root in roots:
-        for folder, _, files in os.walk(root):
+        for folder, subfolders, files in os.walk(root):
+            subfolders.sort()
             if SEARCH_NAME in files:
+                subfolders.clear()  # a search's own folders hold runs, not searches
                 with open(os.path.join(folder, SEARCH_NAME), encoding="utf-8") as handle:
                     record = json.load(handle)
                 if record.get("schema") == SCHEMA:

@@ -215,3 +215,38 @@ def test_run_stops_at_the_right_epoch_and_says_why(tiny_root, tmp_path, monkeypa
     assert record["early_stop"]["epoch"] == 4 and record["early_stop"]["best_val_epoch"] == 2
     assert "did not improve for 2 epoch(s) after epoch 2" in record["early_stop"]["reason"]
     assert benchmark.grid.cell_state(str(tmp_path / "run"), 10) == "complete"  # a grid will not extend it
+
+
+def test_grid_from_search_trains_the_chosen_settings_with_fresh_seeds(tiny_root, tmp_path):
+    searched = CliRunner().invoke(cli, ["search", "--algo", "fa", "--trials", "3", "--epochs", "1", "--batch-size",
+                                        "32", "--data-dir", tiny_root, "--out", str(tmp_path / "s"), "--quiet",
+                                        "--threads", "1"])
+    assert searched.exit_code == 0, searched.output
+    (folder,) = os.listdir(tmp_path / "s")
+    chosen = json.load(open(tmp_path / "s" / folder / "search.json"))["chosen"]
+    args = ["grid", "--from-search", str(tmp_path / "s"), "--epochs", "2", "--seeds", "2", "--data-dir", tiny_root,
+            "--out", str(tmp_path / "g"), "--quiet", "--threads", "1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and "grid finished: 2 complete" in result.output, result.output
+    records = [json.load(open(tmp_path / "g" / f / "record.json")) for f in sorted(os.listdir(tmp_path / "g"))]
+    assert sorted(r["seed"] for r in records) == [1, 2]
+    for record in records:
+        config = record["config"]
+        assert (config["lr"], config["beta2"], config["eps"]) == tuple(chosen["settings"][k]
+                                                                      for k in ("lr", "beta2", "eps"))
+        assert config["epochs"] == 2 and config["batch_size"] == 32 and config["val_split"] == 0.1
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "grid finished: nothing to do" in again.output, again.output
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--lr", "0.01"], "--lr cannot be combined with --from-search"),
+    (["--algos", "bp"], "--algos cannot be combined with --from-search"),
+    ([], "holds no finished search"),
+])
+def test_grid_from_search_bad_input_is_one_line(tiny_root, tmp_path, extra, message):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, ["grid", "--from-search", str(tmp_path / "empty"), "--data-dir", tiny_root,
+                                      "--out", str(tmp_path / "g"), *extra])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "g").exists()
