@@ -270,9 +270,9 @@ def select_grid(preset, datasets, archs, algos):
 @click.option("--status", "status_dir", type=click.Path(file_okay=False), default=None,
               help="Only print the cells under this folder by status (complete, running, resumable, failed, "
                    "diverged, and, with a grid selection, missing); train nothing.")
-@click.option("--from-search", "from_search", type=click.Path(file_okay=False), default=None,
+@click.option("--from-search", "from_search", type=click.Path(file_okay=False), multiple=True,
               help="Instead of a grid selection: train the settings chosen by every finished search under this "
-                   "folder, for --epochs, with seeds 1..--seeds (the trials ran seed 0, whose result took part "
+                   "folder (repeatable), for --epochs, with seeds 1..--seeds (the trials ran seed 0, whose result took part "
                    "in the choice); every other setting is the search's.")
 @training_options
 def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, from_search, quiet, out, data_dir, device,
@@ -280,7 +280,7 @@ def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, from_sea
     """Run a grid of runs; re-running the same command finishes only what is missing."""
     from benchmark.grid import grid_cells
     slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
-    if from_search is not None:
+    if from_search:
         cells = cells_from_search(from_search, seeds, options)
     else:
         chosen = select_grid(preset, datasets, archs, algos)
@@ -323,7 +323,7 @@ def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, from_sea
 FROM_SEARCH_OPTIONS = ("epochs", "patience")
 
 
-def cells_from_search(folder, seeds, options):
+def cells_from_search(folders, seeds, options):
     from benchmark.search import chosen_configs, find_searches
     ctx = click.get_current_context()
     for param in ctx.command.params:
@@ -332,11 +332,13 @@ def cells_from_search(folder, seeds, options):
                 ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
             raise BadInput(f"{param.opts[0]} cannot be combined with --from-search: the settings are the "
                            f"search's (only {', '.join('--' + o for o in FROM_SEARCH_OPTIONS)} apply)")
-    if not os.path.isdir(folder):
-        raise BadInput(f"--from-search {folder!r} is not a folder")
-    cells = chosen_configs(find_searches([folder]), options["epochs"], seeds, options["patience"])
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise BadInput(f"--from-search {folder!r} is not a folder")
+    cells = chosen_configs(find_searches(folders), options["epochs"], seeds, options["patience"])
     if not cells:
-        raise BadInput(f"--from-search {folder!r} holds no finished search (a search.json with a choice)")
+        raise BadInput(f"--from-search {', '.join(map(repr, folders))}: no finished search there (a search.json "
+                       f"with a choice)")
     return cells
 
 

@@ -242,7 +242,7 @@ def test_grid_from_search_trains_the_chosen_settings_with_fresh_seeds(tiny_root,
 @pytest.mark.parametrize("extra,message", [
     (["--lr", "0.01"], "--lr cannot be combined with --from-search"),
     (["--algos", "bp"], "--algos cannot be combined with --from-search"),
-    ([], "holds no finished search"),
+    ([], "no finished search there"),
 ])
 def test_grid_from_search_bad_input_is_one_line(tiny_root, tmp_path, extra, message):
     (tmp_path / "empty").mkdir()
