@@ -522,13 +522,12 @@ def table(runs, metric, seeds, out, fmt, strict):
 @click.option("--out", type=click.Path(file_okay=False), default=os.path.join("results", "plots"),
               show_default=True, help="Folder for the PNG and PDF files.")
 def plot(runs, metric, out):
-    """Bar, learning-curve, alignment and parameters-vs-error plots (PNG + PDF)."""
+    """Bar, learning-curve, alignment, parameters-vs-error and search plots (PNG + PDF)."""
     from benchmark import plots
+    from benchmark.search import find_searches
     table, summary, _ = _load_summary(runs, metric, None, False)
     check_out_dir(out)
-    paths = plots.bar_plot(summary, out, metric) + plots.curve_plot(table, out) \
-        + plots.alignment_plot(table, out) + plots.target_propagation_plot(table, out) \
-        + plots.params_plot(summary, out, metric)
+    paths = plots.all_plots(table, summary, metric, out, find_searches(runs))
     for path in paths:
         click.echo(path)
 

@@ -284,3 +284,55 @@ def params_plot(summary, out_dir, metric="best"):
     ax.legend(handles=rule_handles + arch_handles, fontsize=8, ncol=1 if len(rule_handles) <= 10 else 2,
               title="rule / architecture", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, out_dir, f"params_vs_error_{metric}")
+
+
+def search_plot(searches, out_dir):
+    """Per (dataset, arch): each search trial's validation error against its
+    learning rate, one colour per rule, the chosen trial starred; shows
+    whether a choice sits at the edge of the searched range."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    cells = {}
+    for record in searches:
+        cells.setdefault((record["dataset"], record["arch"]), []).append(record)
+    paths = []
+    for (dataset, arch), records in cells.items():
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        records = sorted(records, key=lambda r: RULE_ORDER.index(r["algo"]) if r["algo"] in RULE_ORDER else 99)
+        for record in records:
+            done = [t for t in record["trials"] if t["best_val_error"] is not None and "lr" in t["settings"]]
+            ax.scatter([t["settings"]["lr"] for t in done], [t["best_val_error"] for t in done], s=18,
+                       color=colour(record["algo"]), alpha=0.75, label=record["algo"])
+            chosen = record.get("chosen")
+            if chosen and "lr" in chosen["settings"]:
+                ax.scatter([chosen["settings"]["lr"]], [chosen["best_val_error"]], s=130, marker="*",
+                           color=colour(record["algo"]), edgecolors="black", linewidths=0.8, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("Adam learning rate (log scale)")
+        ax.set_ylabel("trial's best validation error (%, log scale)")
+        trials = sorted({len(r["trials"]) for r in records})
+        epochs = sorted({r["epochs"] for r in records})
+        ax.set_title(f"Random search, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()}: "
+                     f"{'/'.join(map(str, trials))} trials per rule, {'/'.join(map(str, epochs))} epochs",
+                     fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], marker="*", color="grey", markeredgecolor="black", markersize=11,
+                              linestyle="none"))
+        labels.append("chosen")
+        ax.legend(handles, labels, fontsize=8, ncol=1 if len(labels) <= 12 else 2, title="rule",
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        paths += save(fig, out_dir, f"search_{dataset}_{arch}")
+    return paths
+
+
+def all_plots(runs, summary, metric, out_dir, searches=()):
+    """Every plot the records (and searches) allow; returns the file paths."""
+    return (bar_plot(summary, out_dir, metric) + curve_plot(runs, out_dir) + alignment_plot(runs, out_dir)
+            + target_propagation_plot(runs, out_dir) + params_plot(summary, out_dir, metric)
+            + search_plot(searches, out_dir))
+

@@ -73,11 +73,9 @@ def _provenance(runs):
     return sorted(devices), sorted(versions), sorted(code)
 
 
-def _plots(runs, summary, metric):
+def _plots(runs, summary, metric, searches):
     with tempfile.TemporaryDirectory() as folder:
-        paths = (plots.bar_plot(summary, folder, metric) + plots.curve_plot(runs, folder)
-                 + plots.alignment_plot(runs, folder) + plots.target_propagation_plot(runs, folder)
-                 + plots.params_plot(summary, folder, metric))
+        paths = plots.all_plots(runs, summary, metric, folder, searches)
         found = []
         for path in paths:
             if path.endswith(".png"):
@@ -105,5 +103,5 @@ def render(runs, summary, metric, searches, title):
         metric_text=tables.footer_text(summary, metric),
         columns=[tables.column_title(d, a) for d, a in columns], results=results,
         params=params, chosen=[tables.chosen_cells(row) for _, row in chosen.iterrows()] if not chosen.empty else [],
-        chosen_titles=[title for _, title in tables.CHOSEN_COLUMNS], plots=_plots(runs, summary, metric),
+        chosen_titles=[title for _, title in tables.CHOSEN_COLUMNS], plots=_plots(runs, summary, metric, searches),
         problems=problems, devices=devices, versions=versions, code=code, commands=commands(runs))

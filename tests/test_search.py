@@ -154,6 +154,8 @@ def test_search_then_final_seeds_then_table_shows_the_chosen_settings(tiny_root,
     assert sum(line.startswith("| dtp-par") for line in trials.output.splitlines()) == 3
     assert f"{chosen['settings']['lr']:.3g}" in (tables / "chosen.md").read_text()
     assert (tables / "chosen.csv").exists() and (tables / "chosen.tex").exists()
+    drawn = CliRunner().invoke(cli, ["plot", "--runs", str(out), "--out", str(tmp_path / "plots")])
+    assert drawn.exit_code == 0 and os.path.getsize(tmp_path / "plots" / "search_mnist_fc.png") > 0, drawn.output
 
 
 def test_search_holds_out_a_tenth_of_the_training_set_unless_told(tiny_root, tmp_path):
