@@ -196,7 +196,8 @@ class Search:
         for rung, epochs in enumerate(rung_epochs(self.epochs, self.halving, self.min_epochs)):
             _, configs = self.configs(epochs)
             echo(f"search rung {rung + 1}: {len(alive)} trial(s) x {epochs} epoch(s)")
-            counts = runner([configs[i] for i in alive], trials_dir, data_dir)
+            runner([configs[i] for i in alive], trials_dir, data_dir)
+            counts = _status_counts(trials_dir, [configs[i] for i in alive])
             scores = {i: best_validation_error(self._trial_record(trials_dir, configs[i])) for i in alive}
             keep = alive if epochs == self.epochs else \
                 sorted(alive, key=lambda i: (scores[i], i))[:math.ceil(len(alive) / self.halving)]
@@ -224,8 +225,8 @@ class Search:
             seeds = list(range(1, self.final_seeds + 1))
             cells = [dataclasses.replace(configs[index], seed=s) for s in seeds]
             echo(f"final: the chosen settings (trial {index}) with seeds {seeds[0]}..{seeds[-1]}")
-            record["final"] = {"folder": "final", "seeds": seeds,
-                               "status_counts": runner(cells, final_dir, data_dir)}
+            runner(cells, final_dir, data_dir)
+            record["final"] = {"folder": "final", "seeds": seeds, "status_counts": _status_counts(final_dir, cells)}
         record["status"] = "complete"
         write_json(os.path.join(folder, SEARCH_NAME), record)
         return record
@@ -249,6 +250,16 @@ class Search:
                 return json.load(handle)
         except (OSError, ValueError):
             return {"status": "missing", "curves": {"val_error": []}}
+
+
+def _status_counts(folder, configs):
+    """``{status: count}`` of these runs' records as they stand (not just what
+    this invocation trained), so a resumed search records the same."""
+    counts = {}
+    for config in configs:
+        status = Search._trial_record(folder, config)["status"]
+        counts[status] = counts.get(status, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def chosen_configs(searches, epochs, seeds, patience=0):

@@ -120,6 +120,8 @@ def test_search_resumes_after_an_interrupt_without_retraining_finished_trials(ti
     assert second.exit_code == 0, second.output
     assert "chosen (trial" in second.output
     record = json.load(open(tmp_path / "s" / folder / "search.json"))
+    # the counts describe the records, not just what the resumed call trained
+    assert [r["status_counts"] for r in record["rungs"]] == [{"complete": 4}, {"complete": 2}]
     losers = set(record["rungs"][0]["trials"]) - set(record["rungs"][0]["kept"])
     assert len(losers) == 2
     for index in losers:  # finished in rung 1 before the interrupt: not trained again
