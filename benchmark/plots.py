@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 from .tables import ARCH_ORDER, DATASET_TITLES, METRICS, RULE_ORDER  # noqa: E402
@@ -58,6 +58,14 @@ def save(fig, out_dir, name):
     return paths
 
 
+def _log_error_axis(axis):
+    """A log-scale error axis labelled with plain numbers (1, 2, 3, 5, 10, ...),
+    not powers of ten, whatever its range."""
+    axis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _ordered(values, order):
     return [v for v in order if v in values] + sorted(set(values) - set(order))
 
@@ -92,9 +100,10 @@ def bar_plot(summary, out_dir, metric="best"):
         ax.set_xticks(range(len(archs)), [a.upper() for a in archs])
         ax.set_xlabel("architecture")
         ax.set_ylabel("test error (%)")
-        epochs = ", ".join(str(int(e)) for e in sorted(set(part.epochs)))
+        epochs = sorted(set(int(e) for e in part.epochs))
         ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)}: {METRICS[metric][1]}\n"
-                     f"({epochs} epochs; bars: mean ± std over seeds)", fontsize=10)
+                     f"({', '.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}; "
+                     f"bars: mean ± std over seeds)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
@@ -137,7 +146,11 @@ def curve_plot(runs, out_dir):
             # Log scale: chance-level epochs (an alternating schedule's inverse
             # epoch) would otherwise flatten every other curve.
             ax.set_yscale("log")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _log_error_axis(ax.yaxis)
+            longest = max(len(r["curves"]["test_error"]) for key, group in records.items()
+                          if key[:2] == (dataset, arch) for r in group)
+            ax.set_xlim(0.5, longest + 0.5)  # whole epochs, even for a 1-epoch run
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.grid(alpha=0.3, which="both")
         axes[0][0].set_ylabel("test error (%, log scale)")
         _figure_legend(fig, axes, title="rule (seeds)", loc="upper left", bbox_to_anchor=(1.0, 0.95))
@@ -190,7 +203,7 @@ def alignment_plot(runs, out_dir):
                 ax = axes[row][layer]
                 ax.set_xlabel("epoch")
                 ax.set_ylim(-3, 95)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
                 ax.grid(alpha=0.3)
             if not axes[0][layer].lines:
                 axes[0][layer].text(0.5, 0.5, "no feedback matrix:\nthe first layer sends\nno error down",
@@ -243,7 +256,7 @@ def target_propagation_plot(runs, out_dir):
             for row, (key, label, scale) in enumerate(TP_PANELS):
                 ax = axes[row][layer]
                 ax.set_xlabel("epoch")
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
                 ax.grid(alpha=0.3, which="both")
                 if scale == "log" and ax.lines:
                     ax.set_yscale("log")
@@ -291,7 +304,6 @@ def search_plot(searches, out_dir):
     learning rate, one colour per rule, the chosen trial starred; shows
     whether a choice sits at the edge of the searched range."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
     cells = {}
     for record in searches:
         cells.setdefault((record["dataset"], record["arch"]), []).append(record)
@@ -309,9 +321,7 @@ def search_plot(searches, out_dir):
                            color=colour(record["algo"]), edgecolors="black", linewidths=0.8, zorder=3)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        _log_error_axis(ax.yaxis)
         ax.set_xlabel("Adam learning rate (log scale)")
         ax.set_ylabel("trial's best validation error (%, log scale)")
         trials = sorted({len(r["trials"]) for r in records})
