@@ -150,8 +150,11 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
                           epoch_lines=epoch_lines, echo=echo, notes=notes, tensorboard=tensorboard)
         record = trainer.run(resume=state == "resumable")
         s = record["summary"]
+        # The validation error first: it is what a search chooses by.
+        val = [v for v in record["curves"].get("val_error", []) if v is not None]
+        val_text = f"validation error {val[-1]}% (best {min(val)}%), " if val else ""
         return (config.run_name(), record["status"],
-                f"test error {s.get('final_test_error')}% (best {s.get('best_test_error')}%) "
+                f"{val_text}test error {s.get('final_test_error')}% (best {s.get('best_test_error')}%) "
                 f"in {time.time() - start:.0f}s")
     except (KeyboardInterrupt, RunInterrupted):
         raise  # stop the grid; the cell's checkpoint lets the next run resume it

@@ -229,9 +229,10 @@ def test_grid_from_search_trains_the_chosen_settings_with_fresh_seeds(tiny_root,
     (folder,) = os.listdir(tmp_path / "s")
     chosen = json.load(open(tmp_path / "s" / folder / "search.json"))["chosen"]
     args = ["grid", "--from-search", str(tmp_path / "s"), "--epochs", "2", "--seeds", "2", "--data-dir", tiny_root,
-            "--out", str(tmp_path / "g"), "--quiet", "--threads", "1"]
+            "--out", str(tmp_path / "g"), "--threads", "1"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0 and "grid finished: 2 complete" in result.output, result.output
+    assert "complete: validation error" in result.output  # each cell's line leads with what a search uses
     records = [json.load(open(tmp_path / "g" / f / "record.json")) for f in sorted(os.listdir(tmp_path / "g"))]
     assert sorted(r["seed"] for r in records) == [1, 2]
     for record in records:
