@@ -152,7 +152,7 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
         s = record["summary"]
         # The validation error first: it is what a search chooses by.
         val = [v for v in record["curves"].get("val_error", []) if v is not None]
-        val_text = f"validation error {val[-1]}% (best {min(val)}%), " if val else ""
+        val_text = f"validation error {val[-1]:.2f}% (best {min(val):.2f}%), " if val else ""
         return (config.run_name(), record["status"],
                 f"{val_text}test error {s.get('final_test_error')}% (best {s.get('best_test_error')}%) "
                 f"in {time.time() - start:.0f}s")
