@@ -1,8 +1,8 @@
 """Random search, successive halving and early stopping."""
 import json
-import re
 import math
 import os
+import re
 
 import numpy as np
 import pytest
