@@ -321,15 +321,15 @@ def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, from_sea
 
 # What --from-search takes from the command line; every other setting is the search's.
 FROM_SEARCH_OPTIONS = ("epochs", "patience")
+GRID_SELECTION_OPTIONS = ("preset", "datasets", "archs", "algos", "rule_opt")
 
 
 def cells_from_search(folders, seeds, options):
     from benchmark.search import chosen_configs, find_searches
     ctx = click.get_current_context()
+    refused = (set(options) - set(FROM_SEARCH_OPTIONS)) | set(GRID_SELECTION_OPTIONS)
     for param in ctx.command.params:
-        if (param.name in options and param.name not in FROM_SEARCH_OPTIONS or param.name in (
-                "preset", "datasets", "archs", "algos", "rule_opt")) and \
-                ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
+        if param.name in refused and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
             raise BadInput(f"{param.opts[0]} cannot be combined with --from-search: the settings are the "
                            f"search's (only {', '.join('--' + o for o in FROM_SEARCH_OPTIONS)} apply)")
     for folder in folders:

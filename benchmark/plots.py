@@ -66,6 +66,11 @@ def _log_error_axis(axis):
     axis.set_minor_formatter(NullFormatter())
 
 
+def _epochs_text(epochs):
+    """``[1]`` -> "1 epoch", ``[3, 60]`` -> "3, 60 epochs" (as the tables' footer)."""
+    return f"{', '.join(map(str, epochs))} epoch{'' if list(epochs) == [1] else 's'}"
+
+
 def _ordered(values, order):
     return [v for v in order if v in values] + sorted(set(values) - set(order))
 
@@ -102,8 +107,7 @@ def bar_plot(summary, out_dir, metric="best"):
         ax.set_ylabel("test error (%)")
         epochs = sorted(set(int(e) for e in part.epochs))
         ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)}: {METRICS[metric][1]}\n"
-                     f"({', '.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}; "
-                     f"bars: mean ± std over seeds)", fontsize=10)
+                     f"({_epochs_text(epochs)}; bars: mean ± std over seeds)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
@@ -310,7 +314,8 @@ def search_plot(searches, out_dir):
     paths = []
     for (dataset, arch), records in cells.items():
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        records = sorted(records, key=lambda r: RULE_ORDER.index(r["algo"]) if r["algo"] in RULE_ORDER else 99)
+        order = _ordered({r["algo"] for r in records}, RULE_ORDER)
+        records = sorted(records, key=lambda r: order.index(r["algo"]))
         for record in records:
             done = [t for t in record["trials"] if t["best_val_error"] is not None and "lr" in t["settings"]]
             ax.scatter([t["settings"]["lr"] for t in done], [t["best_val_error"] for t in done], s=18,
@@ -327,7 +332,7 @@ def search_plot(searches, out_dir):
         trials = sorted({len(r["trials"]) for r in records})
         epochs = sorted({r["epochs"] for r in records})
         ax.set_title(f"Random search, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()}: "
-                     f"{'/'.join(map(str, trials))} trials per rule, {'/'.join(map(str, epochs))} epochs",
+                     f"{'/'.join(map(str, trials))} trials per rule, {_epochs_text(epochs)}",
                      fontsize=10)
         ax.grid(alpha=0.3, which="both")
         handles, labels = ax.get_legend_handles_labels()
@@ -345,4 +350,3 @@ def all_plots(runs, summary, metric, out_dir, searches=()):
     return (bar_plot(summary, out_dir, metric) + curve_plot(runs, out_dir) + alignment_plot(runs, out_dir)
             + target_propagation_plot(runs, out_dir) + params_plot(summary, out_dir, metric)
             + search_plot(searches, out_dir))
-

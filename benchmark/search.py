@@ -197,8 +197,9 @@ class Search:
             _, configs = self.configs(epochs)
             echo(f"search rung {rung + 1}: {len(alive)} trial(s) x {epochs} epoch(s)")
             runner([configs[i] for i in alive], trials_dir, data_dir)
-            counts = _status_counts(trials_dir, [configs[i] for i in alive])
-            scores = {i: best_validation_error(self._trial_record(trials_dir, configs[i])) for i in alive}
+            records = {i: self._trial_record(trials_dir, configs[i]) for i in alive}
+            counts = _status_counts(records.values())
+            scores = {i: best_validation_error(records[i]) for i in alive}
             keep = alive if epochs == self.epochs else \
                 sorted(alive, key=lambda i: (scores[i], i))[:math.ceil(len(alive) / self.halving)]
             record["rungs"] = record["rungs"][:rung] + [{"epochs": epochs, "trials": alive, "kept": keep,
@@ -221,12 +222,12 @@ class Search:
         if self.final_seeds:
             _, configs = self.configs(self.epochs)
             final_dir = os.path.join(folder, "final")
-            # Fresh seeds: seed 0's result took part in the choice, so it is optimistic.
-            seeds = list(range(1, self.final_seeds + 1))
-            cells = [dataclasses.replace(configs[index], seed=s) for s in seeds]
+            cells = fresh_seeds(configs[index], self.final_seeds)
+            seeds = [c.seed for c in cells]
             echo(f"final: the chosen settings (trial {index}) with seeds {seeds[0]}..{seeds[-1]}")
             runner(cells, final_dir, data_dir)
-            record["final"] = {"folder": "final", "seeds": seeds, "status_counts": _status_counts(final_dir, cells)}
+            record["final"] = {"folder": "final", "seeds": seeds,
+                               "status_counts": _status_counts(self._trial_record(final_dir, c) for c in cells)}
         record["status"] = "complete"
         write_json(os.path.join(folder, SEARCH_NAME), record)
         return record
@@ -252,27 +253,31 @@ class Search:
             return {"status": "missing", "curves": {"val_error": []}}
 
 
-def _status_counts(folder, configs):
-    """``{status: count}`` of these runs' records as they stand (not just what
+def _status_counts(records):
+    """``{status: count}`` of these run records as they stand (not just what
     this invocation trained), so a resumed search records the same."""
     counts = {}
-    for config in configs:
-        status = Search._trial_record(folder, config)["status"]
-        counts[status] = counts.get(status, 0) + 1
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
     return dict(sorted(counts.items()))
+
+
+def fresh_seeds(config, count):
+    """``config`` with seeds 1..``count``: the trials ran seed 0, whose result
+    took part in the choice and so is optimistic."""
+    return [dataclasses.replace(config, seed=seed) for seed in range(1, count + 1)]
 
 
 def chosen_configs(searches, epochs, seeds, patience=0):
     """Run configs that train each finished search's chosen settings for
-    ``epochs`` with fresh seeds 1..``seeds`` (the trials ran seed 0, whose
-    result took part in the choice); everything else as the search had it."""
+    ``epochs`` with fresh seeds 1..``seeds``; everything else as the search had it."""
     configs = []
     for record in searches:
         if record.get("status") != "complete" or not record.get("chosen"):
             continue
         base = dict(record["base"], dataset=record["dataset"], arch=record["arch"], patience=patience)
         chosen = trial_config(base, record["algo"], record["chosen"]["settings"], record["rule_options"], epochs)
-        configs += [dataclasses.replace(chosen, seed=s) for s in range(1, seeds + 1)]
+        configs += fresh_seeds(chosen, seeds)
     return configs
 
 

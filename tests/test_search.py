@@ -161,14 +161,19 @@ def test_search_then_final_seeds_then_table_shows_the_chosen_settings(tiny_root,
     assert drawn.exit_code == 0 and os.path.getsize(tmp_path / "plots" / "search_mnist_fc.png") > 0, drawn.output
 
 
-def test_search_holds_out_a_tenth_of_the_training_set_unless_told(tiny_root, tmp_path):
-    result = CliRunner().invoke(cli, ["search", "--algo", "fa", "--trials", "1", "--epochs", "1", "--batch-size",
-                                      "32", "--data-dir", tiny_root, "--out", str(tmp_path / "s"), "--quiet",
+def tiny_fa_search(tiny_root, out, trials):
+    """A 1-epoch FA search with the default validation split; its folder and record."""
+    result = CliRunner().invoke(cli, ["search", "--algo", "fa", "--trials", str(trials), "--epochs", "1",
+                                      "--batch-size", "32", "--data-dir", tiny_root, "--out", str(out), "--quiet",
                                       "--threads", "1"])
     assert result.exit_code == 0, result.output
-    (folder,) = os.listdir(tmp_path / "s")
-    record = json.load(open(tmp_path / "s" / folder / "search.json"))
-    trial = json.load(open(tmp_path / "s" / folder / "trials" / record["chosen"]["run"] / "record.json"))
+    (folder,) = os.listdir(out)
+    return out / folder, json.load(open(out / folder / "search.json"))
+
+
+def test_search_holds_out_a_tenth_of_the_training_set_unless_told(tiny_root, tmp_path):
+    folder, record = tiny_fa_search(tiny_root, tmp_path / "s", trials=1)
+    trial = json.load(open(folder / "trials" / record["chosen"]["run"] / "record.json"))
     assert record["base"]["val_split"] == trial["config"]["val_split"] == 0.1
     assert trial["curves"]["val_error"][0] is not None
 
@@ -223,12 +228,7 @@ def test_run_stops_at_the_right_epoch_and_says_why(tiny_root, tmp_path, monkeypa
 
 
 def test_grid_from_search_trains_the_chosen_settings_with_fresh_seeds(tiny_root, tmp_path):
-    searched = CliRunner().invoke(cli, ["search", "--algo", "fa", "--trials", "3", "--epochs", "1", "--batch-size",
-                                        "32", "--data-dir", tiny_root, "--out", str(tmp_path / "s"), "--quiet",
-                                        "--threads", "1"])
-    assert searched.exit_code == 0, searched.output
-    (folder,) = os.listdir(tmp_path / "s")
-    chosen = json.load(open(tmp_path / "s" / folder / "search.json"))["chosen"]
+    chosen = tiny_fa_search(tiny_root, tmp_path / "s", trials=3)[1]["chosen"]
     args = ["grid", "--from-search", str(tmp_path / "s"), "--epochs", "2", "--seeds", "2", "--data-dir", tiny_root,
             "--out", str(tmp_path / "g"), "--threads", "1"]
     result = CliRunner().invoke(cli, args)
