@@ -1,21 +1,76 @@
-"""biobench command line: ``python cli.py --help`` (or ``biobench --help``)."""
+"""biobench command line: ``python cli.py --help`` (or ``biobench --help``).
+
+This module parses options and prints; the work, and every check of what the
+user gave, lives in ``benchmark`` (errors there are ``BiobenchError``s, turned
+into one ``error: ...`` line and an exit code in :class:`BiobenchGroup`). It
+imports no torch at start-up: ``table`` and ``cite`` never need it.
+"""
 import math
 import os
 import signal
-import sys
 
 import click
 
-from benchmark.data import DATA_ENV, DATASETS
-from benchmark.grid import PRESETS
-from models import ARCHS, RULES
+from benchmark.errors import BiobenchError, ConfigError, GridFailed, RunDiverged, RunInterrupted
+from benchmark.paths import DATA_ENV, check_data_dir, check_folders, check_out_dir
 
 DEFAULT_OUT = os.path.join("results", "runs")
 
 
-class BadInput(click.ClickException):
-    """A one-line error about a bad value; exit code 2 like click's own."""
-    exit_code = 2
+class BiobenchGroup(click.Group):
+    """The one place where a user-facing error becomes ``error: <message>``
+    on stderr and its exit code (2 for bad input)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BiobenchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, read only when the option is used
+    (so commands that do not need the registries never import torch)."""
+
+    def __init__(self, load_names):
+        self._load_names, self._names = load_names, None
+        super().__init__([])
+
+    @property
+    def choices(self):
+        if self._names is None:
+            self._names = self._load_names()
+        return self._names
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+def rule_names():
+    from models import RULES
+    return RULES.names()
+
+
+def arch_names():
+    from models import ARCHS
+    return ARCHS.names()
+
+
+def dataset_names():
+    from benchmark.data import DATASETS
+    return DATASETS.names()
+
+
+def preset_names():
+    from benchmark.grid import PRESETS
+    return sorted(PRESETS)
+
+
+def executor_names():
+    from benchmark.executors import EXECUTORS
+    return EXECUTORS.names()
 
 
 class FiniteFloat(click.ParamType):
@@ -43,13 +98,20 @@ def parse_key_values(pairs, flag):
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise BadInput(f"{flag} {pair!r} is not KEY=VALUE")
+            raise ConfigError(f"{flag} {pair!r} is not KEY=VALUE")
         options[key] = value
     return options
 
 
 def parse_rule_options(pairs):
     return parse_key_values(pairs, "--rule-opt")
+
+
+def given_on_command_line(names):
+    """Which of these parameters the user typed (not defaults)."""
+    ctx = click.get_current_context()
+    return {name for name in names
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
 
 
 def _install_sigterm():
@@ -59,7 +121,7 @@ def _install_sigterm():
     signal.signal(signal.SIGTERM, handler)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=BiobenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """biobench: backprop vs feedback-alignment-family learning rules on fully
     connected, convolutional and locally connected networks (Bartunov et al. 2018)."""
@@ -112,68 +174,45 @@ def training_options(func):
     return func
 
 
-def check_data_dir(path):
-    if not os.path.isdir(path):
-        raise BadInput(f"--data-dir {path!r} is not a folder (set --data-dir or ${DATA_ENV} to a "
-                       f"torchvision data root)")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise BadInput(f"--data-dir {path!r} is not readable")
-
-
-def check_out_dir(path):
-    """``path`` exists as a writable folder or can be created: checked by
-    creating (and removing) a scratch folder in its nearest existing ancestor,
-    so a read-only place, a file in the way or a pseudo file system like /proc
-    is one line before any training starts."""
-    import tempfile
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise BadInput(f"--out {path!r} cannot be created: {probe} is a file, not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".biobench-probe-", dir=probe))
-    except OSError as exc:
-        raise BadInput(f"--out {path!r} cannot be created or written: {exc.strerror} in {probe}") from None
-
-
 @cli.command()
-@click.option("--arch", type=click.Choice(ARCHS.names()), default="lc", show_default=True,
+@click.option("--arch", type=RegistryChoice(arch_names), default="lc", show_default=True,
               help="Network (Bartunov et al. 2018, Table 3).")
-@click.option("--algo", type=click.Choice(RULES.names()), default="bp", show_default=True,
+@click.option("--algo", "rule", type=RegistryChoice(rule_names), default="bp", show_default=True,
               help="Learning rule.")
-@click.option("--dataset", type=click.Choice(DATASETS.names()), default="mnist", show_default=True)
+@click.option("--dataset", type=RegistryChoice(dataset_names), default="mnist", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @training_options
 @click.option("--resume", is_flag=True, help="Continue this config's run from its last checkpoint.")
-def run(arch, algo, dataset, seed, resume, quiet, out, data_dir, device, rule_opt, threads, tensorboard, **options):
+def run(arch, rule, dataset, seed, resume, quiet, out, data_dir, device, rule_opt, threads, tensorboard, **options):
     """Train one network with one learning rule and write its record."""
     from benchmark.runs import start_run
     if threads:
         import torch
         torch.set_num_threads(threads)
-    record, run_dir = start_run(
-        dict(arch=arch, algo=algo, dataset=dataset, seed=seed, **options),
-        rule_options=parse_rule_options(rule_opt), data_dir=data_dir, out=out, device=device,
-        progress=not quiet, resume=resume, bad_input=BadInput, check_data_dir=check_data_dir,
-        check_out_dir=check_out_dir, tensorboard=checked_board(tensorboard))
-    summary = record["summary"]
-    click.echo(f"{record['status']}: {dataset} {arch} {algo} seed {seed}: test error "
-               f"{summary['final_test_error']:.2f}% (best {summary['best_test_error']:.2f}% at epoch "
-               f"{summary['best_test_epoch']}); record: {os.path.join(run_dir, 'record.json')}"
-               if summary.get("final_test_error") is not None else
-               f"{record['status']}: record: {os.path.join(run_dir, 'record.json')}")
+    check_data_dir(data_dir)
+    check_out_dir(out)
+    record, run_dir = start_run(dict(arch=arch, rule=rule, dataset=dataset, seed=seed, **options),
+                                parse_rule_options(rule_opt), data_dir, out, device=device, progress=not quiet,
+                                resume=resume, tensorboard=checked_board(tensorboard),
+                                warn=lambda message: click.echo(message, err=True))
+    summary, path = record["summary"], os.path.join(run_dir, "record.json")
+    if summary.get("final_test_error") is None:
+        click.echo(f"{record['status']}: record: {path}")
+    else:
+        click.echo(f"{record['status']}: {dataset} {arch} {rule} seed {seed}: test error "
+                   f"{summary['final_test_error']:.2f}% (best {summary['best_test_error']:.2f}% at epoch "
+                   f"{summary['best_test_epoch']}); record: {path}")
     if record.get("early_stop"):
         click.echo(f"stopped early at epoch {record['early_stop']['epoch']}: {record['early_stop']['reason']}")
     if record["status"] == "diverged":
-        raise click.ClickException(f"run diverged at epoch {summary['diverged_at_epoch']} "
-                                   f"(loss or weights not finite); record marked 'diverged'")
+        raise RunDiverged(f"run diverged at epoch {summary['diverged_at_epoch']} "
+                          f"(loss or weights not finite); record marked 'diverged'")
 
 
 def executor_options(func):
     """Where the cells of ``grid`` and ``search`` run: local worker processes or a Slurm job array."""
     options = [
-        click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+        click.option("--executor", type=RegistryChoice(executor_names), default="local", show_default=True,
                      help="local: worker processes here (--jobs); slurm: one Slurm job array through submitit "
                           "(pip install -e \".[slurm]\")."),
         click.option("--slurm-partition", default=None, help="Slurm partition (default: the cluster's)."),
@@ -196,69 +235,53 @@ def executor_options(func):
 def checked_board(folder):
     """The --tensorboard folder, once tensorboard is known to be importable."""
     if folder:
-        from benchmark.board import BoardError, check_available
-        try:
-            check_available()
-        except BoardError as exc:
-            raise BadInput(str(exc)) from None
-        check_out_dir(folder)
+        from benchmark.board import check_available
+        check_available()
+        check_out_dir(folder, "--tensorboard")
     return folder
 
 
-def make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=True, tensorboard=None):
-    """``runner(cells, out, data_dir) -> {status: count}`` for the chosen executor."""
-    from benchmark.grid import run_grid
-    tensorboard = checked_board(tensorboard)
-    if executor == "local":
-        return lambda cells, out, data_dir: run_grid(cells, out, data_dir, device=device, jobs=jobs, echo=echo,
-                                                     threads=threads, epoch_lines=epoch_lines,
-                                                     tensorboard=tensorboard)
-    from benchmark import cluster
-    options = cluster.SlurmOptions(partition=slurm["slurm_partition"], time_minutes=slurm["slurm_time"],
-                                   gpus_per_task=slurm["slurm_gpus_per_task"],
-                                   cpus_per_task=slurm["slurm_cpus_per_task"], mem=slurm["slurm_mem"],
-                                   array_parallelism=slurm["slurm_array_parallelism"],
-                                   extra=parse_key_values(slurm["slurm_opt"], "--slurm-opt"))
-
-    def runner(cells, out, data_dir):
-        try:
-            submitted, jobs_, skipped = cluster.submit(cells, out, data_dir, device, threads, options, echo=echo,
-                                                       tensorboard=tensorboard)
-        except cluster.ClusterError as exc:
-            raise BadInput(str(exc)) from None
-        if not submitted:
-            echo(f"slurm: nothing to submit ({skipped} cell(s) done or already queued)")
-            return {}
-        job_id = jobs_[0].job_id.split("_")[0]
-        echo(f"slurm: submitted {len(submitted)} cell(s) as job array {job_id} ({skipped} done or queued); "
-             f"logs in {os.path.join(out, cluster.LOGS)}")
-        if not wait:
-            echo(f"check on it with: squeue -j {job_id}, or python cli.py grid --status {out}")
-            return {"submitted": len(submitted)}
-        return cluster.wait(submitted, jobs_, out, echo=echo)
-    return runner
+def make_executor(name, options, device, jobs, threads, echo, wait=True, epoch_lines=True, tensorboard=None):
+    """The chosen executor; pops the ``slurm_*`` options out of ``options``."""
+    from benchmark.cluster import SlurmOptions
+    from benchmark.executors import ExecutorSettings, make_executor as build
+    slurm = {k[len("slurm_"):]: options.pop(k) for k in list(options) if k.startswith("slurm_")}
+    slurm_options = SlurmOptions(partition=slurm["partition"], time_minutes=slurm["time"],
+                                 gpus_per_task=slurm["gpus_per_task"], cpus_per_task=slurm["cpus_per_task"],
+                                 mem=slurm["mem"], array_parallelism=slurm["array_parallelism"],
+                                 extra=parse_key_values(slurm["opt"], "--slurm-opt"))
+    return build(name, ExecutorSettings(device=device, jobs=jobs, threads=threads, echo=echo,
+                                        epoch_lines=epoch_lines, tensorboard=checked_board(tensorboard),
+                                        wait=wait, slurm=slurm_options))
 
 
-def select_grid(preset, datasets, archs, algos):
-    base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ["bp"]})
+def select_grid(preset, datasets, archs, rules):
+    from benchmark.data import DATASETS
+    from benchmark.grid import PRESETS
+    from models import ARCHS, RULES
+    base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "rules": ["bp"]})
     chosen = {}
-    for key, value, registry in (("datasets", datasets, DATASETS), ("archs", archs, ARCHS),
-                                 ("algos", algos, RULES)):
+    for key, flag, value, registry in (("datasets", "--datasets", datasets, DATASETS),
+                                       ("archs", "--archs", archs, ARCHS), ("rules", "--algos", rules, RULES)):
         names = value.split(",") if value else base[key]
         for name in names:
             if name not in registry:
-                raise BadInput(f"--{key}: unknown {registry.kind} {name!r}; allowed: "
-                               f"{', '.join(registry.names())}")
+                raise ConfigError(f"{flag}: unknown {registry.kind} {name!r}; allowed: "
+                                  f"{', '.join(registry.names())}")
         chosen[key] = names
     return chosen
 
 
+def quiet_echo(quiet):
+    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+
 @cli.command()
-@click.option("--preset", type=click.Choice(sorted(PRESETS)),
+@click.option("--preset", type=RegistryChoice(preset_names),
               help="A named grid mirroring the paper's Table 1 cells.")
 @click.option("--datasets", default=None, help="Comma-separated datasets (overrides the preset).")
 @click.option("--archs", default=None, help="Comma-separated architectures (overrides the preset).")
-@click.option("--algos", default=None, help="Comma-separated learning rules (overrides the preset).")
+@click.option("--algos", "rules", default=None, help="Comma-separated learning rules (overrides the preset).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Number of seeds (0..N-1).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -272,28 +295,25 @@ def select_grid(preset, datasets, archs, algos):
                    "diverged, and, with a grid selection, missing); train nothing.")
 @click.option("--from-search", "from_search", type=click.Path(file_okay=False), multiple=True,
               help="Instead of a grid selection: train the settings chosen by every finished search under this "
-                   "folder (repeatable), for --epochs, with seeds 1..--seeds (the trials ran seed 0, whose result took part "
-                   "in the choice); every other setting is the search's.")
+                   "folder (repeatable), for --epochs, with seeds 1..--seeds (the trials ran seed 0, whose result "
+                   "took part in the choice); every other setting is the search's.")
 @training_options
-def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, from_search, quiet, out, data_dir, device,
+def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_search, quiet, out, data_dir, device,
          rule_opt, threads, executor, tensorboard, **options):
     """Run a grid of runs; re-running the same command finishes only what is missing."""
     from benchmark.grid import grid_cells
-    slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
+    executor = make_executor(executor, options, device, jobs, threads, quiet_echo(quiet), wait=wait,
+                             epoch_lines=not quiet, tensorboard=tensorboard)
     if from_search:
         cells = cells_from_search(from_search, seeds, options)
     else:
-        chosen = select_grid(preset, datasets, archs, algos)
-        try:
-            cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["algos"], range(seeds), options,
-                               parse_rule_options(rule_opt))
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
+        chosen = select_grid(preset, datasets, archs, rules)
+        cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["rules"], range(seeds), options,
+                           parse_rule_options(rule_opt))
     if status_dir is not None:
         from benchmark.cluster import grid_status
-        if not os.path.isdir(status_dir):
-            raise BadInput(f"--status {status_dir!r} is not a folder")
-        selected = preset or datasets or archs or algos or from_search
+        check_folders("--status", [status_dir])
+        selected = preset or datasets or archs or rules or from_search
         for status, names in grid_status(status_dir, cells if selected else None).items():
             click.echo(f"{status}: {len(names)}")
             for name in names:
@@ -301,56 +321,49 @@ def grid(preset, datasets, archs, algos, seeds, jobs, wait, status_dir, from_sea
         return
     check_data_dir(data_dir)
     check_out_dir(out)
-    echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=wait, epoch_lines=not quiet,
-                              tensorboard=tensorboard)
-    from benchmark.train import RunInterrupted
     try:
-        counts = runner(cells, out, data_dir)
-    except (RunInterrupted, KeyboardInterrupt):
-        raise click.ClickException("grid interrupted; rerun the same command to finish the missing "
-                                   "cells (interrupted ones resume from their checkpoints)") from None
+        counts = executor.run(cells, out, data_dir)
+    except KeyboardInterrupt:
+        raise RunInterrupted("grid interrupted; rerun the same command to finish the missing "
+                             "cells (interrupted ones resume from their checkpoints)") from None
+    except RunInterrupted:
+        raise RunInterrupted("grid interrupted; rerun the same command to finish the missing "
+                             "cells (interrupted ones resume from their checkpoints)") from None
     if counts.get("submitted"):
         return
     click.echo("grid finished: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) if counts
                else "grid finished: nothing to do")
     if counts.get("failed"):
-        raise click.ClickException(f"{counts['failed']} cell(s) failed; see error.txt in their run folders"
-                                   + (" and the Slurm logs" if executor == "slurm" else ""))
+        raise GridFailed(f"{counts['failed']} cell(s) failed; see error.txt in their run folders"
+                         + (" and the Slurm logs" if executor.name == "slurm" else ""))
 
 
 # What --from-search takes from the command line; every other setting is the search's.
 FROM_SEARCH_OPTIONS = ("epochs", "patience")
-GRID_SELECTION_OPTIONS = ("preset", "datasets", "archs", "algos", "rule_opt")
+GRID_SELECTION_OPTIONS = ("preset", "datasets", "archs", "rules", "rule_opt")
 
 
 def cells_from_search(folders, seeds, options):
-    from benchmark.search import chosen_configs, find_searches
+    from benchmark.records import find_searches
+    from benchmark.search import chosen_configs
     ctx = click.get_current_context()
     refused = (set(options) - set(FROM_SEARCH_OPTIONS)) | set(GRID_SELECTION_OPTIONS)
     for param in ctx.command.params:
-        if param.name in refused and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
-            raise BadInput(f"{param.opts[0]} cannot be combined with --from-search: the settings are the "
-                           f"search's (only {', '.join('--' + o for o in FROM_SEARCH_OPTIONS)} apply)")
-    for folder in folders:
-        if not os.path.isdir(folder):
-            raise BadInput(f"--from-search {folder!r} is not a folder")
+        if param.name in refused and given_on_command_line([param.name]):
+            raise ConfigError(f"{param.opts[0]} cannot be combined with --from-search: the settings are the "
+                              f"search's (only {', '.join('--' + o for o in FROM_SEARCH_OPTIONS)} apply)")
+    check_folders("--from-search", folders)
     cells = chosen_configs(find_searches(folders), options["epochs"], seeds, options["patience"])
     if not cells:
-        raise BadInput(f"--from-search {', '.join(map(repr, folders))}: no finished search there (a search.json "
-                       f"with a choice)")
+        raise ConfigError(f"--from-search {', '.join(map(repr, folders))}: no finished search there (a "
+                          f"search.json with a choice)")
     return cells
 
 
-SEARCHED_TRAINING_OPTIONS = ("lr", "beta2", "eps")
-# Search always chooses on held-out training data; this much unless --val-split says otherwise.
-SEARCH_VAL_SPLIT = 0.1
-
-
 @cli.command()
-@click.option("--arch", type=click.Choice(ARCHS.names()), default="fc", show_default=True)
-@click.option("--algo", type=click.Choice(RULES.names()), default="bp", show_default=True)
-@click.option("--dataset", type=click.Choice(DATASETS.names()), default="mnist", show_default=True)
+@click.option("--arch", type=RegistryChoice(arch_names), default="fc", show_default=True)
+@click.option("--algo", "rule", type=RegistryChoice(rule_names), default="bp", show_default=True)
+@click.option("--dataset", type=RegistryChoice(dataset_names), default="mnist", show_default=True)
 @click.option("--trials", type=click.IntRange(min=1), default=60, show_default=True,
               help="Random configurations (the paper: 60 per cell).")
 @click.option("--search-seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -371,58 +384,30 @@ SEARCH_VAL_SPLIT = 0.1
               help="Trials run in parallel worker processes.")
 @executor_options
 @training_options
-def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, min_epochs, final_seeds, jobs, quiet,
+def search(arch, rule, dataset, trials, search_seed, space_overrides, halving, min_epochs, final_seeds, jobs, quiet,
            out, data_dir, device, rule_opt, threads, executor, tensorboard, **options):
     """Random search of one (dataset, arch, rule) cell, chosen on the validation split
     (10% of the training set unless --val-split says otherwise; never the test set)."""
-    from benchmark.search import Search, search_space
-    slurm = {k: options.pop(k) for k in list(options) if k.startswith("slurm_")}
-    from benchmark.train import RunInterrupted
-    ctx = click.get_current_context()
-    for name in SEARCHED_TRAINING_OPTIONS:
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
-            raise BadInput(f"--{name} is searched; fix it with --space {name}=choice:VALUE instead")
-    if ctx.get_parameter_source("val_split") != click.core.ParameterSource.COMMANDLINE:
-        options["val_split"] = SEARCH_VAL_SPLIT
-    if not options["val_split"]:
-        raise BadInput("--val-split 0: search chooses on a validation split, so it needs one in (0, 1), e.g. "
-                       f"{SEARCH_VAL_SPLIT} (the test set is never used for choosing)")
-    overrides = parse_key_values(space_overrides, "--space")
-    try:
-        space = search_space(algo, overrides)
-        rule_options = parse_rule_options(rule_opt)
-        searched_rule_options = sorted(set(rule_options) & set(space))
-        if searched_rule_options:
-            raise ValueError(f"--rule-opt {searched_rule_options[0]} is searched; fix it with --space "
-                             f"{searched_rule_options[0]}=choice:VALUE instead")
-        from models import make_rule
-        rule = make_rule(algo, **rule_options)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
+    from benchmark.search import plan_search
+    echo = quiet_echo(quiet)
+    # Each rung's choice needs its trials finished, so a Slurm search always waits.
+    executor = make_executor(executor, options, device, jobs, threads, echo, wait=True, epoch_lines=False,
+                             tensorboard=tensorboard)
+    rule_options = parse_rule_options(rule_opt)
+    job = plan_search(dataset, arch, rule, options, rule_options, parse_key_values(space_overrides, "--space"),
+                      fixed=given_on_command_line(options) | set(rule_options), trials=trials,
+                      epochs=options["epochs"], search_seed=search_seed, halving=halving, min_epochs=min_epochs,
+                      final_seeds=final_seeds)
     check_data_dir(data_dir)
     check_out_dir(out)
-    if options["weight_decay"] is None:
-        options["weight_decay"] = rule.default_weight_decay
-    base = {k: v for k, v in options.items() if k not in space}
     try:
-        job = Search(dataset=dataset, arch=arch, algo=algo, trials=trials, epochs=options["epochs"],
-                     search_seed=search_seed, space=space, base={k: v for k, v in base.items() if k != "epochs"},
-                     rule_options={k: rule.options[k] for k in rule_options}, halving=halving,
-                     min_epochs=min_epochs, final_seeds=final_seeds)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
-    echo = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    # Each rung's choice needs its trials finished, so a Slurm search always waits.
-    runner = make_cell_runner(executor, slurm, device, jobs, threads, echo, wait=True, epoch_lines=False,
-                              tensorboard=tensorboard)
-    try:
-        record = job.run(out, data_dir, echo=echo, runner=runner)
+        record = job.run(out, data_dir, executor=executor, echo=echo)
     except (RunInterrupted, KeyboardInterrupt):
-        raise click.ClickException("search interrupted; rerun the same command to go on (finished trials are "
-                                   "kept, interrupted ones resume from their checkpoints)") from None
+        raise RunInterrupted("search interrupted; rerun the same command to go on (finished trials are "
+                             "kept, interrupted ones resume from their checkpoints)") from None
     folder = job.folder(out)
     if record["status"] != "complete":
-        raise click.ClickException(f"no trial finished with a validation error; see {folder}")
+        raise GridFailed(f"no trial finished with a validation error; see {folder}")
     chosen = record["chosen"]
     settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in chosen["settings"].items())
@@ -442,31 +427,28 @@ def search(arch, algo, dataset, trials, search_seed, space_overrides, halving, m
 def bench(device, sections, quick, threads):
     """Measure the LC layer, the rules and the harness; print Markdown tables."""
     import torch
+
     from benchmark.perf import run_bench
-    from benchmark.train import RunError, resolve_device
+    from benchmark.train import resolve_device
     if threads:
         torch.set_num_threads(threads)
-    try:
-        dev = resolve_device(device)
-    except RunError as exc:
-        raise BadInput(str(exc)) from None
-    run_bench(dev, sections=sections or ("lc", "rules", "harness"), quick=quick, echo=click.echo)
+    run_bench(resolve_device(device), sections=sections or ("lc", "rules", "harness"), quick=quick, echo=click.echo)
 
 
 def _load_summary(runs, metric, seeds, strict):
-    from benchmark.records import RecordError
-    from benchmark.tables import load_runs, summarize
-    for root in runs:
-        if not os.path.isdir(root):
-            raise BadInput(f"--runs {root!r} is not a folder")
+    from benchmark.errors import RecordError, ResultsMissing
+    from benchmark.tables import load_runs, summarize_runs
+    check_folders("--runs", runs)
+
+    def warn(message):
+        click.echo(f"warning: {message}", err=True)
     try:
-        table, bad = load_runs(runs, strict=strict, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+        table, bad = load_runs(runs, strict=strict, warn=warn)
     except RecordError as exc:
-        raise click.ClickException(f"bad record (--strict): {exc}") from None
+        raise ResultsMissing(f"bad record (--strict): {exc}") from None
     if table.empty:
-        raise click.ClickException(f"no run records found under {', '.join(runs)}")
-    summary = summarize(table, metric=metric, seeds=seeds, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
-    return table, summary, bad
+        raise ResultsMissing(f"no run records found under {', '.join(runs)}")
+    return table, summarize_runs(table, metric=metric, seeds=seeds, warn=warn), bad
 
 
 runs_option = click.option("--runs", multiple=True, type=click.Path(file_okay=False), default=[DEFAULT_OUT],
@@ -501,13 +483,13 @@ def table(runs, metric, seeds, out, fmt, strict):
         for ext, key in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")):
             write_text(os.path.join(out, f"table_{metric}.{ext}"), texts[key])
         write_text(os.path.join(out, "params.md"), tables.parameters_markdown(params))
-        write_text(os.path.join(out, "params.csv"), params.to_csv(index=False))
+        write_text(os.path.join(out, "params.csv"), tables.parameters_csv(params))
         write_text(os.path.join(out, "params.tex"), tables.parameters_latex(params))
-    from benchmark.search import find_searches
+    from benchmark.records import find_searches
     chosen = tables.chosen_table(find_searches(runs))
     if out and not chosen.empty:
         write_text(os.path.join(out, "chosen.md"), tables.chosen_markdown(chosen))
-        write_text(os.path.join(out, "chosen.csv"), chosen.to_csv(index=False))
+        write_text(os.path.join(out, "chosen.csv"), tables.chosen_csv(chosen))
         write_text(os.path.join(out, "chosen.tex"), tables.chosen_latex(chosen))
     click.echo(texts[fmt], nl=False)
     if not chosen.empty:
@@ -524,7 +506,7 @@ def table(runs, metric, seeds, out, fmt, strict):
 def plot(runs, metric, out):
     """Bar, learning-curve, alignment, parameters-vs-error and search plots (PNG + PDF)."""
     from benchmark import plots
-    from benchmark.search import find_searches
+    from benchmark.records import find_searches
     table, summary, _ = _load_summary(runs, metric, None, False)
     check_out_dir(out)
     paths = plots.all_plots(table, summary, metric, out, find_searches(runs))
@@ -540,14 +522,15 @@ def plot(runs, metric, out):
 def cite(runs, algos, fmt):
     """BibTeX (or text) for biobench, Bartunov et al. 2018 and the rules used."""
     from benchmark import cite as citations
+    from models import RULES
     if algos:
         names = algos.split(",")
         for name in names:
             if name not in RULES:
-                raise BadInput(f"--algos: unknown learning rule {name!r}; allowed: {', '.join(RULES.names())}")
+                raise ConfigError(f"--algos: unknown learning rule {name!r}; allowed: {', '.join(RULES.names())}")
     elif runs:
         table, _, _ = _load_summary(runs, "best", None, False)
-        names = sorted(set(table.algo))
+        names = sorted(set(table.rule))
     else:
         names = RULES.names()
     keys = citations.keys_for_rules(names)
@@ -563,10 +546,10 @@ def cite(runs, algos, fmt):
 def report(runs, metric, out, title):
     """One self-contained HTML page: tables, plots, chosen settings, provenance."""
     from benchmark.io import write_text
+    from benchmark.records import find_searches
     from benchmark.report import render
-    from benchmark.search import find_searches
     table, summary, _ = _load_summary(runs, metric, None, False)
-    check_out_dir(os.path.dirname(os.path.abspath(out)))
+    check_out_dir(os.path.dirname(os.path.abspath(out)), "--out")
     write_text(out, render(table, summary, metric, find_searches(runs), title or ", ".join(runs)))
     click.echo(out)
 
@@ -574,11 +557,12 @@ def report(runs, metric, out, title):
 @cli.command()
 def rules():
     """Every learning rule, built-in or plug-in: source, title, citations, options."""
+    from models import RULES
     for name in RULES.registered():
         rule = RULES.get(name)
         options = ", ".join(f"{k}={v}" for k, v in rule.defaults.items()) or "none"
         click.echo(f"{name}\n  source: {RULES.source(name)}\n  title: {rule.title or '(none)'}\n"
-                   f"  cite: {', '.join(rule.citation_keys) or '(none)'}\n  options: {options}")
+                   f"  cite: {', '.join(rule.citations) or '(none)'}\n  options: {options}")
     for problem in RULES.problems:
         click.echo(f"problem: {problem}")
 

@@ -4,13 +4,13 @@ records stay the source of truth; this only mirrors them."""
 import math
 import os
 
+from .errors import BoardError
+
 CURVES = {"train_loss": "loss/train", "test_loss": "loss/test", "train_error": "error/train",
           "test_error": "error/test", "val_error": "error/val", "seconds": "time/epoch_seconds"}
 LAYER_METRICS = ("update_angle", "wb_angle", "norm_ratio", "reconstruction_error", "target_distance")
 
 
-class BoardError(Exception):
-    """TensorBoard output was asked for but cannot be written (one line)."""
 
 
 def check_available():

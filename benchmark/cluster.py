@@ -18,14 +18,13 @@ import subprocess
 import time
 from datetime import datetime
 
+from .errors import ClusterError
 from .grid import ERROR_NAME, TERMINAL, CellLock, cell_state, run_cell
 from .records import RECORD_NAME
 
 LOGS = "slurm-logs"
 
 
-class ClusterError(Exception):
-    """Slurm or submitit is not usable; the message is one line for the user."""
 
 
 def import_submitit():
@@ -123,7 +122,7 @@ def submit(cells, out, data_dir, device, threads, options, echo=print, tensorboa
             os.unlink(stale)
     try:
         board = os.path.abspath(tensorboard) if tensorboard else None
-        jobs = executor.map_array(task, [dataclasses.asdict(c) for c in todo], [out] * len(todo),
+        jobs = executor.map_array(task, [c.as_record() for c in todo], [out] * len(todo),
                                   [data_dir] * len(todo), [device] * len(todo), [threads] * len(todo),
                                   [board] * len(todo))
     except Exception as exc:  # sbatch refused or failed: leave nothing behind

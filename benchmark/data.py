@@ -16,14 +16,13 @@ import torch.nn.functional as F
 from models.registry import Registry
 
 from .io import atomic_path
+from .errors import DataError
 
-DATA_ENV = "BIOBENCH_DATA"
+from .paths import DATA_ENV
 CACHE_ENV = "BIOBENCH_CACHE"
 DATASETS = Registry("dataset", group="biobench.datasets")
 
 
-class DataError(Exception):
-    """A dataset could not be found or read; the message is one line for the user."""
 
 
 def default_data_dir():
@@ -52,7 +51,8 @@ class Split:
 
 
 @dataclass
-class Dataset:
+class InMemoryDataset:
+    """A dataset decoded into uint8 tensors (not a torch ``Dataset``: batches are slices)."""
     name: str
     family: str  # input family of the networks: mnist, cifar10, imagenet
     train: Split
@@ -131,7 +131,7 @@ def _load_torchvision(name, cls, family, folder_hint, augment=False):
     def load(root):
         train, classes = _torchvision_split(cls, root, True, folder_hint)
         test, _ = _torchvision_split(cls, root, False, folder_hint)
-        return Dataset(name, family, train, test, classes, augment_default=augment)
+        return InMemoryDataset(name, family, train, test, classes, augment_default=augment)
     return load
 
 
@@ -238,7 +238,7 @@ def _folder_dataset(name, family, subdir, size, augment, test_names=("test", "va
         if test_classes != classes:
             raise DataError(f"{name}: class folders differ between train ({len(classes)}) and "
                             f"{os.path.basename(test_dir)} ({len(test_classes)})")
-        return Dataset(name, family, train, test, classes, augment_default=augment)
+        return InMemoryDataset(name, family, train, test, classes, augment_default=augment)
     return load
 
 
@@ -250,6 +250,39 @@ _register_torchvision()
 def load_dataset(name, root=None):
     root = root or default_data_dir()
     return DATASETS.get(name)(root)
+
+
+# splits --------------------------------------------------------------------------
+def stratified_subset(labels, size, seed=0):
+    """Indices of ``size`` samples with the classes in the training set's
+    proportions, the same for every run (fixed ``seed``): a random order,
+    then classes taken round-robin by each sample's rank within its class."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels.cpu()[order]
+    counts = torch.bincount(shuffled)
+    rank = torch.empty(len(order), dtype=torch.float64)
+    for label in range(len(counts)):
+        where = (shuffled == label).nonzero().flatten()
+        rank[where] = (torch.arange(len(where), dtype=torch.float64) + 0.5) / max(len(where), 1)
+    keep = order[torch.sort(rank, stable=True).indices[:size]]
+    return keep.sort().values
+
+
+def training_splits(data, train_subset=0, val_split=0.0):
+    """``(train, val or None)`` of ``data``'s training set: an optional
+    class-stratified subset, then a validation split fixed for every seed and
+    rule (seed 0)."""
+    train = data.train
+    if train_subset:
+        if train_subset > len(train):
+            raise DataError(f"--train-subset {train_subset} is larger than the {data.name} training set "
+                            f"({len(train)} images)")
+        train = train.subset(stratified_subset(train.labels, train_subset))
+    if val_split <= 0:
+        return train, None
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    n_val = int(round(val_split * len(train)))
+    return train.subset(order[n_val:]), train.subset(order[:n_val])
 
 
 # batches -------------------------------------------------------------------------

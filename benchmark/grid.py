@@ -5,9 +5,7 @@ resumable: complete (or diverged) cells are skipped, interrupted ones resume
 from their checkpoint, missing ones start. A lock file keeps two grid
 processes off the same cell.
 """
-import dataclasses
 import errno
-import json
 import multiprocessing
 import os
 import signal
@@ -16,12 +14,11 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-import torch
+from models import RULES
 
-from models import RULES, make_rule
-
-from .records import CHECKPOINT_NAME, RECORD_NAME
-from .train import RunConfig, RunInterrupted, Trainer
+from .config import RunConfig, make_checked_rule, resolve_run_config
+from .errors import ConfigError, RunInterrupted
+from .records import CHECKPOINT_NAME, read_record
 
 ALL_RULES = RULES.registered(plugins=False)
 TABLE1_RULES = ["bp", "fa", "dfa", "dtp-par", "dtp-alt", "sdtp-par", "sdtp-alt", "aosdtp-par", "aosdtp-alt"]
@@ -29,54 +26,45 @@ PRESETS = {
     # Table 1 of Bartunov et al. 2018 (BP, FA, DFA and the six target-propagation
     # rows on FC and LC, plus the shared-weight conv baseline), extended with
     # every other registered rule.
-    "bartunov-mnist": {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "algos": ALL_RULES},
-    "bartunov-fashion-mnist": {"datasets": ["fashion-mnist"], "archs": ["fc", "lc", "conv"], "algos": ALL_RULES},
-    "bartunov-cifar10": {"datasets": ["cifar10-jpeg"], "archs": ["fc", "lc", "conv"], "algos": TABLE1_RULES},
+    "bartunov-mnist": {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "rules": ALL_RULES},
+    "bartunov-fashion-mnist": {"datasets": ["fashion-mnist"], "archs": ["fc", "lc", "conv"], "rules": ALL_RULES},
+    "bartunov-cifar10": {"datasets": ["cifar10-jpeg"], "archs": ["fc", "lc", "conv"], "rules": TABLE1_RULES},
 }
 TERMINAL = ("complete", "diverged")
 ERROR_NAME = "error.txt"  # a cell that raised leaves its traceback here
 
 
-def grid_cells(datasets, archs, algos, seeds, options, rule_options=None):
+def grid_cells(datasets, archs, rules, seeds, options, rule_options=None):
     """Every cell's config. Each rule gets the ``rule_options`` it declares
     (e.g. ``alpha`` goes to dtp-* only; an option no chosen rule knows is an
     error) and, unless ``options["weight_decay"]`` is given, its own default
     weight decay. When bp is in the grid, it also runs at every other weight
     decay used (a BP control for, e.g., Kolen-Pollack's)."""
     rule_options = rule_options or {}
-    known = {k for r in algos for k in RULES.get(r).defaults}
+    known = {k for r in rules for k in RULES.get(r).defaults}
     unknown = sorted(set(rule_options) - known)
     if unknown:
-        raise ValueError(f"rule option(s) {', '.join(unknown)} not known to any of {', '.join(algos)}")
-    per_rule, decays = {}, {}
-    for r in algos:
-        given = {k: v for k, v in rule_options.items() if k in RULES.get(r).defaults}
-        rule = make_rule(r, **given)  # the rule types and checks its own options
-        per_rule[r] = {k: rule.options[k] for k in given}
-        chosen = options.get("weight_decay")
-        decays[r] = [rule.default_weight_decay if chosen is None else chosen]
-    if "bp" in algos:
-        decays["bp"] = list(dict.fromkeys(decays["bp"] + [d for r in algos for d in decays[r]]))
-    base = {k: v for k, v in options.items() if k != "weight_decay"}
-    return [RunConfig(dataset=d, arch=a, algo=r, seed=s, rule_options=per_rule[r], weight_decay=wd, **base)
-            for d in datasets for a in archs for r in algos for wd in decays[r] for s in seeds]
+        raise ConfigError(f"rule option(s) {', '.join(unknown)} not known to any of {', '.join(rules)}")
+    per_rule = {r: {k: v for k, v in rule_options.items() if k in RULES.get(r).defaults} for r in rules}
+    chosen = options.get("weight_decay")
+    decays = {r: [make_checked_rule(r, per_rule[r]).default_weight_decay if chosen is None else chosen]
+              for r in rules}
+    if "bp" in rules:
+        decays["bp"] = list(dict.fromkeys(decays["bp"] + [d for r in rules for d in decays[r]]))
+    return [resolve_run_config(dict(options, dataset=d, arch=a, rule=r, seed=s, weight_decay=wd), per_rule[r])
+            for d in datasets for a in archs for r in rules for wd in decays[r] for s in seeds]
 
 
 def cell_state(run_dir, epochs):
     """complete | diverged | resumable | missing, for a cell wanting ``epochs``.
     A complete run with fewer epochs is resumable (the grid extends it) unless
     it stopped early."""
-    path = os.path.join(run_dir, RECORD_NAME)
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                record = json.load(handle)
-            status = record.get("status")
-            if status == "diverged" or (status == "complete" and (
-                    record["summary"]["epochs_done"] >= epochs or record.get("early_stop"))):
-                return status
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    record = read_record(run_dir)
+    if record is not None:
+        status = record["status"]
+        if status == "diverged" or (status == "complete" and (
+                record["summary"].get("epochs_done", 0) >= epochs or record.get("early_stop"))):
+            return status
     if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
         return "resumable"
     return "missing"
@@ -123,11 +111,12 @@ def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, not
     """Run one cell (in a worker process or a Slurm task). Returns (run name,
     status, message). With ``epoch_lines``, every finished epoch prints one
     line naming the cell; ``notes`` go into the record (e.g. Slurm ids)."""
+    import torch
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_cell(RunConfig(**config_dict), out, data_dir, device, epoch_lines, sys.stderr, notes,
+        return _run_cell(RunConfig.from_record(config_dict), out, data_dir, device, epoch_lines, sys.stderr, notes,
                          tensorboard)
     finally:
         torch.set_num_threads(previous_threads)  # the calling process (jobs=1) keeps its own setting
@@ -146,9 +135,10 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
 
         def echo(message, name=config.run_name()):
             print(f"  {name}: {message}", file=stream, flush=True)
-        trainer = Trainer(config, run_dir, data_dir=data_dir, device=device, progress=False,
-                          epoch_lines=epoch_lines, echo=echo, notes=notes, tensorboard=tensorboard)
-        record = trainer.run(resume=state == "resumable")
+        from .train import Trainer
+        trainer = Trainer(config, data_dir=data_dir, device=device, progress=False, epoch_lines=epoch_lines,
+                          echo=echo, tensorboard=tensorboard)
+        record = trainer.run(run_dir, resume=state == "resumable", notes=notes)
         s = record["summary"]
         # The validation error first: it is what a search chooses by.
         val = [v for v in record["curves"].get("val_error", []) if v is not None]
@@ -186,7 +176,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         echo(f"[{done}/{len(todo)}] {name}: {status}: {message}  (elapsed {elapsed / 60:.1f} min, "
              f"ETA {eta / 60:.1f} min)")
 
-    args = [(dataclasses.asdict(c), out, data_dir, device, threads, epoch_lines, None, tensorboard) for c in todo]
+    args = [(c.as_record(), out, data_dir, device, threads, epoch_lines, None, tensorboard) for c in todo]
     if jobs == 1:
         for done, arg in enumerate(args, 1):
             report(done, run_cell(*arg))

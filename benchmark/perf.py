@@ -174,11 +174,8 @@ def bench_lc_layers(device, repeats=5, quick=False, memory_budget_gb=None):
 
 # 2. and 4. rule step time and memory ----------------------------------------------------------
 def _training_step(model, rule, optimizer, x, y):
-    from .train import optimizer_step
-    if rule.owns_step:
-        rule.start_epoch()
-        return lambda: rule.train_step(model, x, y, optimizer)
-    return lambda: optimizer_step(F.cross_entropy(model(x), y), optimizer, rule)
+    rule.start_epoch()
+    return lambda: rule.train_step(model, x, y, optimizer)
 
 
 def _rule_setup(family, arch, rule_name, batch, device, seed=0):
@@ -210,12 +207,12 @@ def bench_rules(device, families=("mnist", "cifar10"), archs=("fc", "conv", "lc"
 
 # 3. harness overhead --------------------------------------------------------------------------
 def _synthetic_dataset(family, n, seed=0):
-    from .data import Dataset, Split
+    from .data import InMemoryDataset, Split
     g = torch.Generator().manual_seed(seed)
     shape = INPUT_SHAPES[family]
     make = lambda count: Split(torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=g),
                                torch.randint(0, 10, (count,), generator=g))
-    return Dataset(f"synthetic-{family}", family, make(n), make(256), [str(i) for i in range(10)])
+    return InMemoryDataset(f"synthetic-{family}", family, make(n), make(256), [str(i) for i in range(10)])
 
 
 def _minimal_loop(data, model, optimizer, batch, device):

@@ -1,5 +1,4 @@
 """Comparison plots from run records (matplotlib; PNG and PDF)."""
-import json
 import os
 
 import matplotlib
@@ -9,21 +8,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
+from models import RULES  # noqa: E402
+
 from .io import atomic_path  # noqa: E402
+from .records import load_record  # noqa: E402
 from .tables import ARCH_ORDER, DATASET_TITLES, METRICS, RULE_ORDER  # noqa: E402
 
-# One colour per rule, the same in every plot.
-RULE_COLOURS = {"bp": "#000000", "fa": "#1f77b4", "dfa": "#d62728", "usf": "#2ca02c", "frsf": "#9467bd",
-                "brsf": "#8c564b", "kp": "#ff7f0e", "dtp-par": "#17becf", "dtp-alt": "#0b6f78",
-                "sdtp-par": "#bcbd22", "sdtp-alt": "#6b6b00", "aosdtp-par": "#e377c2", "aosdtp-alt": "#99235f",
-                "ldrl": "#5254a3"}
 ARCH_MARKERS = {"fc": "o", "lc": "s", "conv": "^"}
+UNKNOWN_RULE_COLOUR = "#7f7f7f"
 
 
 def colour(label):
-    """The rule's colour; ``label`` is a rule name or a table row label such
-    as ``bp (weight_decay=0.0001)``."""
-    return RULE_COLOURS.get(label.split(" ")[0], "#7f7f7f")
+    """The rule's own colour (``LearningRule.colour``), the same in every plot;
+    ``label`` is a rule name or a table row label such as ``bp (weight_decay=0.0001)``."""
+    name = label.split(" ")[0]
+    return RULES.get(name).colour if name in RULES else UNKNOWN_RULE_COLOUR
 
 
 LINESTYLES, HATCHES = ("-", "--", ":", "-."), (None, "//", "..", "xx")
@@ -79,7 +78,7 @@ def bar_plot(summary, out_dir, metric="best"):
     """Grouped bars: test error per rule for each arch, error bars over seeds,
     the paper's values as markers. One panel per dataset."""
     datasets = list(dict.fromkeys(summary["dataset"]))
-    width_per_panel = max(6.5, 0.16 * summary.algo.nunique() * summary.arch.nunique())
+    width_per_panel = max(6.5, 0.16 * summary.rule.nunique() * summary.arch.nunique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(width_per_panel * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         part = summary[summary.dataset == dataset]
@@ -120,8 +119,7 @@ def bar_plot(summary, out_dir, metric="best"):
 def _load_curves(runs):
     curves = {}
     for _, run in runs[runs.status == "complete"].iterrows():
-        with open(run.path, encoding="utf-8") as handle:
-            record = json.load(handle)
+        record = load_record(run.path)
         curves.setdefault((run.dataset, run.arch, run.label), []).append(record)
     return curves
 
@@ -286,7 +284,7 @@ def params_plot(summary, out_dir, metric="best"):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for _, r in summary[summary.n > 0].iterrows():
         ax.errorbar(r.forward_params, r["mean"], yerr=r["std"] if r.n > 1 else None,
-                    marker=ARCH_MARKERS.get(r.arch, "o"), color=colour(r.algo), linestyle="none", capsize=2)
+                    marker=ARCH_MARKERS.get(r.arch, "o"), color=colour(r.rule), linestyle="none", capsize=2)
     ax.set_xscale("log")
     ax.set_xlabel("forward parameters (count, log scale)")
     ax.set_ylabel("test error (%)")
@@ -295,7 +293,7 @@ def params_plot(summary, out_dir, metric="best"):
     ax.grid(alpha=0.3, which="both")
     from matplotlib.lines import Line2D
     rule_handles = [Line2D([], [], color=colour(r), marker="o", linestyle="none", label=r)
-                    for r in _ordered(set(summary.algo), RULE_ORDER)]  # colour is per rule
+                    for r in _ordered(set(summary.rule), RULE_ORDER)]  # colour is per rule
     arch_handles = [Line2D([], [], color="grey", marker=ARCH_MARKERS.get(a, "o"), linestyle="none", label=a.upper())
                     for a in _ordered(set(summary.arch), ARCH_ORDER)]
     ax.legend(handles=rule_handles + arch_handles, fontsize=8, ncol=1 if len(rule_handles) <= 10 else 2,

@@ -4,7 +4,6 @@ the results table with the paper's numbers, the parameter table, every plot
 finish, and where the runs come from (devices, versions, code, commands).
 Rendered with Jinja2, which escapes every value."""
 import base64
-import dataclasses
 import json
 import os
 import tempfile
@@ -13,9 +12,8 @@ from datetime import datetime, timezone
 import jinja2
 
 from . import __version__, plots, tables
-from .train import RunConfig
-
-CELL_KEYS = ("dataset", "arch", "algo", "seed")
+from .config import RunConfig
+from .records import load_record
 
 
 def _flag(key, value, default):
@@ -35,7 +33,7 @@ def _in_order(values, order):
 def commands(runs):
     """``grid`` commands reproducing the runs: one per distinct setting and
     set of (dataset, arch) cells its rules ran on."""
-    defaults = dataclasses.asdict(RunConfig())
+    defaults = RunConfig().as_record()
     lines = []
     for setting, group in runs.groupby("setting", sort=False):
         config = json.loads(setting)
@@ -44,16 +42,16 @@ def commands(runs):
             if key != "epochs":
                 flags += _flag(key, value, defaults.get(key))
         by_cells = {}
-        for algo, part in group.groupby("algo"):
+        for rule, part in group.groupby("rule"):
             cells = tuple(sorted(set(zip(part.dataset, part.arch))))
             seeds = tuple(sorted(set(int(s) for s in part.seed)))
-            by_cells.setdefault((cells, seeds), []).append(algo)
-        for (cells, seeds), algos in by_cells.items():
+            by_cells.setdefault((cells, seeds), []).append(rule)
+        for (cells, seeds), rules in by_cells.items():
             seed_flag = f"--seeds {len(seeds)}" if list(seeds) == list(range(len(seeds))) else f"(seeds {list(seeds)})"
             lines.append(" ".join([
                 "python cli.py grid", f"--datasets {','.join(dict.fromkeys(d for d, _ in cells))}",
                 f"--archs {','.join(_in_order([a for _, a in cells], tables.ARCH_ORDER))}",
-                f"--algos {','.join(_in_order(algos, tables.RULE_ORDER))}", seed_flag,
+                f"--algos {','.join(_in_order(rules, tables.RULE_ORDER))}", seed_flag,
                 f"--epochs {config['epochs']}", *flags, "--data-dir DATA", "--out OUT"]))
     return lines
 
@@ -61,8 +59,7 @@ def commands(runs):
 def _provenance(runs):
     devices, versions, code = set(), set(), set()
     for path in runs.path:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
+        record = load_record(path)
         devices.add(record.get("device", "?"))
         v = record.get("versions", {})
         versions.add(", ".join(f"{k} {v[k]}" for k in ("python", "torch", "torchvision", "numpy") if k in v))
@@ -88,7 +85,7 @@ def _plots(runs, summary, metric, searches):
 def render(runs, summary, metric, searches, title):
     columns, rows = tables.results_grid(summary, "±", tables.markdown_paper_text)
     results = [{"label": label, "cells": cells} for label, cells in rows]
-    params = [{"dataset": tables.DATASET_TITLES.get(r.dataset, r.dataset), "arch": r.arch, "algo": r.algo,
+    params = [{"dataset": tables.DATASET_TITLES.get(r.dataset, r.dataset), "arch": r.arch, "rule": r.rule,
                "forward": f"{r.forward_params:,}", "feedback": f"{r.feedback_params:,}"}
               for _, r in tables.parameter_table(summary).iterrows()]
     chosen = tables.chosen_table(searches)

@@ -1,11 +1,9 @@
-"""Starting a run from user options: validation, the run folder, the trainer."""
+"""Starting one run from the user's options: validation, the run folder, the trainer."""
 import os
 
-import click
-
-from .data import DataError
+from .config import resolve_run_config
+from .errors import ConfigError, RunError
 from .records import CHECKPOINT_NAME
-from .train import RunConfig, RunError, RunInterrupted, Trainer
 
 
 def claim_run_dir(out, name, resume):
@@ -29,43 +27,25 @@ def claim_run_dir(out, name, resume):
     raise RunError(f"too many runs named {name} in {out}")
 
 
-def start_run(options, rule_options, data_dir, out, device, progress, resume, bad_input,
-              check_data_dir=None, check_out_dir=None, dataset=None, tensorboard=None):
-    """Validate, create the run folder and train. Errors about the user's input
-    are raised as ``bad_input`` (one line, nothing written)."""
-    from models import make_rule
+def start_run(options, rule_options, data_dir, out, device="auto", progress=True, resume=False, dataset=None,
+              tensorboard=None, warn=print):
+    """Resolve the config, load the data and build the model (nothing written
+    yet, so bad input leaves no trace), claim the run folder and train.
+    Returns ``(record, run_dir)``; user errors are BiobenchErrors."""
+    from .train import Trainer
+    config = resolve_run_config(options, rule_options)
     try:
-        rule = make_rule(options["algo"], **rule_options)
-    except ValueError as exc:
-        raise bad_input(str(exc)) from None
-    rule_options = {key: rule.options[key] for key in rule_options}  # typed, e.g. "1e-3" -> 0.001
-    if options.get("weight_decay") is None:
-        options = dict(options, weight_decay=rule.default_weight_decay)
-    if check_data_dir and dataset is None:
-        check_data_dir(data_dir)
-    if check_out_dir:
-        check_out_dir(out)
-    config = RunConfig(rule_options=rule_options, **options)
-    try:
-        trainer = Trainer(config, run_dir=None, data_dir=data_dir, device=device, progress=progress,
-                          dataset=dataset, tensorboard=tensorboard)
-        trainer._setup()  # loads data and builds the model before anything is written
-    except (DataError, RunError, ValueError) as exc:
-        raise bad_input(str(exc)) from None
-    if resume and not os.path.exists(os.path.join(out, config.run_name(), CHECKPOINT_NAME)):
-        raise bad_input(f"--resume: no checkpoint for this config at {os.path.join(out, config.run_name())}; "
-                        f"run without --resume first")
-    run_dir = claim_run_dir(out, config.run_name(), resume)
-    trainer.run_dir = run_dir
+        trainer = Trainer(config, data_dir=data_dir, device=device, progress=progress, dataset=dataset,
+                          tensorboard=tensorboard).prepare()
+    except ValueError as exc:  # a network or rule refusing this dataset's shapes
+        raise ConfigError(str(exc)) from None
     first = os.path.join(out, config.run_name())
+    if resume and not os.path.exists(os.path.join(first, CHECKPOINT_NAME)):
+        raise RunError(f"--resume: no checkpoint for this config at {first}; run without --resume first")
+    run_dir = claim_run_dir(out, config.run_name(), resume)
+    notes = {}
     if run_dir != first:
-        click.echo(f"warning: {first} already holds a run of this config and seed; this is a second run of "
-                   f"it, in {run_dir} (use --resume to continue the first instead)", err=True)
-        trainer.notes["repeat_of"] = os.path.basename(first)
-    try:
-        record = trainer.run(resume=resume, setup_done=True)
-    except RunError as exc:
-        raise bad_input(str(exc)) from None
-    except RunInterrupted as exc:
-        raise click.ClickException(str(exc)) from None
-    return record, run_dir
+        warn(f"warning: {first} already holds a run of this config and seed; this is a second run of "
+             f"it, in {run_dir} (use --resume to continue the first instead)")
+        notes["repeat_of"] = os.path.basename(first)
+    return trainer.run(run_dir, resume=resume, notes=notes), run_dir

@@ -25,12 +25,13 @@ import numpy as np
 
 from models import RULES
 
-from .grid import run_grid
+from .config import make_checked_rule, resolve_run_config
+from .errors import ConfigError
 from .io import write_json
-from .records import RECORD_NAME, SEARCH_NAME, SEARCH_TRIALS
-from .train import RunConfig
+from .records import SEARCH_NAME, SEARCH_SCHEMA, SEARCH_TRIALS, read_record
 
-SCHEMA = "biobench.search/1"
+# Search always chooses on held-out training data; this much unless --val-split says otherwise.
+DEFAULT_VAL_SPLIT = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Dimension:
                 return cls(kind, low, high)
         except ValueError:
             pass
-        raise ValueError(f"search range {name}={text!r} is not one of log:LOW:HIGH (LOW > 0), "
+        raise ConfigError(f"search range {name}={text!r} is not one of log:LOW:HIGH (LOW > 0), "
                          f"uniform:LOW:HIGH, int:LOW:HIGH or choice:A,B,...")
 
     def sample(self, rng):
@@ -84,16 +85,16 @@ class Dimension:
 OPTIMIZER_SPACE = {"lr": "log:1e-5:3e-3", "beta2": "choice:0.99,0.999", "eps": "choice:1e-4,1e-6,1e-8"}
 
 
-def search_space(algo, overrides=None):
+def search_space(rule, overrides=None):
     """``{name: Dimension}``: the optimiser space, the rule's declared
     ``search_space`` and the user's ``overrides`` (``{name: spec text}``;
     only names of the optimiser settings or of the rule's options)."""
-    rule = RULES.get(algo)
-    specs = {**OPTIMIZER_SPACE, **getattr(rule, "search_space", {})}
-    allowed = set(OPTIMIZER_SPACE) | set(rule.defaults)
+    rule_class = RULES.get(rule)
+    specs = {**OPTIMIZER_SPACE, **rule_class.search_space}
+    allowed = set(OPTIMIZER_SPACE) | set(rule_class.defaults)
     for name, text in (overrides or {}).items():
         if name not in allowed:
-            raise ValueError(f"--space {name}: not a setting of {algo}; allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(f"--space {name}: not a setting of {rule}; allowed: {', '.join(sorted(allowed))}")
         specs[name] = text
     return {name: Dimension.parse(text, name) for name, text in sorted(specs.items())}
 
@@ -107,14 +108,37 @@ def sample_trials(space, trials, search_seed):
     return samples
 
 
-def trial_config(base, algo, params, rule_options, epochs):
-    """The run config of one trial (seed 0; the rule's options typed by the rule)."""
-    from models import make_rule
+def trial_config(base, rule, params, rule_options, epochs):
+    """The run config of one trial: seed 0, ``params`` drawn from the space
+    (optimiser settings and rule options) over the fixed ``base`` settings."""
     rule_params = {k: v for k, v in params.items() if k not in OPTIMIZER_SPACE}
-    typed = make_rule(algo, **{**rule_options, **rule_params}).options
-    options = {k: typed[k] for k in {**rule_options, **rule_params}}
-    run = {k: params[k] for k in OPTIMIZER_SPACE if k in params}
-    return RunConfig(**{**base, **run, "algo": algo, "seed": 0, "epochs": epochs, "rule_options": options})
+    optimizer_params = {k: params[k] for k in OPTIMIZER_SPACE if k in params}
+    return resolve_run_config({**base, **optimizer_params, "rule": rule, "seed": 0, "epochs": epochs},
+                              {**rule_options, **rule_params})
+
+
+def plan_search(dataset, arch, rule, options, rule_options, space_overrides=None, fixed=(), **search):
+    """The :class:`Search` of one cell from the user's options: ``options``
+    are the run settings (RunConfig fields), ``fixed`` the names the user set
+    explicitly (a searched setting cannot also be fixed), ``search`` the
+    Search fields (trials, epochs, search_seed, halving, min_epochs,
+    final_seeds). Bad combinations are ConfigErrors."""
+    space = search_space(rule, space_overrides)
+    for name in sorted(set(fixed) & set(space)):
+        flag = f"--{name}" if name in OPTIMIZER_SPACE else f"--rule-opt {name}"
+        raise ConfigError(f"{flag} is searched; fix it with --space {name}=choice:VALUE instead")
+    options = dict(options)
+    if "val_split" not in fixed:
+        options["val_split"] = DEFAULT_VAL_SPLIT
+    if not options["val_split"]:
+        raise ConfigError("--val-split 0: search chooses on a validation split, so it needs one in (0, 1), e.g. "
+                          f"{DEFAULT_VAL_SPLIT} (the test set is never used for choosing)")
+    typed = make_checked_rule(rule, rule_options)
+    if options.get("weight_decay") is None:
+        options["weight_decay"] = typed.default_weight_decay
+    base = {k: v for k, v in options.items() if k not in space and k != "epochs"}
+    return Search(dataset=dataset, arch=arch, rule=rule, space=space, base=base,
+                  rule_options={k: typed.options[k] for k in rule_options}, **search)
 
 
 def rung_epochs(epochs, halving, min_epochs):
@@ -145,7 +169,7 @@ def choose(scores):
 class Search:
     dataset: str
     arch: str
-    algo: str
+    rule: str
     trials: int
     epochs: int
     search_seed: int
@@ -157,16 +181,17 @@ class Search:
     final_seeds: int = 0
 
     def __post_init__(self):
-        first = RULES.get(self.algo).first_forward_epoch
+        first = RULES.get(self.rule).first_forward_epoch
         shortest = rung_epochs(self.epochs, self.halving, self.min_epochs)[0]
         if shortest < first:
             option = "--min-epochs" if self.halving and shortest < self.epochs else "--epochs"
-            raise ValueError(f"{option} {shortest} is too short for {self.algo}: it changes the forward weights "
+            raise ConfigError(f"{option} {shortest} is too short for {self.rule}: it changes the forward weights "
                              f"only from epoch {first} on, so every trial would score at chance; give {option} "
                              f"{first} or more")
 
     def identity(self):
-        blob = json.dumps({"dataset": self.dataset, "arch": self.arch, "algo": self.algo, "trials": self.trials,
+        # "algo": the field name search records were first written with (keeps folder names).
+        blob = json.dumps({"dataset": self.dataset, "arch": self.arch, "algo": self.rule, "trials": self.trials,
                            "epochs": self.epochs, "search_seed": self.search_seed, "halving": self.halving,
                            "min_epochs": self.min_epochs, "rule_options": self.rule_options,
                            "space": {k: d.text() for k, d in self.space.items()}, "base": self.base},
@@ -174,20 +199,18 @@ class Search:
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     def folder(self, out):
-        return os.path.join(out, f"search-{self.dataset}-{self.arch}-{self.algo}-{self.identity()}")
+        return os.path.join(out, f"search-{self.dataset}-{self.arch}-{self.rule}-{self.identity()}")
 
     def configs(self, epochs):
         params = sample_trials(self.space, self.trials, self.search_seed)
-        return params, [trial_config(dict(self.base, dataset=self.dataset, arch=self.arch), self.algo, p,
+        return params, [trial_config(dict(self.base, dataset=self.dataset, arch=self.arch), self.rule, p,
                                      self.rule_options, epochs) for p in params]
 
-    def run(self, out, data_dir, device="auto", jobs=1, threads=None, echo=print, runner=None):
-        """Run (or resume) the search, then the final seeds; returns the search
-        record. ``runner(cells, out, data_dir)`` trains cells and returns
-        ``{status: count}`` (default: a local grid)."""
-        if runner is None:
-            def runner(cells, folder, data):
-                return run_grid(cells, folder, data, device=device, jobs=jobs, threads=threads, echo=echo)
+    def run(self, out, data_dir, executor=None, echo=print):
+        """Run (or resume) the search, then the final seeds, with ``executor``
+        (default: one local worker); returns the search record."""
+        from .executors import ExecutorSettings, make_executor
+        executor = executor or make_executor("local", ExecutorSettings(echo=echo))
         folder = self.folder(out)
         trials_dir = os.path.join(folder, SEARCH_TRIALS)
         record = self._record(folder)
@@ -196,7 +219,7 @@ class Search:
         for rung, epochs in enumerate(rung_epochs(self.epochs, self.halving, self.min_epochs)):
             _, configs = self.configs(epochs)
             echo(f"search rung {rung + 1}: {len(alive)} trial(s) x {epochs} epoch(s)")
-            runner([configs[i] for i in alive], trials_dir, data_dir)
+            executor.run([configs[i] for i in alive], trials_dir, data_dir)
             records = {i: self._trial_record(trials_dir, configs[i]) for i in alive}
             counts = _status_counts(records.values())
             scores = {i: best_validation_error(records[i]) for i in alive}
@@ -225,7 +248,7 @@ class Search:
             cells = fresh_seeds(configs[index], self.final_seeds)
             seeds = [c.seed for c in cells]
             echo(f"final: the chosen settings (trial {index}) with seeds {seeds[0]}..{seeds[-1]}")
-            runner(cells, final_dir, data_dir)
+            executor.run(cells, final_dir, data_dir)
             record["final"] = {"folder": "final", "seeds": seeds,
                                "status_counts": _status_counts(self._trial_record(final_dir, c) for c in cells)}
         record["status"] = "complete"
@@ -234,8 +257,8 @@ class Search:
 
     def _record(self, folder):
         params, _ = self.configs(self.epochs)
-        return {"schema": SCHEMA, "status": "running", "dataset": self.dataset, "arch": self.arch,
-                "algo": self.algo, "search_seed": self.search_seed, "epochs": self.epochs,
+        return {"schema": SEARCH_SCHEMA, "status": "running", "dataset": self.dataset, "arch": self.arch,
+                "algo": self.rule, "search_seed": self.search_seed, "epochs": self.epochs,
                 "halving": self.halving, "min_epochs": self.min_epochs, "base": self.base,
                 "rule_options": self.rule_options, "space": {k: d.text() for k, d in self.space.items()},
                 "selection": "lowest validation error over epochs of each trial; the test set is never used",
@@ -245,12 +268,8 @@ class Search:
 
     @staticmethod
     def _trial_record(trials_dir, config):
-        path = os.path.join(trials_dir, config.run_name(), RECORD_NAME)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return {"status": "missing", "curves": {"val_error": []}}
+        return read_record(os.path.join(trials_dir, config.run_name())) or {"status": "missing",
+                                                                            "curves": {"val_error": []}}
 
 
 def _status_counts(records):
@@ -279,18 +298,3 @@ def chosen_configs(searches, epochs, seeds, patience=0):
         chosen = trial_config(base, record["algo"], record["chosen"]["settings"], record["rule_options"], epochs)
         configs += fresh_seeds(chosen, seeds)
     return configs
-
-
-def find_searches(roots):
-    """Every search record under ``roots``, in folder order."""
-    found = []
-    for root in roots:
-        for folder, subfolders, files in os.walk(root):
-            subfolders.sort()
-            if SEARCH_NAME in files:
-                subfolders.clear()  # a search's own folders hold runs, not searches
-                with open(os.path.join(folder, SEARCH_NAME), encoding="utf-8") as handle:
-                    record = json.load(handle)
-                if record.get("schema") == SCHEMA:
-                    found.append(record)
-    return found

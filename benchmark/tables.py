@@ -13,15 +13,18 @@ import pandas as pd
 
 from models import RULES
 
-from .records import RecordError, find_records, load_record
-from .train import LATER_FIELDS
+from .errors import RecordError
+from .records import LATER_FIELDS, find_records, load_record
+
+# Output files keep the column names they were first published with.
+OUTPUT_COLUMNS = {"rule": "algo"}
 
 METRICS = {
     "best": ("best_test_error", "best test error over epochs (the paper's protocol)"),
     "final": ("final_test_error", "test error after the last epoch"),
     "val": ("test_error_at_best_val", "test error at the epoch of best validation error"),
 }
-RULE_ORDER = RULES.registered()
+RULE_ORDER = RULES.registered(plugins=False)  # built-ins in registry order; others after, by name
 ARCH_ORDER = ["fc", "lc", "conv"]
 # Datasets whose numbers the paper's columns stand for.
 PAPER_DATASET = {"mnist": "mnist", "cifar10": "cifar10", "cifar10-jpeg": "cifar10"}
@@ -58,7 +61,7 @@ def load_runs(roots, strict=False, warn=None):
     return label_variants(pd.DataFrame(rows)), bad
 
 
-# Keys of a run's config that name its cell or do not change its numbers.
+# Record config keys that name a run's cell or do not change its numbers.
 CELL_KEYS = ("dataset", "arch", "algo", "seed")
 NOT_RESULT_KEYS = ("eval_batch_size",)
 
@@ -67,7 +70,7 @@ def _row(record, path):
     cfg, summary = record["config"], record["summary"]
     # Records from before a field existed ran at its neutral value.
     setting = {k: v for k, v in {**LATER_FIELDS, **cfg}.items() if k not in CELL_KEYS + NOT_RESULT_KEYS}
-    row = {"dataset": cfg["dataset"], "arch": cfg["arch"], "algo": cfg["algo"], "seed": cfg["seed"],
+    row = {"dataset": cfg["dataset"], "arch": cfg["arch"], "rule": cfg["algo"], "seed": cfg["seed"],
            "status": record["status"], "epochs": cfg["epochs"], "epochs_done": summary.get("epochs_done", 0),
            "forward_params": record["params"]["forward_total"],
            "feedback_params": record["params"]["feedback_total"], "path": path,
@@ -101,7 +104,7 @@ def label_variants(runs):
         return runs.assign(label=pd.Series(dtype=str))
     runs = runs.copy()
     labels = {}
-    for algo, part in runs.groupby("algo", sort=False):
+    for rule, part in runs.groupby("rule", sort=False):
         settings = {s: json.loads(s) for s in part["setting"].unique()}
         varying = set()
         for _, cell in part.groupby(["dataset", "arch"]):
@@ -110,8 +113,8 @@ def label_variants(runs):
             varying |= {k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1}
         for text, setting in settings.items():
             shown = ", ".join(f"{k}={_short(setting.get(k))}" for k in sorted(varying))
-            labels[(algo, text)] = f"{algo} ({shown})" if shown else algo
-    runs["label"] = [labels[(a, s)] for a, s in zip(runs["algo"], runs["setting"])]
+            labels[(rule, text)] = f"{rule} ({shown})" if shown else rule
+    runs["label"] = [labels[(r, s)] for r, s in zip(runs["rule"], runs["setting"])]
     return runs
 
 
@@ -125,19 +128,19 @@ def one_per_seed(cell):
     return kept.drop(columns="_complete"), dropped.drop(columns="_complete")
 
 
-def summarize(runs, metric="best", seeds=None, warn=None):
+def summarize_runs(runs, metric="best", seeds=None, warn=None):
     """Per (dataset, arch, rule label): mean, std, n over complete runs (one
     per seed), plus counts of diverged and unfinished runs and the paper's
     number where the runs are comparable with it."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
     if runs.empty:
-        return pd.DataFrame(columns=["dataset", "arch", "algo", "label", "mean", "std", "n", "diverged",
+        return pd.DataFrame(columns=["dataset", "arch", "rule", "label", "mean", "std", "n", "diverged",
                                      "unfinished", "expected_seeds", "paper", "diff", "flag"])
     if "label" not in runs:
         runs = label_variants(runs)
     groups, cells = [], []
-    for key, cell in runs.groupby(["dataset", "arch", "algo", "label"], sort=False):
+    for key, cell in runs.groupby(["dataset", "arch", "rule", "label"], sort=False):
         kept, dropped = one_per_seed(cell)
         for _, extra in dropped.iterrows():
             (warn or (lambda m: None))(
@@ -146,13 +149,13 @@ def summarize(runs, metric="best", seeds=None, warn=None):
         cells.append((key, kept))
     expected_default = seeds or max(kept["seed"].nunique() for _, kept in cells)
     paper = paper_reference()
-    for (dataset, arch, algo, label), cell in cells:
+    for (dataset, arch, rule, label), cell in cells:
         done = cell[(cell["status"] == "complete") & cell[metric].notna()]
         values = done[metric].astype(float)
         mean = values.mean() if len(values) else float("nan")
         std = values.std(ddof=1) if len(values) > 1 else float("nan")
         ref = paper[(paper.dataset == PAPER_DATASET.get(dataset, dataset)) & (paper.arch == arch)
-                    & (paper.algo == algo)]
+                    & (paper.algo == rule)]
         ref_value = float(ref.error.iloc[0]) if len(ref) else float("nan")
         subset = int(cell["train_subset"].max())
         diverged = int((cell["status"] == "diverged").sum())
@@ -166,7 +169,7 @@ def summarize(runs, metric="best", seeds=None, warn=None):
             flags.append(f"{unfinished} unfinished")
         if metric == "val" and len(done) == 0 and len(cell[cell["status"] == "complete"]):
             flags.append("no validation split")
-        groups.append({"dataset": dataset, "arch": arch, "algo": algo, "label": label, "mean": mean, "std": std,
+        groups.append({"dataset": dataset, "arch": arch, "rule": rule, "label": label, "mean": mean, "std": std,
                        "n": len(values), "diverged": diverged, "unfinished": unfinished,
                        "expected_seeds": expected_default, "epochs": int(cell["epochs"].max()),
                        "paper": ref_value,
@@ -184,7 +187,7 @@ def _ordered(table):
     def rank(order):
         return lambda s: s.map(lambda v: order.index(v) if v in order else len(order))
     table = table.sort_values(["label"], kind="stable")
-    table = table.sort_values(["algo"], key=rank(RULE_ORDER), kind="stable")
+    table = table.sort_values(["rule"], key=rank(RULE_ORDER), kind="stable")
     table = table.sort_values(["arch"], key=rank(ARCH_ORDER), kind="stable")
     return table.sort_values(["dataset"], kind="stable").reset_index(drop=True)
 
@@ -216,8 +219,8 @@ def results_grid(summary, plus_minus, paper_fmt):
     columns = list(dict.fromkeys(zip(summary["dataset"], summary["arch"])))
 
     def rank(label):
-        algo = summary.loc[summary.label == label, "algo"].iloc[0]
-        return (RULE_ORDER.index(algo) if algo in RULE_ORDER else len(RULE_ORDER), label)
+        rule = summary.loc[summary.label == label, "rule"].iloc[0]
+        return (RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER), label)
     rows = []
     for label in sorted(set(summary["label"]), key=rank):
         cells = []
@@ -274,19 +277,27 @@ def to_latex(summary, metric="best"):
 
 
 def to_csv(summary):
-    return summary.to_csv(index=False, float_format="%.4f")
+    return summary.rename(columns=OUTPUT_COLUMNS).to_csv(index=False, float_format="%.4f")
+
+
+def parameters_csv(table):
+    return table.rename(columns=OUTPUT_COLUMNS).to_csv(index=False)
+
+
+def chosen_csv(table):
+    return table.rename(columns=OUTPUT_COLUMNS).to_csv(index=False)
 
 
 def parameter_table(summary):
     table = summary[["dataset", "arch", "label", "forward_params", "feedback_params"]].rename(
-        columns={"label": "algo"}).drop_duplicates()
+        columns={"label": "rule"}).drop_duplicates()
     return table.reset_index(drop=True)
 
 
 def parameters_markdown(table):
     lines = ["| dataset | arch | rule | forward parameters | feedback weights |", "|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        lines.append(f"| {DATASET_TITLES.get(r.dataset, r.dataset)} | {r.arch} | {r.algo} | "
+        lines.append(f"| {DATASET_TITLES.get(r.dataset, r.dataset)} | {r.arch} | {r.rule} | "
                      f"{r.forward_params:,} | {r.feedback_params:,} |")
     return "\n".join(lines) + "\n"
 
@@ -295,7 +306,7 @@ def parameters_latex(table):
     lines = [r"\begin{tabular}{lllrr}", r"\toprule",
              r"dataset & arch & rule & forward parameters & feedback weights \\", r"\midrule"]
     for _, r in table.iterrows():
-        lines.append(f"{latex_escape(DATASET_TITLES.get(r.dataset, r.dataset))} & {r.arch} & {r.algo} & "
+        lines.append(f"{latex_escape(DATASET_TITLES.get(r.dataset, r.dataset))} & {r.arch} & {r.rule} & "
                      f"{r.forward_params:,} & {r.feedback_params:,} \\\\".replace(",", "{,}"))
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -310,7 +321,7 @@ def chosen_table(searches):
             continue
         settings = chosen["settings"]
         rule_settings = {k: v for k, v in settings.items() if k not in ("lr", "beta2", "eps")}
-        rows.append({"dataset": record["dataset"], "arch": record["arch"], "algo": record["algo"],
+        rows.append({"dataset": record["dataset"], "arch": record["arch"], "rule": record["algo"],
                      "trials": len(record["trials"]), "epochs": record["epochs"],
                      "halving": record.get("halving") or 0,
                      "lr": settings.get("lr", record["base"].get("lr")),
@@ -322,10 +333,10 @@ def chosen_table(searches):
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return _ordered(table.assign(label=table["algo"])).drop(columns="label")
+    return _ordered(table.assign(label=table["rule"])).drop(columns="label")
 
 
-CHOSEN_COLUMNS = [("dataset", "dataset"), ("arch", "arch"), ("algo", "rule"), ("trials", "trials"),
+CHOSEN_COLUMNS = [("dataset", "dataset"), ("arch", "arch"), ("rule", "rule"), ("trials", "trials"),
                   ("epochs", "epochs"), ("lr", "lr"), ("beta2", "beta2"), ("eps", "eps"),
                   ("rule_settings", "rule settings"), ("best_val_error", "val error (%)"),
                   ("trial", "chosen trial")]

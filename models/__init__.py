@@ -1,8 +1,22 @@
-"""biobench models: layers, learning rules and the Bartunov et al. 2018 networks."""
-from .lc import LocallyConnected2d
-from .layers import Conv2d, Linear, feedback_layers
-from .networks import ARCHS, build_network, parameter_counts
-from .rules import RULES, make_rule
+"""biobench models: layers, learning rules and the Bartunov et al. 2018 networks.
 
-__all__ = ["LocallyConnected2d", "Conv2d", "Linear", "feedback_layers", "ARCHS",
-           "build_network", "parameter_counts", "RULES", "make_rule"]
+The names below are imported on first use (PEP 562), so reading the
+registries' names (``cli.py table``, ``cite``) does not import torch.
+"""
+import importlib
+
+_LAZY = {
+    "LocallyConnected2d": "models.lc", "Conv2d": "models.layers", "Linear": "models.layers",
+    "feedback_layers": "models.layers", "build_network": "models.networks",
+    "parameter_counts": "models.networks", "ARCHS": "models.archs", "RULES": "models.rules",
+    "make_rule": "models.rules",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -11,7 +11,7 @@ from torch import nn
 
 from .lc import LocallyConnected2d
 from .layers import Conv2d, Linear
-from .registry import Registry
+from .archs import ARCHS
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
 
@@ -23,9 +23,6 @@ SPATIAL_STACKS = {
                   (3, 384, 1)], []),
 }
 FC_WIDTHS = {"mnist": [256] * 5, "cifar10": [1024] * 3}
-
-ARCHS = Registry("architecture", group="biobench.archs")
-
 
 def same_padding(size, kernel, stride):
     """Symmetric zero padding giving output ceil(size / stride). The paper's
@@ -72,19 +69,16 @@ def _spatial_net(arch, family, num_classes, local):
     return nn.Sequential(*_head(layers, channels * height * width, widths, num_classes))
 
 
-@ARCHS.register("fc")
 def fully_connected(family, num_classes):
     _check_family("fc", family, FC_WIDTHS)
     layers = [nn.Flatten()]
     return nn.Sequential(*_head(layers, math.prod(INPUT_SHAPES[family]), FC_WIDTHS[family], num_classes))
 
 
-@ARCHS.register("lc")
 def locally_connected(family, num_classes):
     return _spatial_net("lc", family, num_classes, local=True)
 
 
-@ARCHS.register("conv")
 def convolutional(family, num_classes):
     return _spatial_net("conv", family, num_classes, local=False)
 

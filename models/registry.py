@@ -8,6 +8,7 @@ asked for its names or an entry, so every process (grid workers, Slurm tasks)
 sees them. A plug-in that fails to import, or whose name is already taken, is
 reported in one line on stderr and left out; everything else keeps working.
 """
+import importlib
 import sys
 from importlib.metadata import entry_points
 
@@ -22,15 +23,25 @@ class Registry:
         self.problems = []  # one line per plug-in that could not be loaded
 
     def register(self, name, obj=None, source=None):
-        """Register ``obj`` under ``name``; usable as a decorator. ``source``
-        says where it comes from (default: the object's module)."""
+        """Register ``obj`` under ``name``; usable as a decorator. ``obj`` may
+        be a ``"module:attribute"`` string, imported on first use, so listing
+        the names imports nothing (``cli.py table`` never loads torch).
+        ``source`` says where it comes from (default: the object's module)."""
         def add(target):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered (by {self._sources[name]})")
             self._entries[name] = target
-            self._sources[name] = source or f"built-in ({getattr(target, '__module__', '?')})"
+            module = target.partition(":")[0] if isinstance(target, str) else getattr(target, "__module__", "?")
+            self._sources[name] = source or f"built-in ({module})"
             return target
         return add if obj is None else add(obj)
+
+    def _resolve(self, name):
+        target = self._entries[name]
+        if isinstance(target, str):
+            module, _, attribute = target.partition(":")
+            target = self._entries[name] = getattr(importlib.import_module(module), attribute)
+        return target
 
     def _load_plugins(self):
         if self._plugins_loaded:
@@ -63,7 +74,7 @@ class Registry:
     def get(self, name):
         self._load_plugins()
         try:
-            return self._entries[name]
+            return self._resolve(name)
         except KeyError:
             raise ValueError(
                 f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from tests.conftest import make_tiny_mnist
+from helpers import comparable, make_tiny_mnist, records_in
 
 
 def cluster_answers():
@@ -55,9 +55,6 @@ def records(out):
     return found
 
 
-def comparable(record):
-    return ({k: v for k, v in record["curves"].items() if k != "seconds"}, record["summary"],
-            record["alignment"], record["status"])
 
 
 def test_slurm_grid_equals_local_grid_and_resubmitting_submits_nothing(data, tmp_path):

@@ -17,7 +17,6 @@ class HalfFeedback(FeedbackAlignment):
     """FA whose feedback is half as strong."""
     name = "fa-half"
     title = "Feedback alignment, B / 2"
-    citation_keys = ("example2026",)
     citations = {"example2026": {"type": "misc", "author": "Example, Ada", "title": "Half feedback",
                                  "year": "2026"}}
 

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from tests.conftest import make_tiny_mnist
+from helpers import comparable, make_tiny_mnist, records_in
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,13 +22,8 @@ def cli_command(data, out, *extra, epochs=4, algo="brsf", arch="fc"):
             "--quiet", *extra]
 
 
-def comparable(record):
-    return ({k: v for k, v in record["curves"].items() if k != "seconds"}, record["summary"],
-            record["alignment"], record["params"], record["status"])
 
 
-def records_in(out):
-    return {f: json.load(open(os.path.join(out, f, "record.json"))) for f in sorted(os.listdir(out))}
 
 
 @pytest.fixture
@@ -163,7 +158,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tiny_root, tmp_path, case)
     result = invoke_bad(tiny_root, out, args)
     assert result.exit_code == 2, result.output
     assert message in result.output
-    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    error_lines = [line for line in result.output.splitlines() if line.lower().startswith("error")]
     assert len(error_lines) == 1 and "Traceback" not in result.output
     assert not out.exists()
 
@@ -234,13 +229,13 @@ def test_image_folder_with_mixed_sizes_is_resized_with_a_warning(tmp_path, monke
 def test_resume_from_a_checkpoint_of_another_config_is_refused(tiny_root, tmp_path):
     import shutil
 
-    from benchmark.train import RunConfig
+    from benchmark.config import RunConfig
     out = tmp_path / "runs"
     common = ["run", "--arch", "fc", "--algo", "bp", "--epochs", "1", "--batch-size", "32", "--data-dir", tiny_root,
               "--out", str(out), "--quiet"]
     assert CliRunner().invoke(cli, common + ["--lr", "0.001"]).exit_code == 0
     (source,) = os.listdir(out)
-    other = RunConfig(dataset="mnist", arch="fc", algo="bp", epochs=1, batch_size=32, lr=0.002)
+    other = RunConfig(dataset="mnist", arch="fc", rule="bp", epochs=1, batch_size=32, lr=0.002)
     os.makedirs(out / other.run_name())
     shutil.copy(out / source / "checkpoint.pt", out / other.run_name() / "checkpoint.pt")
     result = CliRunner().invoke(cli, common + ["--lr", "0.002", "--resume"])
@@ -250,7 +245,7 @@ def test_resume_from_a_checkpoint_of_another_config_is_refused(tiny_root, tmp_pa
 
 
 def test_train_subset_is_class_stratified_fixed_and_bounded(tmp_path):
-    from benchmark.train import stratified_subset
+    from benchmark.data import stratified_subset
     labels = torch.arange(10).repeat_interleave(50)  # class-sorted, like the CIFAR-10 JPEG folders
     chosen = stratified_subset(labels, 100)
     assert len(chosen) == 100 and len(set(chosen.tolist())) == 100
@@ -337,7 +332,7 @@ def test_sigterm_stops_a_parallel_grid_with_one_line_and_no_stray_workers(medium
         proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert stderr.strip().splitlines() == ["Error: grid interrupted; rerun the same command to finish the missing "
+    assert stderr.strip().splitlines() == ["error: grid interrupted; rerun the same command to finish the missing "
                                            "cells (interrupted ones resume from their checkpoints)"]
     deadline = time.time() + 20
     while time.time() < deadline:  # every worker of the group has left

@@ -8,34 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from benchmark.io import write_json
-from benchmark.records import SCHEMA
-from benchmark.tables import load_runs, summarize, to_latex, to_markdown
+from benchmark.tables import load_runs, summarize_runs, to_latex, to_markdown
 from cli import cli
-
-
-def fake_record(dataset, arch, algo, seed, errors, status="complete", val=None, epochs_asked=None, **config):
-    epochs = list(range(1, len(errors) + 1))
-    val = val or [None] * len(errors)
-    summary = {"epochs_done": len(errors), "final_test_error": errors[-1], "best_test_error": min(errors),
-               "best_test_epoch": errors.index(min(errors)) + 1, "final_train_error": 0.0,
-               "best_val_epoch": None, "test_error_at_best_val": None, "diverged_at_epoch": None}
-    if val[0] is not None:
-        best = val.index(min(val))
-        summary.update(best_val_epoch=best + 1, test_error_at_best_val=errors[best])
-    layers = [{"layer": i, "wb_angle": None if i == 0 else 80.0 - e, "update_angle": 40.0 + i,
-               "norm_ratio": None if i == 0 else 1.0} for i in range(3) for e in [0]]
-    return {
-        "schema": SCHEMA, "status": status, "run_id": f"{dataset}-{arch}-{algo}-{seed}",
-        "config": {"dataset": dataset, "arch": arch, "algo": algo, "seed": seed,
-                   "epochs": epochs_asked or len(errors), **config},
-        "seed": seed, "summary": summary,
-        "params": {"forward_total": {"fc": 1000, "lc": 5000, "conv": 2000}[arch],
-                   "feedback_total": 0 if algo == "bp" else 900,
-                   "per_layer": [{"layer": i} for i in range(3)]},
-        "curves": {"epoch": epochs, "test_error": errors, "train_error": errors, "train_loss": errors,
-                   "test_loss": errors, "val_error": val, "seconds": [1.0] * len(errors)},
-        "alignment": [{"epoch": e, "layers": layers} for e in epochs],
-    }
+from helpers import fake_record
 
 
 @pytest.fixture
@@ -58,19 +33,19 @@ def runs_dir(tmp_path):
 def test_table_numbers_equal_hand_computed_means_and_flags(runs_dir):
     runs, bad = load_runs([str(runs_dir)])
     assert bad == []
-    summary = summarize(runs, metric="best")
-    row = summary[(summary.arch == "fc") & (summary.algo == "bp")].iloc[0]
+    summary = summarize_runs(runs, metric="best")
+    row = summary[(summary.arch == "fc") & (summary.rule == "bp")].iloc[0]
     assert row["mean"] == pytest.approx(statistics.mean([2.0, 2.4, 2.2]))
     assert row["std"] == pytest.approx(statistics.stdev([2.0, 2.4, 2.2]))
     assert row["n"] == 3 and row["flag"] == ""
     assert row["paper"] == 1.48 and row["diff"] == pytest.approx(row["mean"] - 1.48)
-    fa = summary[(summary.arch == "fc") & (summary.algo == "fa")].iloc[0]
+    fa = summary[(summary.arch == "fc") & (summary.rule == "fa")].iloc[0]
     assert fa["n"] == 2 and fa["diverged"] == 1 and "2/3 seeds" in fa["flag"] and "1 diverged" in fa["flag"]
     assert fa["mean"] == pytest.approx(statistics.mean([3.0, 3.2]))  # the diverged run is not averaged in
-    lc_fa = summary[(summary.arch == "lc") & (summary.algo == "fa")].iloc[0]
+    lc_fa = summary[(summary.arch == "lc") & (summary.rule == "fa")].iloc[0]
     assert lc_fa["n"] == 0 and "1 unfinished" in lc_fa["flag"]
-    final = summarize(runs, metric="final")
-    assert final[(final.arch == "lc") & (final.algo == "bp")].iloc[0]["mean"] == pytest.approx(
+    final = summarize_runs(runs, metric="final")
+    assert final[(final.arch == "lc") & (final.rule == "bp")].iloc[0]["mean"] == pytest.approx(
         statistics.mean([1.5, 1.6, 1.9]))
     markdown = to_markdown(summary)
     assert "| bp | 2.20 ± 0.20 (3); paper 1.48 (+0.72) |" in markdown
@@ -78,7 +53,7 @@ def test_table_numbers_equal_hand_computed_means_and_flags(runs_dir):
 
 
 def test_latex_is_balanced_booktabs(runs_dir):
-    latex = to_latex(summarize(load_runs([str(runs_dir)])[0]))
+    latex = to_latex(summarize_runs(load_runs([str(runs_dir)])[0]))
     assert latex.count(r"\begin{tabular}") == latex.count(r"\end{tabular}") == 1
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert latex.count(rule) == 1
@@ -255,13 +230,16 @@ def test_every_registered_rule_is_complete_everywhere():
     colours and citations all follow it."""
     from benchmark import cite
     from benchmark.grid import PRESETS
-    from benchmark.plots import RULE_COLOURS
+    from benchmark.plots import UNKNOWN_RULE_COLOUR, colour
     from benchmark.tables import RULE_ORDER
     from models import RULES
-    assert RULE_ORDER == RULES.registered()
-    assert PRESETS["bartunov-mnist"]["algos"] == RULES.registered(plugins=False)
+    assert RULE_ORDER == RULES.registered(plugins=False)
+    assert PRESETS["bartunov-mnist"]["rules"] == RULES.registered(plugins=False)
+    colours = set()
     for name in RULES.registered(plugins=False):
         rule = RULES.get(name)
         assert rule.name == name and rule.title, name
-        assert rule.citation_keys and all(key in cite.ENTRIES for key in rule.citation_keys), name
-        assert name in RULE_COLOURS, name
+        assert rule.citations and all(cite.entry(key)["title"] for key in rule.citations), name
+        assert colour(name) == rule.colour != UNKNOWN_RULE_COLOUR, name
+        colours.add(rule.colour)
+    assert len(colours) == len(RULE_ORDER)  # every rule tells apart in a plot

@@ -10,7 +10,11 @@ from click.testing import CliRunner
 
 import benchmark.grid
 from benchmark.search import Dimension, Search, best_validation_error, rung_epochs, sample_trials, search_space
-from benchmark.train import RunConfig, Trainer, early_stop
+from benchmark.config import RunConfig
+from benchmark.early_stopping import early_stop
+from benchmark.errors import ConfigError
+from benchmark.train import Trainer
+from helpers import fake_record
 from cli import cli
 
 
@@ -38,7 +42,7 @@ def test_sampling_is_deterministic_prefix_stable_and_inside_the_ranges():
     ("lr", "log:0:1", "is not one of log:LOW:HIGH"), ("lr", "uniform:3:1", "is not one of"),
     ("beta2", "choice:", "is not one of"), ("speed", "log:1:2", "--space speed: not a setting of fa")])
 def test_bad_search_ranges_are_refused(name, spec, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         search_space("fa", {name: spec})
 
 
@@ -50,26 +54,29 @@ def test_rung_epochs():
 
 
 def fake_trial_record(val, test):
-    return {"status": "complete", "curves": {"val_error": val, "test_error": test}}
+    return fake_record("mnist", "fc", "fa", 0, test, val=val)
 
 
 def make_search(tmp_path, trials=6, halving=0, epochs=2):
-    return Search(dataset="mnist", arch="fc", algo="fa", trials=trials, epochs=epochs, search_seed=3,
+    return Search(dataset="mnist", arch="fc", rule="fa", trials=trials, epochs=epochs, search_seed=3,
                   space=search_space("fa"), base={"batch_size": 32, "val_split": 0.25}, rule_options={},
                   halving=halving, min_epochs=1)
 
 
-def scripted_grid(scores, calls):
-    """Stand-in for the cell runner: writes each cell's record with a scripted curve."""
-    def run_grid(cells, out, data_dir, **kwargs):
-        calls.append([(c.run_name(), c.epochs) for c in cells])
+class ScriptedExecutor:
+    """Stand-in for an executor: writes each cell's record with a scripted curve."""
+
+    def __init__(self, scores, calls):
+        self.scores, self.calls = scores, calls
+
+    def run(self, cells, out, data_dir):
+        self.calls.append([(c.run_name(), c.epochs) for c in cells])
         for cell in cells:
-            val, test = scores[cell.run_name()]
+            val, test = self.scores[cell.run_name()]
             path = os.path.join(out, cell.run_name(), "record.json")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             json.dump(fake_trial_record(val[:cell.epochs], test[:cell.epochs]), open(path, "w"))
         return {"complete": len(cells)}
-    return run_grid
 
 
 def test_selection_uses_the_validation_error_only(tmp_path, monkeypatch):
@@ -79,7 +86,7 @@ def test_selection_uses_the_validation_error_only(tmp_path, monkeypatch):
     scores = {names[0]: ([9.0, 5.0], [9.0, 1.0]),   # best test error, worse validation error
               names[1]: ([8.0, 3.0], [8.0, 4.0]),   # best validation error
               names[2]: ([7.0, 4.0], [7.0, 2.0])}
-    record = job.run(str(tmp_path), "unused", echo=lambda m: None, runner=scripted_grid(scores, []))
+    record = job.run(str(tmp_path), "unused", echo=lambda m: None, executor=ScriptedExecutor(scores, []))
     assert record["chosen"]["trial"] == 1 and record["chosen"]["best_val_error"] == 3.0
     assert [t["best_val_error"] for t in record["trials"]] == [5.0, 3.0, 4.0]
     assert json.load(open(os.path.join(job.folder(str(tmp_path)), "search.json")))["chosen"]["trial"] == 1
@@ -91,7 +98,7 @@ def test_successive_halving_keeps_the_stated_fraction(tmp_path, monkeypatch):
     # trial i's validation error falls to i at the end: lower index = better
     scores = {c.run_name(): ([50.0 + i] * 8 + [float(i)], [1.0] * 9) for i, c in enumerate(configs)}
     calls = []
-    record = job.run(str(tmp_path), "unused", echo=lambda m: None, runner=scripted_grid(scores, calls))
+    record = job.run(str(tmp_path), "unused", echo=lambda m: None, executor=ScriptedExecutor(scores, calls))
     assert [len(c) for c in calls] == [9, 3, 1]
     assert [{e for _, e in c} for c in calls] == [{1}, {3}, {9}]
     assert [r["kept"] for r in record["rungs"]] == [[0, 1, 2], [0], [0]]
@@ -210,17 +217,16 @@ def test_early_stop_rule_on_scripted_curves():
 def test_run_stops_at_the_right_epoch_and_says_why(tiny_root, tmp_path, monkeypatch):
     import benchmark.train as train
     script = iter([9.0, 7.0, 8.0, 7.5, 6.0])  # validation errors of epochs 1..5
-    real = train._error_and_loss
+    real = train.error_and_loss
 
     def scripted(model, split, normalize, batch_size):
         error, loss = real(model, split, normalize, batch_size)
         return (next(script), loss) if split is trainer.val else (error, loss)
-    monkeypatch.setattr(train, "_error_and_loss", scripted)
-    config = RunConfig(dataset="mnist", arch="fc", algo="bp", epochs=10, batch_size=32, val_split=0.25,
+    monkeypatch.setattr(train, "error_and_loss", scripted)
+    config = RunConfig(dataset="mnist", arch="fc", rule="bp", epochs=10, batch_size=32, val_split=0.25,
                        patience=2)
-    trainer = Trainer(config, str(tmp_path / "run"), data_dir=tiny_root, progress=False)
-    trainer._setup()
-    record = trainer.run(setup_done=True)
+    trainer = Trainer(config, data_dir=tiny_root, progress=False).prepare()
+    record = trainer.run(str(tmp_path / "run"))
     assert record["status"] == "complete" and record["summary"]["epochs_done"] == 4
     assert record["early_stop"]["epoch"] == 4 and record["early_stop"]["best_val_epoch"] == 2
     assert "did not improve for 2 epoch(s) after epoch 2" in record["early_stop"]["reason"]

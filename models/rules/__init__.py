@@ -1,22 +1,18 @@
 """Learning rules, by name. To add one: write a module with a
-:class:`~models.rules.base.LearningRule` subclass and register it below."""
+:class:`~models.rules.base.LearningRule` subclass and register it below
+(``"module:Class"``: imported only when the rule is used)."""
 from ..registry import Registry
-from .base import LearningRule
-from .bp import Backprop
-from .dfa import DirectFeedbackAlignment
-from .fa import FeedbackAlignment
-from .kp import KolenPollack
-from .ldrl import LayerwiseDRL
-from .sign import BatchRandomSignSymmetry, FixedRandomSignSymmetry, UniformSignSymmetry
-from .tp import (AOSDTPAlternating, AOSDTPParallel, DTPAlternating, DTPParallel, SDTPAlternating,
-                 SDTPParallel)
 
 RULES = Registry("learning rule", group="biobench.rules")
-for _rule in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, UniformSignSymmetry,
-              BatchRandomSignSymmetry, FixedRandomSignSymmetry, KolenPollack,
-              DTPParallel, DTPAlternating, SDTPParallel, SDTPAlternating, AOSDTPParallel,
-              AOSDTPAlternating, LayerwiseDRL):
-    RULES.register(_rule.name, _rule)
+# Registration order is the order of presets and tables.
+for _name, _target in (
+        ("bp", "bp:Backprop"), ("fa", "fa:FeedbackAlignment"), ("dfa", "dfa:DirectFeedbackAlignment"),
+        ("usf", "sign:UniformSignSymmetry"), ("brsf", "sign:BatchRandomSignSymmetry"),
+        ("frsf", "sign:FixedRandomSignSymmetry"), ("kp", "kp:KolenPollack"),
+        ("dtp-par", "tp:DTPParallel"), ("dtp-alt", "tp:DTPAlternating"), ("sdtp-par", "tp:SDTPParallel"),
+        ("sdtp-alt", "tp:SDTPAlternating"), ("aosdtp-par", "tp:AOSDTPParallel"),
+        ("aosdtp-alt", "tp:AOSDTPAlternating"), ("ldrl", "ldrl:LayerwiseDRL")):
+    RULES.register(_name, f"{__name__}.{_target}")
 
 
 def make_rule(name, **options):

@@ -4,6 +4,15 @@ import torch.nn.functional as F
 
 from ..layers import feedback_layers
 
+# Works this module's rules cite (BibTeX fields).
+BARTUNOV2018 = {"type": "inproceedings",
+                "author": "Bartunov, Sergey and Santoro, Adam and Richards, Blake A. and Marris, Luke and "
+                          "Hinton, Geoffrey E. and Lillicrap, Timothy",
+                "title": "Assessing the Scalability of Biologically-Motivated Deep Learning Algorithms "
+                         "and Architectures",
+                "booktitle": "Advances in Neural Information Processing Systems 31 (NeurIPS)",
+                "year": "2018", "eprint": "1807.04587", "archiveprefix": "arXiv"}
+
 
 class LearningRule:
     """A learning rule decides what each layer sends down in the backward pass.
@@ -17,16 +26,15 @@ class LearningRule:
 
     name = ""
     title = ""
-    citation_keys = ()
+    # Metadata beside the rule, for built-ins and plug-ins alike: the colour
+    # of its lines and bars in every plot, and the works it cites, in order,
+    # as ``{key: BibTeX fields}`` (``cli.py cite`` prints them).
+    colour = "#7f7f7f"
+    citations = {}
     defaults = {}
     # Options ``cli.py search`` draws, as ``{name: "log:LOW:HIGH" | "uniform:LOW:HIGH"
     # | "int:LOW:HIGH" | "choice:A,B"}`` (names from ``defaults``).
     search_space = {}
-    # Per-step hooks are only called for rules that define them.
-    has_step_hooks = False
-    # A rule that owns its training step (target propagation) defines
-    # ``train_step``; the trainer then calls it instead of loss.backward().
-    owns_step = False
     # Weight decay of a run that does not set --weight-decay (0, as in
     # Bartunov et al.; Kolen-Pollack needs some to align B with W).
     default_weight_decay = 0.0
@@ -86,8 +94,27 @@ class LearningRule:
         """Return ``(B, route)`` for the layer's next backward pass."""
         raise NotImplementedError
 
+    def train_step(self, model, x, y, optimizer):
+        """One whole update on the batch ``(x, y)``; ``optimizer`` holds the
+        model's parameters. Returns ``(loss, logits)``, both detached.
+
+        The default is the backprop step, which is also every
+        feedback-alignment rule's (their layers change only the backward
+        operand): cross-entropy, backward, optimiser step, weight decay, with
+        ``before_step``/``after_step`` around the step. Rules with a step of
+        their own (target propagation) override it."""
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.before_step()
+        optimizer.step()
+        self.decay_weights()
+        self.after_step()
+        return loss.detach(), logits.detach()
+
     def before_step(self):
-        """Called before every optimiser step (rules with ``has_step_hooks``)."""
+        """Called by the default step before the optimiser step."""
 
     @torch.no_grad()
     def decay_weights(self):
@@ -98,13 +125,7 @@ class LearningRule:
             torch._foreach_mul_([layer.weight for layer in self.layers], 1.0 - self.weight_decay)
 
     def after_step(self):
-        """Called after every optimiser step (rules with ``has_step_hooks``)."""
-
-    def train_step(self, model, x, y, optimizer):
-        """One whole update on the batch ``(x, y)`` (rules with ``owns_step``);
-        ``optimizer`` holds the model's parameters. Returns ``(loss, logits)``,
-        both detached."""
-        raise NotImplementedError
+        """Called by the default step after the optimiser step and weight decay."""
 
     def start_epoch(self):
         """Called before every training epoch."""

@@ -6,6 +6,12 @@ from ..feedback import DirectRoute, ErrorHolder
 from ..layers import glorot_bound
 from .base import LearningRule
 
+# Works this module's rules cite (BibTeX fields).
+NOKLAND2016 = {"type": "inproceedings", "author": "N{\\o}kland, Arild",
+               "title": "Direct Feedback Alignment Provides Learning in Deep Neural Networks",
+               "booktitle": "Advances in Neural Information Processing Systems 29 (NIPS)", "year": "2016",
+               "eprint": "1609.01596", "archiveprefix": "arXiv"}
+
 
 def layer_input_shapes(layers, model, input_shape):
     """Per-sample input shape of each layer, from one dry forward pass."""
@@ -32,8 +38,9 @@ class DirectFeedbackAlignment(LearningRule):
     and no layer computes the true input gradient."""
 
     name = "dfa"
+    colour = "#d62728"
     title = "Direct feedback alignment"
-    citation_keys = ("nokland2016",)
+    citations = {"nokland2016": NOKLAND2016}
 
     def attach(self, model, generator, input_shape=None):
         if input_shape is None:

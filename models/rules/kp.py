@@ -2,6 +2,19 @@ import torch
 
 from .fa import FeedbackAlignment
 
+# Works this module's rules cite (BibTeX fields).
+KOLEN1994 = {"type": "inproceedings", "author": "Kolen, John F. and Pollack, Jordan B.",
+             "title": "Backpropagation without weight transport",
+             "booktitle": "Proceedings of the 1994 IEEE International Conference on Neural Networks (ICNN'94)",
+             "volume": "3", "pages": "1375--1380", "year": "1994", "doi": "10.1109/ICNN.1994.374486"}
+
+AKROUT2019 = {"type": "inproceedings",
+              "author": "Akrout, Mohamed and Wilson, Collin and Humphreys, Peter C. and Lillicrap, Timothy and "
+                        "Tweed, Douglas",
+              "title": "Deep Learning without Weight Transport",
+              "booktitle": "Advances in Neural Information Processing Systems 32 (NeurIPS)", "year": "2019",
+              "eprint": "1904.05391", "archiveprefix": "arXiv"}
+
 
 class KolenPollack(FeedbackAlignment):
     """Kolen & Pollack 1994; Akrout et al. 2019. B starts random and receives
@@ -13,10 +26,10 @@ class KolenPollack(FeedbackAlignment):
     """
 
     name = "kp"
+    colour = "#ff7f0e"
     title = "Kolen-Pollack"
-    citation_keys = ("kolen1994", "akrout2019")
+    citations = {"kolen1994": KOLEN1994, "akrout2019": AKROUT2019}
     default_weight_decay = 1e-4
-    has_step_hooks = True
 
     def _pairs(self):
         return [(layer.weight, layer.feedback_weight) for layer in self.layers[1:]]

@@ -18,15 +18,32 @@ Squared errors are summed over units and averaged over the batch.
 import torch
 import torch.nn.functional as F
 
-from .tp import TargetPropagation, squared_error
+from .tp import LEE2015, TargetPropagation, squared_error
+
+# Works this module's rules cite (BibTeX fields).
+MEULEMANS2020 = {"type": "inproceedings",
+                 "author": "Meulemans, Alexander and Carzaniga, Francesco S. and Suykens, Johan A. K. and "
+                           "Sacramento, Jo{\\~a}o and Grewe, Benjamin F.",
+                 "title": "A Theoretical Framework for Target Propagation",
+                 "booktitle": "Advances in Neural Information Processing Systems 33 (NeurIPS)", "year": "2020",
+                 "eprint": "2006.14331", "archiveprefix": "arXiv"}
+
+ERNOULT2022 = {"type": "inproceedings",
+               "author": "Ernoult, Maxence and Normandin, Fabrice and Moudgil, Abhinav and Spinney, Sean and "
+                         "Belilovsky, Eugene and Rish, Irina and Richards, Blake and Bengio, Yoshua",
+               "title": "Towards Scaling Difference Target Propagation by Learning Backprop Targets",
+               "booktitle": "Proceedings of the 39th International Conference on Machine Learning (ICML)",
+               "series": "Proceedings of Machine Learning Research", "volume": "162", "year": "2022",
+               "eprint": "2201.13415", "archiveprefix": "arXiv"}
 
 
 class LayerwiseDRL(TargetPropagation):
     """L-DRL (Ernoult et al. 2022): DTP with layer-local difference-reconstruction inverse training."""
 
     name = "ldrl"
+    colour = "#5254a3"
     title = "L-DRL (DTP with difference-reconstruction feedback)"
-    citation_keys = ("ernoult2022", "meulemans2020", "lee2015")
+    citations = {"ernoult2022": ERNOULT2022, "meulemans2020": MEULEMANS2020, "lee2015": LEE2015}
     defaults = {"beta": 0.7, "sigma": 0.1, "feedback_steps": 3, "inverse_lr": 3e-4,
                 "inverse_beta2": 0.999, "inverse_eps": 1e-8}
     positive_options = TargetPropagation.positive_options + ("beta",)

@@ -5,9 +5,23 @@ import torch
 
 from .base import LearningRule, uniform_like_weight
 
+# Works this module's rules cite (BibTeX fields).
+LIAO2016 = {"type": "inproceedings", "author": "Liao, Qianli and Leibo, Joel Z. and Poggio, Tomaso",
+            "title": "How Important Is Weight Symmetry in Backpropagation?",
+            "booktitle": "Proceedings of the Thirtieth AAAI Conference on Artificial Intelligence",
+            "year": "2016", "eprint": "1510.05067", "archiveprefix": "arXiv"}
+
+XIAO2018 = {"type": "misc", "author": "Xiao, Will and Chen, Honglin and Liao, Qianli and Poggio, Tomaso",
+            "title": "Biologically-plausible learning algorithms can scale to large datasets",
+            "year": "2018", "eprint": "1811.03567", "archiveprefix": "arXiv"}
+
+MOSKOVITZ2018 = {"type": "misc", "author": "Moskovitz, Theodore H. and Litwin-Kumar, Ashok and Abbott, L. F.",
+                 "title": "Feedback alignment in deep convolutional networks", "year": "2018",
+                 "eprint": "1812.06488", "archiveprefix": "arXiv"}
+
 
 class _SignSymmetry(LearningRule):
-    citation_keys = ("liao2016", "moskovitz2018")
+    citations = {"liao2016": LIAO2016, "moskovitz2018": MOSKOVITZ2018}
 
     def magnitudes(self, layer):
         raise NotImplementedError
@@ -26,8 +40,9 @@ class UniformSignSymmetry(_SignSymmetry):
     """uSF: sign(W) times one fixed scale per layer, the std of its init."""
 
     name = "usf"
+    colour = "#2ca02c"
     title = "Sign symmetry (uSF)"
-    citation_keys = ("liao2016", "xiao2018")
+    citations = {"liao2016": LIAO2016, "xiao2018": XIAO2018}
 
     def init_layer(self, layer, generator):
         std = layer.init_bound() / math.sqrt(3.0)  # std of U(-b, b)
@@ -41,6 +56,7 @@ class FixedRandomSignSymmetry(_SignSymmetry):
     """frSF: sign(W) with fixed random magnitudes |R|, R drawn like W."""
 
     name = "frsf"
+    colour = "#9467bd"
     title = "Sign symmetry, fixed random magnitudes (frSF)"
 
     def init_layer(self, layer, generator):
@@ -54,6 +70,7 @@ class BatchRandomSignSymmetry(_SignSymmetry):
     """brSF: sign(W) with magnitudes |R| redrawn for every training step."""
 
     name = "brsf"
+    colour = "#8c564b"
     title = "Sign symmetry, batchwise random magnitudes (brSF)"
 
     def attach(self, model, generator, input_shape=None):

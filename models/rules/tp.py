@@ -29,7 +29,15 @@ from torch import nn
 
 from ..inverses import LinearInverse, make_inverse
 from ..layers import FeedbackLayer, Linear, glorot_bound
-from .base import LearningRule
+from .base import BARTUNOV2018, LearningRule
+
+# Works this module's rules cite (BibTeX fields).
+LEE2015 = {"type": "inproceedings",
+           "author": "Lee, Dong-Hyun and Zhang, Saizheng and Fischer, Asja and Bengio, Yoshua",
+           "title": "Difference Target Propagation",
+           "booktitle": "Machine Learning and Knowledge Discovery in Databases (ECML PKDD 2015)",
+           "series": "Lecture Notes in Computer Science", "volume": "9284", "pages": "498--515",
+           "year": "2015", "doi": "10.1007/978-3-319-23528-8_31"}
 
 
 def squared_error(difference):
@@ -85,13 +93,12 @@ class TargetPropagation(LearningRule):
     inverses).
     """
 
-    owns_step = True
     schedule = "parallel"
     denoise = False  # SDTP's inverse loss reconstructs the clean input
     output_inverse = False  # SDTP and AO-SDTP learn g_L from the output distribution
     output_on_task_loss = True  # the output layer learns from the task loss, not a target
     target_loss_scale = 1.0
-    citation_keys = ("lee2015", "bartunov2018")
+    citations = {"lee2015": LEE2015, "bartunov2018": BARTUNOV2018}
     defaults = {"sigma": 0.36, "inverse_lr": 7.7e-4, "inverse_beta2": 0.999, "inverse_eps": 1e-8}
     positive_options = ("sigma", "inverse_lr", "inverse_eps")
     # What ``cli.py search`` draws besides the optimiser settings (Bartunov et
@@ -361,7 +368,7 @@ class SimplifiedDTP(TargetPropagation):
 
     denoise = True
     output_inverse = True
-    citation_keys = ("bartunov2018",)
+    citations = {"bartunov2018": BARTUNOV2018}
     defaults = {**TargetPropagation.defaults, "sigma": 0.3}
 
     def penultimate_target(self, hs, y):
@@ -406,23 +413,29 @@ class AuxiliaryOutputSDTP(SimplifiedDTP):
 # One registered rule per (variant, schedule), so tables show them as separate rows.
 class DTPParallel(DifferenceTargetPropagation):
     name, title, schedule = "dtp-par", "DTP, parallel", "parallel"
+    colour = "#17becf"
 
 
 class DTPAlternating(DifferenceTargetPropagation):
     name, title, schedule = "dtp-alt", "DTP, alternating", "alternating"
+    colour = "#0b6f78"
 
 
 class SDTPParallel(SimplifiedDTP):
     name, title, schedule = "sdtp-par", "SDTP, parallel", "parallel"
+    colour = "#bcbd22"
 
 
 class SDTPAlternating(SimplifiedDTP):
     name, title, schedule = "sdtp-alt", "SDTP, alternating", "alternating"
+    colour = "#6b6b00"
 
 
 class AOSDTPParallel(AuxiliaryOutputSDTP):
     name, title, schedule = "aosdtp-par", "AO-SDTP, parallel", "parallel"
+    colour = "#e377c2"
 
 
 class AOSDTPAlternating(AuxiliaryOutputSDTP):
     name, title, schedule = "aosdtp-alt", "AO-SDTP, alternating", "alternating"
+    colour = "#99235f"

@@ -1,0 +1,68 @@
+"""Epoch checkpoints: everything a run needs to continue exactly (model,
+optimiser, the rule's state, every random stream, the record so far),
+written atomically after every epoch."""
+import os
+import random
+
+import numpy as np
+import torch
+
+from .errors import RunError
+from .io import atomic_path
+from .records import CHECKPOINT_NAME
+
+
+def checkpoint_path(run_dir):
+    return os.path.join(run_dir, CHECKPOINT_NAME)
+
+
+def save_checkpoint(run_dir, state):
+    with atomic_path(checkpoint_path(run_dir)) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(run_dir, config_fields, device):
+    """The state saved in ``run_dir``; RunError when there is none, it cannot
+    be read, or it belongs to another config (``config_fields``: the record
+    form of the config; ``epochs`` may differ: resuming extends a run)."""
+    path = checkpoint_path(run_dir)
+    if not os.path.exists(path):
+        raise RunError(f"nothing to resume: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise RunError(f"cannot read checkpoint {path}: {reason}") from None
+    saved = dict(state["config"], epochs=config_fields["epochs"])
+    if saved != config_fields:
+        diff = sorted(k for k in saved if saved[k] != config_fields.get(k))
+        raise RunError(f"checkpoint {path} is from a different config (differs in: "
+                       f"{', '.join(diff)}); rerun without --resume or with the same options")
+    return state
+
+
+def training_state(config, model, optimizer, rule, generators, record):
+    """What a checkpoint holds: the config (record form), model, optimiser,
+    the rule's own state and stream, the run's ``generators`` (by name), the
+    global random streams and the record so far."""
+    rule_gen = getattr(rule, "generator", None)
+    return {"config": config.as_record(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            **{name: generator.get_state() for name, generator in generators.items()},
+            "rule_gen": rule_gen.get_state() if rule_gen is not None else None,
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(), "rule_state": rule.state_dict(), "record": record}
+
+
+def restore_training_state(state, model, optimizer, rule, generators):
+    """Put ``state`` (from :func:`training_state`) back; returns its record."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for name, generator in generators.items():
+        generator.set_state(state[name].to(generator.get_state().device))
+    if state["rule_gen"] is not None:
+        rule.generator.set_state(state["rule_gen"])
+    rule.load_state_dict(state["rule_state"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
+    return state["record"]

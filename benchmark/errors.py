@@ -1,0 +1,56 @@
+"""The one family of user-facing errors.
+
+Every error that is the user's to fix (a bad value, a missing file, an
+unusable cluster) is a :class:`BiobenchError` whose message is one whole line;
+the CLI turns any of them into ``error: <message>`` and its ``exit_code`` in
+one place (``cli.BiobenchGroup``), so no command catches them one by one.
+"""
+
+
+class BiobenchError(Exception):
+    """A one-line message for the user; exit code 2 (bad input), like click's own."""
+    exit_code = 2
+
+
+class ConfigError(BiobenchError):
+    """Options that do not make a valid run, grid or search."""
+
+
+class RunError(BiobenchError):
+    """A run could not start or continue."""
+
+
+class RunInterrupted(BiobenchError):
+    """Stopped by the user (Ctrl-C / SIGTERM) after keeping a checkpoint: not bad input."""
+    exit_code = 1
+
+
+class RunDiverged(BiobenchError):
+    """A run's loss or weights stopped being finite; its record says where."""
+    exit_code = 1
+
+
+class DataError(BiobenchError):
+    """A dataset could not be found or read."""
+
+
+class RecordError(BiobenchError):
+    """A record file is unreadable or not a biobench record."""
+
+
+class ClusterError(BiobenchError):
+    """Slurm or submitit is not usable."""
+
+
+class BoardError(BiobenchError):
+    """TensorBoard output was asked for but cannot be written."""
+
+
+class GridFailed(BiobenchError):
+    """Some cells of a grid failed (the others finished)."""
+    exit_code = 1
+
+
+class ResultsMissing(BiobenchError):
+    """No usable records where results were expected (or a bad one under --strict)."""
+    exit_code = 1
