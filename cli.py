@@ -244,7 +244,8 @@ def checked_board(folder):
 def make_executor(name, options, device, jobs, threads, echo, wait=True, epoch_lines=True, tensorboard=None):
     """The chosen executor; pops the ``slurm_*`` options out of ``options``."""
     from benchmark.cluster import SlurmOptions
-    from benchmark.executors import ExecutorSettings, make_executor as build
+    from benchmark.executors import ExecutorSettings
+    from benchmark.executors import make_executor as build
     slurm = {k[len("slurm_"):]: options.pop(k) for k in list(options) if k.startswith("slurm_")}
     slurm_options = SlurmOptions(partition=slurm["partition"], time_minutes=slurm["time"],
                                  gpus_per_task=slurm["gpus_per_task"], cpus_per_task=slurm["cpus_per_task"],

@@ -48,7 +48,9 @@ def plain_text(keys):
     lines = []
     for key in keys:
         e = entry(key)
-        venue = e.get("journal") or e.get("booktitle") or (f"arXiv:{e['eprint']}" if "eprint" in e else e.get("note", ""))
-        authors = e["author"].replace("{", "").replace("}", "").replace("\\o", "ø").replace("\\~a", "ã").replace(" and ", "; ")
+        arxiv = f"arXiv:{e['eprint']}" if "eprint" in e else e.get("note", "")
+        venue = e.get("journal") or e.get("booktitle") or arxiv
+        authors = e["author"].replace("{", "").replace("}", "").replace("\\o", "ø").replace("\\~a", "ã")
+        authors = authors.replace(" and ", "; ")
         lines.append(f"[{key}] {authors} ({e['year']}). {e['title']}." + (f" {venue}." if venue else ""))
     return "\n".join(lines) + "\n"

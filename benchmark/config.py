@@ -76,15 +76,21 @@ def make_checked_rule(name, options):
         raise ConfigError(str(exc)) from None
 
 
+def weight_decay_for(rule, given):
+    """The weight decay a run of ``rule`` (a rule instance) uses: the one
+    given, else the rule's default (0, as in Bartunov et al., except
+    Kolen-Pollack's)."""
+    return rule.default_weight_decay if given is None else given
+
+
 def resolve_run_config(options, rule_options=None):
     """The :class:`RunConfig` of ``options`` (RunConfig fields; ``weight_decay``
     None or absent means the rule's default) and ``rule_options`` (``{key:
     value}``, strings allowed: the rule types them)."""
     rule_options = dict(rule_options or {})
     rule = make_checked_rule(options["rule"], rule_options)
-    resolved = dict(options, rule_options={key: rule.options[key] for key in rule_options})
-    if resolved.get("weight_decay") is None:
-        resolved["weight_decay"] = rule.default_weight_decay
+    resolved = dict(options, rule_options={key: rule.options[key] for key in rule_options},
+                    weight_decay=weight_decay_for(rule, options.get("weight_decay")))
     unknown = sorted(set(resolved) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown run setting(s) {', '.join(unknown)}")

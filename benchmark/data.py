@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from models.registry import Registry
 
-from .io import atomic_path
 from .errors import DataError
-
+from .io import atomic_path
 from .paths import DATA_ENV
+
 CACHE_ENV = "BIOBENCH_CACHE"
 DATASETS = Registry("dataset", group="biobench.datasets")
 

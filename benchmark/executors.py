@@ -5,7 +5,7 @@ data root, trains every cell that is not done, and returns ``{status:
 count}``. ``grid`` and ``search`` use whichever the user names (``--executor``);
 adding one is a class and one ``register`` line, like rules and datasets.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from models.registry import Registry
 

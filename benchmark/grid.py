@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from models import RULES
 
-from .config import RunConfig, make_checked_rule, resolve_run_config
+from .config import RunConfig, make_checked_rule, resolve_run_config, weight_decay_for
 from .errors import ConfigError, RunInterrupted
 from .records import CHECKPOINT_NAME, read_record
 
@@ -46,9 +46,7 @@ def grid_cells(datasets, archs, rules, seeds, options, rule_options=None):
     if unknown:
         raise ConfigError(f"rule option(s) {', '.join(unknown)} not known to any of {', '.join(rules)}")
     per_rule = {r: {k: v for k, v in rule_options.items() if k in RULES.get(r).defaults} for r in rules}
-    chosen = options.get("weight_decay")
-    decays = {r: [make_checked_rule(r, per_rule[r]).default_weight_decay if chosen is None else chosen]
-              for r in rules}
+    decays = {r: [weight_decay_for(make_checked_rule(r, per_rule[r]), options.get("weight_decay"))] for r in rules}
     if "bp" in rules:
         decays["bp"] = list(dict.fromkeys(decays["bp"] + [d for r in rules for d in decays[r]]))
     return [resolve_run_config(dict(options, dataset=d, arch=a, rule=r, seed=s, weight_decay=wd), per_rule[r])

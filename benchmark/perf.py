@@ -210,8 +210,9 @@ def _synthetic_dataset(family, n, seed=0):
     from .data import InMemoryDataset, Split
     g = torch.Generator().manual_seed(seed)
     shape = INPUT_SHAPES[family]
-    make = lambda count: Split(torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=g),
-                               torch.randint(0, 10, (count,), generator=g))
+    def make(count):
+        return Split(torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=g),
+                                   torch.randint(0, 10, (count,), generator=g))
     return InMemoryDataset(f"synthetic-{family}", family, make(n), make(256), [str(i) for i in range(10)])
 
 
@@ -264,22 +265,22 @@ def _dataloader_loop(data, model, optimizer, batch, device):
 
 def bench_harness(device, families=("mnist", "cifar10"), archs=("fc", "conv", "lc"), samples=2048,
                   repeats=3, batch=128):
-    from .train import RunConfig, Trainer
+    from .config import RunConfig
+    from .train import Trainer
     rows = []
     for family in families:
         data = _synthetic_dataset(family, samples)
         for arch in archs:
-            config = RunConfig(dataset=data.name, arch=arch, algo="bp", epochs=1, batch_size=batch,
+            config = RunConfig(dataset=data.name, arch=arch, rule="bp", epochs=1, batch_size=batch,
                                augment=False)
-            trainer = Trainer(config, run_dir=None, device=str(device), progress=False, dataset=data)
-            trainer._setup()
+            trainer = Trainer(config, device=str(device), progress=False, dataset=data).prepare()
             torch.manual_seed(0)
             model = build_network(arch, family, 10).to(device)
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
             torch.manual_seed(0)
             model_dl = build_network(arch, family, 10).to(device)
             optimizer_dl = torch.optim.Adam(model_dl.parameters(), lr=1e-5)
-            epochs = {"trainer": lambda: trainer._train_epoch(1),
+            epochs = {"trainer": lambda: trainer.train_epoch(1),
                       "minimal": _minimal_loop(data, model, optimizer, batch, device),
                       "dataloader": _dataloader_loop(data, model_dl, optimizer_dl, batch, device)}
             times = time_rounds(epochs, device, repeats, warmup=1)

@@ -230,7 +230,7 @@ def _is_target_propagation(group):
 
 def _layer_series(group, layer, key):
     """Per record, the per-epoch values of ``key`` at ``layer`` (NaN where absent)."""
-    series = [[next((l.get(key) for l in epoch["layers"] if l["layer"] == layer), None)
+    series = [[next((row.get(key) for row in epoch["layers"] if row["layer"] == layer), None)
                for epoch in r["alignment"]] for r in group]
     length = min(len(s) for s in series)
     return np.array([[np.nan if v is None else v for v in s[:length]] for s in series], dtype=float)

@@ -7,9 +7,9 @@ fresh tensor and 19 ms into a reused one. Keeping freed memory in the heap
 removes that cost. Set ``BIOBENCH_NO_MALLOC_TUNING=1`` to leave glibc alone.
 """
 import ctypes
-from contextlib import contextmanager
 import os
 import sys
+from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

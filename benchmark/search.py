@@ -25,7 +25,7 @@ import numpy as np
 
 from models import RULES
 
-from .config import make_checked_rule, resolve_run_config
+from .config import make_checked_rule, resolve_run_config, weight_decay_for
 from .errors import ConfigError
 from .io import write_json
 from .records import SEARCH_NAME, SEARCH_SCHEMA, SEARCH_TRIALS, read_record
@@ -134,8 +134,7 @@ def plan_search(dataset, arch, rule, options, rule_options, space_overrides=None
         raise ConfigError("--val-split 0: search chooses on a validation split, so it needs one in (0, 1), e.g. "
                           f"{DEFAULT_VAL_SPLIT} (the test set is never used for choosing)")
     typed = make_checked_rule(rule, rule_options)
-    if options.get("weight_decay") is None:
-        options["weight_decay"] = typed.default_weight_decay
+    options["weight_decay"] = weight_decay_for(typed, options.get("weight_decay"))
     base = {k: v for k, v in options.items() if k not in space and k != "epochs"}
     return Search(dataset=dataset, arch=arch, rule=rule, space=space, base=base,
                   rule_options={k: typed.options[k] for k in rule_options}, **search)

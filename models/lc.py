@@ -18,7 +18,6 @@ Weights keep the documented interface shape ``[C_out, C_in*K*K, H_out*W_out]``
 (``param_shapes``) but are stored position-major (``[L, C_out, C_in*K*K]`` in
 memory), so the GEMM operand is a free ``permute`` of the parameter.
 """
-import math
 from dataclasses import dataclass
 
 import torch

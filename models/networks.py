@@ -9,9 +9,9 @@ import math
 
 from torch import nn
 
-from .lc import LocallyConnected2d
-from .layers import Conv2d, Linear
 from .archs import ARCHS
+from .layers import Conv2d, Linear
+from .lc import LocallyConnected2d
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
 

@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 from helpers import make_tiny_mnist
 
@@ -20,3 +21,12 @@ def shared_data():
     if not os.path.isfile(os.path.join(root, "MNIST", "raw", "train-images-idx3-ubyte")):
         pytest.skip("real MNIST not found (set BIOBENCH_DATA to a torchvision data root)")
     return root
+
+
+@pytest.fixture
+def float64():
+    """Tensors default to float64 inside the test, for comparisons to rounding."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

@@ -7,6 +7,8 @@ from benchmark.perf import broadcast_lc, time_rounds
 from cli import cli
 from models.lc import LocallyConnected2d
 
+pytestmark = pytest.mark.slow  # trains nets or starts subprocesses
+
 
 def test_bench_quick_prints_every_table():
     result = CliRunner().invoke(cli, ["bench", "--quick", "--device", "cpu"])

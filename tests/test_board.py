@@ -7,6 +7,8 @@ from click.testing import CliRunner
 
 from cli import cli
 
+pytestmark = pytest.mark.slow  # trains nets or starts subprocesses
+
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
 

@@ -50,6 +50,7 @@ def test_run_writes_a_complete_record(tiny_root, tmp_path, arch):
     assert os.path.exists(os.path.join(out, sorted(os.listdir(out))[0], "checkpoint.pt"))
 
 
+@pytest.mark.slow
 def test_same_seed_same_record_other_seed_differs(tiny_root, tmp_path):
     records = []
     for i, seed in enumerate([3, 3, 4]):
@@ -60,6 +61,7 @@ def test_same_seed_same_record_other_seed_differs(tiny_root, tmp_path):
     assert comparable(records[0])[0] != comparable(records[2])[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["fc", "conv", "lc"])
 @pytest.mark.parametrize("algo", RULES.names())
 def test_every_arch_and_rule_pair_runs(tiny_root, tmp_path, arch, algo):
@@ -97,6 +99,7 @@ def test_unknown_choice_lists_allowed(tiny_root, tmp_path):
     assert "'hebb' is not one of" in result.output and "'fa'" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_mnist_smoke(shared_data, tmp_path):
     out = tmp_path / "runs"

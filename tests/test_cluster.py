@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from helpers import comparable, make_tiny_mnist, records_in
+from helpers import comparable, make_tiny_mnist
+
+pytestmark = pytest.mark.slow  # trains nets or starts subprocesses
 
 
 def cluster_answers():

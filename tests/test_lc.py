@@ -1,5 +1,4 @@
 """The locally connected layer against independent references."""
-import itertools
 
 import pytest
 import torch
@@ -125,10 +124,12 @@ def test_init_uses_per_unit_fan_in():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda l: l(torch.randn(2, 3, 9, 8)), r"\[N, 3, 9, 9\], got \[2, 3, 9, 8\]"),
-    (lambda l: l(torch.randn(3, 9, 9)), r"got \[3, 9, 9\]"),
-    (lambda l: l(torch.randn(2, 3, 9, 9), [torch.randn(4, 27, 25)]), r"\[\[4, 27, 25\], \[4, 25\]\], got \[\[4, 27, 25\]\]"),
-    (lambda l: l(torch.randn(2, 3, 9, 9), [torch.randn(4, 27, 24), torch.randn(4, 25)]), r"got \[\[4, 27, 24\], \[4, 25\]\]"),
+    (lambda layer: layer(torch.randn(2, 3, 9, 8)), r"\[N, 3, 9, 9\], got \[2, 3, 9, 8\]"),
+    (lambda layer: layer(torch.randn(3, 9, 9)), r"got \[3, 9, 9\]"),
+    (lambda layer: layer(torch.randn(2, 3, 9, 9), [torch.randn(4, 27, 25)]),
+     r"\[\[4, 27, 25\], \[4, 25\]\], got \[\[4, 27, 25\]\]"),
+    (lambda layer: layer(torch.randn(2, 3, 9, 9), [torch.randn(4, 27, 24), torch.randn(4, 25)]),
+     r"got \[\[4, 27, 24\], \[4, 25\]\]"),
 ])
 def test_bad_input_raises_value_error_with_shapes(call, match):
     layer = LocallyConnected2d(3, 4, 9, 9, 3, 2, 1)

@@ -44,6 +44,7 @@ def test_output_shape_and_parameter_counts(family, arch):
     assert counts["forward_total"] == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_imagenet_lc_net_forward_and_count():
     model = build_network("lc", "imagenet", 1000)
     sizes = [(3, 224), (48, 56), (48, 28), (96, 28), (96, 14), (192, 14), (192, 7), (384, 7)]

@@ -10,7 +10,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PLUGIN = '''
-from models.rules.fa import FeedbackAlignment
+from biobench import FeedbackAlignment
+
+pytestmark = pytest.mark.slow  # trains nets or starts subprocesses
 
 
 class HalfFeedback(FeedbackAlignment):

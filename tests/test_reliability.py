@@ -46,6 +46,7 @@ def wait_for_epoch(out, epochs_done, proc, timeout=120):
     raise AssertionError("no epoch finished in time")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,algo,extra", [("sigkill", "brsf", ()), ("sigterm", "brsf", ()),
                                             # an alternating schedule: its phase and inverses are checkpointed
                                             ("sigkill", "dtp-alt", ()),
@@ -102,6 +103,7 @@ def test_absurd_learning_rate_gives_a_diverged_record(tiny_root, tmp_path):
     assert record["status"] == "diverged" and record["summary"]["diverged_at_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_folder_leave_complete_records(medium_root, tmp_path):
     out = str(tmp_path / "runs")
     procs = [subprocess.Popen(cli_command(medium_root, out, epochs=2, algo="fa", arch="fc"),
@@ -140,8 +142,10 @@ def bad_cases(tiny_root, tmp_path):
         "resume without checkpoint": (["--resume"], "--resume: no checkpoint for this config"),
         "rule option unknown": (["--algo", "kp", "--rule-opt", "speed=2"], "unknown option(s) speed for rule 'kp'"),
         "rule option type": (["--algo", "dtp-par", "--rule-opt", "alpha=lots"], "option alpha='lots' is not a float"),
-        "weight decay negative": (["--algo", "kp", "--weight-decay", "-1"], "--weight-decay': -1.0 is not in the range 0<=x<1"),
-        "tp option out of range": (["--algo", "sdtp-par", "--rule-opt", "sigma=-0.1"], "sigma=-0.1 must be finite and > 0"),
+        "weight decay negative": (["--algo", "kp", "--weight-decay", "-1"],
+                                  "--weight-decay': -1.0 is not in the range 0<=x<1"),
+        "tp option out of range": (["--algo", "sdtp-par", "--rule-opt", "sigma=-0.1"],
+                                   "sigma=-0.1 must be finite and > 0"),
         "rule option syntax": (["--rule-opt", "decay"], "is not KEY=VALUE"),
     }
 
@@ -294,6 +298,7 @@ def test_outputs_respect_the_umask_and_records_name_the_code(tiny_root, tmp_path
         assert record["code"]["git_commit"] is None
 
 
+@pytest.mark.slow
 def test_grid_shows_each_cells_epochs_and_takes_threads(tiny_root, tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "grid", "--datasets", "mnist",
                              "--archs", "fc", "--algos", "bp", "--seeds", "1", "--epochs", "2", "--threads", "1",
@@ -317,6 +322,7 @@ def test_out_that_cannot_be_created_is_one_line_before_training(tiny_root, comma
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["group", "parent"])
 def test_sigterm_stops_a_parallel_grid_with_one_line_and_no_stray_workers(medium_root, tmp_path, target):
     out = str(tmp_path / "grid")

@@ -6,6 +6,7 @@ import json
 import os
 from html.parser import HTMLParser
 
+import pytest
 from click.testing import CliRunner
 
 from cli import cli
@@ -46,6 +47,7 @@ class Page(HTMLParser):
             self._cell.append(data)
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_its_numbers_are_tables(tiny_root, tmp_path):
     runs = tmp_path / "runs"
     grid = CliRunner().invoke(cli, ["grid", "--archs", "fc,lc", "--algos", "bp,dtp-alt", "--seeds", "2",

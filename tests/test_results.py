@@ -82,6 +82,7 @@ def test_table_command_writes_all_formats_and_skips_bad_records(runs_dir, tmp_pa
     assert strict.exit_code == 1 and "record.json" in strict.output
 
 
+@pytest.mark.slow
 def test_plot_command_writes_png_and_pdf(runs_dir, tmp_path):
     out = tmp_path / "plots"
     result = CliRunner().invoke(cli, ["plot", "--runs", str(runs_dir), "--out", str(out)])
@@ -112,6 +113,7 @@ def test_cite_emits_bibtex_for_rules_in_the_table(runs_dir):
     assert "[nokland2016] Nøkland, Arild (2016)" in text
 
 
+@pytest.mark.slow
 def test_grid_skips_complete_cells_and_reruns_missing(tiny_root, tmp_path):
     out = tmp_path / "grid"
     args = ["grid", "--datasets", "mnist", "--archs", "fc", "--algos", "bp,fa", "--seeds", "2", "--epochs", "1",
@@ -136,6 +138,7 @@ def test_grid_skips_complete_cells_and_reruns_missing(tiny_root, tmp_path):
     assert json.load(open(out / removed / "record.json"))["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_grid_records_a_failing_cell_and_continues(tiny_root, tmp_path, monkeypatch):
     from models.rules.kp import KolenPollack
 
@@ -154,6 +157,7 @@ def test_grid_records_a_failing_cell_and_continues(tiny_root, tmp_path, monkeypa
     assert len(failed) == 1 and "-kp-" in failed[0]
 
 
+@pytest.mark.slow
 def test_grid_rule_options_go_to_the_rules_that_know_them(tiny_root, tmp_path):
     base = ["grid", "--datasets", "mnist", "--archs", "fc", "--seeds", "1", "--epochs", "1", "--batch-size", "32",
             "--data-dir", tiny_root, "--out", str(tmp_path / "g")]
@@ -166,6 +170,7 @@ def test_grid_rule_options_go_to_the_rules_that_know_them(tiny_root, tmp_path):
     assert options == {"bp": {}, "dtp-par": {"alpha": 0.05}}
 
 
+@pytest.mark.slow
 def test_grid_runs_a_bp_control_at_kolen_pollacks_weight_decay(tiny_root, tmp_path):
     base = ["grid", "--datasets", "mnist", "--archs", "fc", "--seeds", "1", "--epochs", "1", "--batch-size", "32",
             "--data-dir", tiny_root, "--out", str(tmp_path / "g"), "--algos", "bp,fa,kp"]

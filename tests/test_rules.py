@@ -12,7 +12,6 @@ from models.layers import Conv2d, Linear, feedback_layers
 from models.lc import LocallyConnected2d
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def float64():
     previous = torch.get_default_dtype()
@@ -157,7 +156,7 @@ def test_brsf_redraws_magnitudes_every_step_frsf_does_not():
     torch.manual_seed(3)
     for name, changes in (("brsf", True), ("frsf", False)):
         model = build_network("fc", "mnist", 10)
-        rule = make_rule(name).attach(model, torch.Generator().manual_seed(0), (1, 28, 28))
+        make_rule(name).attach(model, torch.Generator().manual_seed(0), (1, 28, 28))
         layer = feedback_layers(model)[2]
         seen = []
         layer.register_full_backward_hook(lambda m, gi, go: seen.append(gi[0].clone()))
@@ -170,7 +169,7 @@ def test_brsf_redraws_magnitudes_every_step_frsf_does_not():
 def test_dfa_hidden_updates_match_hand_computation():
     torch.manual_seed(4)
     model = nn.Sequential(nn.Flatten(), Linear(12, 8), nn.Tanh(), Linear(8, 6), nn.Tanh(), Linear(6, 3))
-    rule = make_rule("dfa").attach(model, torch.Generator().manual_seed(0), (12,))
+    make_rule("dfa").attach(model, torch.Generator().manual_seed(0), (12,))
     l1, l2, l3 = feedback_layers(model)
     x, y = torch.randn(5, 12), torch.tensor([0, 1, 2, 1, 0])
     F.cross_entropy(model(x), y).backward()
@@ -197,7 +196,7 @@ def test_dfa_updates_of_spatial_layers_match_hand_computation(kind):
     first = Conv2d(2, 3, 3, stride=2, padding=1) if kind == "conv" else LocallyConnected2d(2, 3, 6, 6, 3, 2, 1)
     model = nn.Sequential(first, nn.Tanh(), Conv2d(3, 4, 3, stride=1, padding=1) if kind == "conv"
                           else LocallyConnected2d(3, 4, 3, 3, 3, 1, 1), nn.Tanh(), nn.Flatten(), Linear(36, 3))
-    rule = make_rule("dfa").attach(model, torch.Generator().manual_seed(0), (2, 6, 6))
+    make_rule("dfa").attach(model, torch.Generator().manual_seed(0), (2, 6, 6))
     l1, l2, l3 = feedback_layers(model)
     x, y = torch.randn(5, 2, 6, 6), torch.tensor([0, 1, 2, 1, 0])
     F.cross_entropy(model(x), y).backward()

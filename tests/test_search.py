@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 import benchmark.grid
-from benchmark.search import Dimension, Search, best_validation_error, rung_epochs, sample_trials, search_space
 from benchmark.config import RunConfig
 from benchmark.early_stopping import early_stop
 from benchmark.errors import ConfigError
+from benchmark.search import Dimension, Search, rung_epochs, sample_trials, search_space
 from benchmark.train import Trainer
-from helpers import fake_record
 from cli import cli
+from helpers import fake_record
 
 
 def test_sampling_is_deterministic_prefix_stable_and_inside_the_ranges():
@@ -105,6 +105,7 @@ def test_successive_halving_keeps_the_stated_fraction(tmp_path, monkeypatch):
     assert record["chosen"]["trial"] == 0
 
 
+@pytest.mark.slow
 def test_search_resumes_after_an_interrupt_without_retraining_finished_trials(tiny_root, tmp_path, monkeypatch):
     args = ["search", "--dataset", "mnist", "--arch", "fc", "--algo", "fa", "--trials", "4", "--epochs", "2",
             "--halving", "2", "--val-split", "0.25", "--batch-size", "32", "--data-dir", tiny_root,
@@ -137,6 +138,7 @@ def test_search_resumes_after_an_interrupt_without_retraining_finished_trials(ti
         assert os.path.getmtime(trials / name / "record.json") == stamps[name]
 
 
+@pytest.mark.slow
 def test_search_then_final_seeds_then_table_shows_the_chosen_settings(tiny_root, tmp_path):
     out = tmp_path / "s"
     result = CliRunner().invoke(cli, ["search", "--dataset", "mnist", "--arch", "fc", "--algo", "dtp-par",
@@ -214,6 +216,7 @@ def test_early_stop_rule_on_scripted_curves():
     assert early_stop(curves([5, 6, 7]), 0) is None
 
 
+@pytest.mark.slow
 def test_run_stops_at_the_right_epoch_and_says_why(tiny_root, tmp_path, monkeypatch):
     import benchmark.train as train
     script = iter([9.0, 7.0, 8.0, 7.5, 6.0])  # validation errors of epochs 1..5
@@ -233,6 +236,7 @@ def test_run_stops_at_the_right_epoch_and_says_why(tiny_root, tmp_path, monkeypa
     assert benchmark.grid.cell_state(str(tmp_path / "run"), 10) == "complete"  # a grid will not extend it
 
 
+@pytest.mark.slow
 def test_grid_from_search_trains_the_chosen_settings_with_fresh_seeds(tiny_root, tmp_path):
     chosen = tiny_fa_search(tiny_root, tmp_path / "s", trials=3)[1]["chosen"]
     args = ["grid", "--from-search", str(tmp_path / "s"), "--epochs", "2", "--seeds", "2", "--data-dir", tiny_root,

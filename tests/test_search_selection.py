@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from helpers import fake_record
 from benchmark.search import Search, best_validation_error, choose, sample_trials, search_space
+from helpers import fake_record
 
 
 def make_search(trials, epochs, halving=0, search_seed=3):

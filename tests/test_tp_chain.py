@@ -16,12 +16,8 @@ WIDTHS = [5, 4, 4, 4, 4]  # equal hidden widths: an off-by-one inverse gives wro
 CLASSES = 3
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# Exact comparisons need float64 (the fixture restores the default afterwards).
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def deep_net(seed=0):
@@ -54,34 +50,34 @@ def batch():
 
 def weights(model):
     """``{l: (W_l, b_l)}`` of the learnable layers, 1-based."""
-    return {l: (layer.weight.detach(), layer.bias.detach()) for l, layer in enumerate(model[::2], start=1)}
+    return {k: (layer.weight.detach(), layer.bias.detach()) for k, layer in enumerate(model[::2], start=1)}
 
 
 def hand_forward(model, x):
     """``[h_0, ..., h_5]`` with explicit matrices."""
     w = weights(model)
     hs = [x]
-    for l in range(1, 5):
-        hs.append(ACTIVATIONS[l - 1][1](hs[-1] @ w[l][0].t() + w[l][1]))
+    for k in range(1, 5):
+        hs.append(ACTIVATIONS[k - 1][1](hs[-1] @ w[k][0].t() + w[k][1]))
     hs.append(hs[-1] @ w[5][0].t() + w[5][1])
     return hs
 
 
-def hand_inverse(rule, l):
+def hand_inverse(rule, k):
     """g_l(v) = act_{l-1}(v V_l^T + c_l): the inverse's matrices, then the
     activation that produced h_{l-1}."""
-    inverse = rule.feedback.inverses[str(l)]
+    inverse = rule.feedback.inverses[str(k)]
     v_matrix, c = inverse.weight.detach(), inverse.bias.detach()
-    activation = ACTIVATIONS[l - 2][1]
+    activation = ACTIVATIONS[k - 2][1]
     return lambda v: activation(v @ v_matrix.t() + c)
 
 
 def hand_chain(rule, hs, top, top_target):
     """t_{l-1} = h_{l-1} + g_l(t_l) - g_l(h_l), from ``top`` down to layer 1."""
     targets = {top: top_target}
-    for l in range(top, 1, -1):
-        g = hand_inverse(rule, l)
-        targets[l - 1] = hs[l - 1] + g(targets[l]) - g(hs[l])
+    for k in range(top, 1, -1):
+        g = hand_inverse(rule, k)
+        targets[k - 1] = hs[k - 1] + g(targets[k]) - g(hs[k])
     return targets
 
 
@@ -92,10 +88,10 @@ def rule_targets(rule, x, y):
 
 def assert_every_target(got, expected, hs):
     assert sorted(got) == sorted(expected)
-    for l in sorted(expected):
+    for k in sorted(expected):
         # every target is away from its activity, so a dropped correction would show
-        assert (expected[l] - hs[l]).abs().max() > 1e-3, l
-        torch.testing.assert_close(got[l], expected[l], msg=f"target of layer {l}")
+        assert (expected[k] - hs[k]).abs().max() > 1e-3, k
+        torch.testing.assert_close(got[k], expected[k], msg=f"target of layer {k}")
 
 
 def test_dtp_targets_of_every_layer_of_a_deep_net_match_the_hand_chain():

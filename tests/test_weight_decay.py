@@ -12,12 +12,8 @@ DECAY = 0.2
 LR = 0.1
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# Exact comparisons need float64 (the fixture restores the default afterwards).
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def small_net():
@@ -61,12 +57,12 @@ def test_a_step_with_weight_decay_is_the_plain_step_times_one_minus_decay_on_wei
     start = feedback_layers(small_net())
     plain, plain_rule = one_step(name, 0.0)
     decayed, decayed_rule = one_step(name, DECAY)
-    for l, (before, layer, twin) in enumerate(zip(start, feedback_layers(plain), feedback_layers(decayed))):
+    for k, (before, layer, twin) in enumerate(zip(start, feedback_layers(plain), feedback_layers(decayed))):
         # the step moved both (else decaying before or after it would look alike)
         assert not torch.equal(layer.weight, before.weight) and not torch.equal(layer.bias, before.bias)
         # decay after the step: (1 - d)(W - lr g), not (1 - d)W - lr g
-        torch.testing.assert_close(twin.weight, (1 - DECAY) * layer.weight, rtol=0, atol=0, msg=f"layer {l}")
-        torch.testing.assert_close(twin.bias, layer.bias, rtol=0, atol=0, msg=f"bias {l}")
+        torch.testing.assert_close(twin.weight, (1 - DECAY) * layer.weight, rtol=0, atol=0, msg=f"layer {k}")
+        torch.testing.assert_close(twin.bias, layer.bias, rtol=0, atol=0, msg=f"bias {k}")
     if hasattr(plain_rule, "feedback"):  # target propagation: the inverses are not decayed
         for p, q in zip(plain_rule.feedback.parameters(), decayed_rule.feedback.parameters()):
             torch.testing.assert_close(q, p, rtol=0, atol=0)

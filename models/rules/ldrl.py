@@ -67,18 +67,18 @@ class LayerwiseDRL(TargetPropagation):
         grad = F.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
         return top, logits - self.options["beta"] * grad
 
-    def feedback_loss(self, l, x, y):
+    def feedback_loss(self, level, x, y):
         dx = self.noise_like(x)
         dy = self.noise_like(y)
         with torch.no_grad():
-            y_moved = self.f(l, x + dx)
-        base = self.g(l, y)
-        along = -2.0 * (dx * (self.g(l, y_moved) - base)).flatten(1).sum(1).mean()
-        spread = squared_error(self.g(l, y + dy) - base)
+            y_moved = self.layer_map(level, x + dx)
+        base = self.inverse(level, y)
+        along = -2.0 * (dx * (self.inverse(level, y_moved) - base)).flatten(1).sum(1).mean()
+        spread = squared_error(self.inverse(level, y + dy) - base)
         return (along + spread) / self.options["sigma"] ** 2
 
     def inverse_loss(self, hs, y):
-        return sum(self.feedback_loss(l, hs[l - 1], hs[l]) for l in self.inverse_layers())
+        return sum(self.feedback_loss(level, hs[level - 1], hs[level]) for level in self.inverse_layers())
 
     def inverse_step(self, hs, y):
         for _ in range(self.options["feedback_steps"]):

@@ -135,17 +135,17 @@ class TargetPropagation(LearningRule):
         self.feedback.inverses = nn.ModuleDict()
         self.inverse_inputs = {}  # layer number -> per-sample shape the inverse reads
         top = len(self.segments)
-        for l in self.inverse_layers():
-            seg = self.segments[l - 1]
-            if l == top and self.output_inverse:
+        for level in self.inverse_layers():
+            seg = self.segments[level - 1]
+            if level == top and self.output_inverse:
                 if not isinstance(seg.layer, Linear):
                     raise ValueError(f"{self.name} needs a Linear output layer, got {type(seg.layer).__name__}")
                 code = seg.layer.out_features + self.auxiliary_units()
-                self.feedback.inverses[str(l)] = LinearInverse(code, seg.layer.in_features, generator)
-                self.inverse_inputs[l] = (code,)
+                self.feedback.inverses[str(level)] = LinearInverse(code, seg.layer.in_features, generator)
+                self.inverse_inputs[level] = (code,)
             else:
-                self.feedback.inverses[str(l)] = make_inverse(seg.layer, seg.in_shape, generator)
-                self.inverse_inputs[l] = seg.layer_out_shape
+                self.feedback.inverses[str(level)] = make_inverse(seg.layer, seg.in_shape, generator)
+                self.inverse_inputs[level] = seg.layer_out_shape
         self.init_auxiliary(generator)
         self.make_generator(generator, self.layers[0].weight.device)
         return self
@@ -202,22 +202,22 @@ class TargetPropagation(LearningRule):
                 hs.append(seg(hs[-1].detach()))
         return hs
 
-    def f(self, l, h):
-        return self.segments[l - 1](h)
+    def layer_map(self, level, h):
+        return self.segments[level - 1](h)
 
-    def inverse_input(self, l, below, above):
+    def inverse_input(self, level, below, above):
         """What ``g_l`` reads: ``h_l``, or for SDTP's output inverse the output code."""
-        if l == len(self.segments) and self.output_inverse:
+        if level == len(self.segments) and self.output_inverse:
             return self.output_code(below, F.softmax(above, dim=1))
         return above
 
     def output_code(self, penultimate, distribution):
         return distribution
 
-    def g(self, l, v):
+    def inverse(self, level, v):
         """The inverse of layer ``l`` applied to ``v`` (shaped like ``g_l``'s input)."""
-        out = self.feedback.inverses[str(l)](v.reshape((-1,) + self.inverse_inputs[l]))
-        return self.segments[l - 2].activation(out)
+        out = self.feedback.inverses[str(level)](v.reshape((-1,) + self.inverse_inputs[level]))
+        return self.segments[level - 2].activation(out)
 
     # targets and losses ------------------------------------------------------------
     def penultimate_target(self, hs, y):
@@ -228,31 +228,31 @@ class TargetPropagation(LearningRule):
         """``{l: t_l}`` for every layer trained on a target (``hs`` detached)."""
         top, target = self.penultimate_target(hs, y)
         targets = {top: target}
-        for l in range(top, 1, -1):
-            targets[l - 1] = hs[l - 1] + self.g(l, targets[l]) - self.g(l, hs[l])
+        for level in range(top, 1, -1):
+            targets[level - 1] = hs[level - 1] + self.inverse(level, targets[level]) - self.inverse(level, hs[level])
         return targets
 
     def forward_loss(self, hs, targets, y):
         loss = F.cross_entropy(hs[-1], y) if self.output_on_task_loss else hs[-1].new_zeros(())
-        for l, target in targets.items():
-            loss = loss + self.target_loss_scale * squared_error(hs[l] - target)
+        for level, target in targets.items():
+            loss = loss + self.target_loss_scale * squared_error(hs[level] - target)
         return loss
 
     def noise_like(self, h):
         return self.options["sigma"] * torch.randn(h.shape, generator=self.generator, device=h.device,
                                                    dtype=h.dtype)
 
-    def reconstruction_loss(self, l, clean):
+    def reconstruction_loss(self, level, clean):
         """DTP: ``||h~ - g(f(h~))||^2``; SDTP (``denoise``): ``||h - g(f(h~))||^2``,
         with ``h~ = h + N(0, sigma^2)``; gradients reach g_l only."""
         noisy = clean + self.noise_like(clean)
         with torch.no_grad():
-            code = self.inverse_input(l, noisy, self.f(l, noisy))
+            code = self.inverse_input(level, noisy, self.layer_map(level, noisy))
         reference = clean if self.denoise else noisy
-        return squared_error(self.g(l, code) - reference)
+        return squared_error(self.inverse(level, code) - reference)
 
     def inverse_loss(self, hs, y):
-        return sum(self.reconstruction_loss(l, hs[l - 1]) for l in self.inverse_layers())
+        return sum(self.reconstruction_loss(level, hs[level - 1]) for level in self.inverse_layers())
 
     def inverse_step(self, hs, y):
         optimizer = self.inverse_optimizer
@@ -304,12 +304,14 @@ class TargetPropagation(LearningRule):
         targets = self.targets(hs, y)
         inverses = set(self.inverse_layers())
         rows = []
-        for l in range(1, len(self.segments) + 1):
+        for level in range(1, len(self.segments) + 1):
+            below, above = hs[level - 1], hs[level]
             rows.append({
                 "reconstruction_error": (float(squared_error(
-                    self.g(l, self.inverse_input(l, hs[l - 1], hs[l])) - hs[l - 1])) if l in inverses else None),
-                "target_distance": (float((targets[l] - hs[l]).flatten(1).norm(dim=1).mean())
-                                    if l in targets else None),
+                    self.inverse(level, self.inverse_input(level, below, above)) - below))
+                    if level in inverses else None),
+                "target_distance": (float((targets[level] - hs[level]).flatten(1).norm(dim=1).mean())
+                                    if level in targets else None),
             })
         return rows
 
@@ -324,10 +326,10 @@ class TargetPropagation(LearningRule):
         self.epochs_done, self.phase = state["epochs_done"], state["phase"]
 
     def feedback_count(self, layer):
-        l = self.layers.index(layer) + 1
+        level = self.layers.index(layer) + 1
         count = 0
-        if str(l) in self.feedback.inverses:
-            count += sum(p.numel() for p in self.feedback.inverses[str(l)].parameters())
+        if str(level) in self.feedback.inverses:
+            count += sum(p.numel() for p in self.feedback.inverses[str(level)].parameters())
         if layer is self.output_layer:
             count += sum(b.numel() for b in self.feedback.buffers(recurse=False))
         return count
@@ -356,7 +358,7 @@ class DifferenceTargetPropagation(TargetPropagation):
         top = len(self.segments)
         with torch.enable_grad():
             below = hs[top - 1].detach().requires_grad_(True)
-            loss = F.cross_entropy(self.f(top, below), y, reduction="sum")
+            loss = F.cross_entropy(self.layer_map(top, below), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, below)
         return top - 1, hs[top - 1] - self.options["alpha"] * grad
 
@@ -375,8 +377,8 @@ class SimplifiedDTP(TargetPropagation):
         top = len(self.segments)
         below = hs[top - 1]
         onehot = F.one_hot(y, hs[top].shape[1]).to(below.dtype)
-        actual = self.g(top, self.output_code(below, F.softmax(hs[top], dim=1)))
-        wanted = self.g(top, self.output_code(below, onehot))
+        actual = self.inverse(top, self.output_code(below, F.softmax(hs[top], dim=1)))
+        wanted = self.inverse(top, self.output_code(below, onehot))
         return top - 1, below - actual + wanted
 
 
