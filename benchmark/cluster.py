@@ -20,7 +20,7 @@ from datetime import datetime
 
 from .errors import ClusterError
 from .grid import ERROR_NAME, TERMINAL, CellLock, cell_state, run_cell
-from .records import RECORD_NAME
+from .records import RECORD_NAME, run_folders
 
 LOGS = "slurm-logs"
 
@@ -180,7 +180,7 @@ def grid_status(out, cells=None):
     expected ``cells``, which adds the missing ones)."""
     names = set()
     if os.path.isdir(out):
-        names = {f for f in os.listdir(out) if os.path.isdir(os.path.join(out, f)) and f != LOGS}
+        names = set(run_folders(out)) - {LOGS}
     wanted = {c.run_name(): c.epochs for c in cells or []}
     queued = submitted_elsewhere(out) if os.path.isdir(os.path.join(out, LOGS)) else {}
     result = {status: [] for status in STATUS_ORDER}

@@ -27,6 +27,10 @@ Schema ``biobench.run/1`` (all errors in percent):
   (the paper's metric), ``best_test_epoch``, ``best_val_epoch``,
   ``test_error_at_best_val`` (the honest metric), ``final_train_error``,
   ``diverged_at_epoch``
+
+:func:`load_record` checks the type of every field that tables, plots, the
+report, grids and searches read (:func:`check_record`), so a record they
+accept cannot fail them half-way.
 """
 import json
 import os
@@ -41,13 +45,12 @@ CHECKPOINT_NAME = "checkpoint.pt"
 SEARCH_NAME = "search.json"  # a search's own record (benchmark.search)
 SEARCH_TRIALS = "trials"  # the folder of a search's trial runs
 SEARCH_SCHEMA = "biobench.search/1"
-REQUIRED_KEYS = ("schema", "status", "config", "curves", "summary", "params")
+REQUIRED_KEYS = ("schema", "status", "config", "curves", "summary", "params", "alignment")
 CURVE_KEYS = ("epoch", "train_loss", "train_error", "test_loss", "test_error", "val_error", "seconds")
+STATUSES = ("running", "complete", "diverged", "interrupted")
 # Config fields added after the first release, with the value that leaves a
 # run as it was: an older record without the field ran at that value.
 LATER_FIELDS = {"weight_decay": 0.0, "patience": 0}
-
-
 
 
 def versions():
@@ -174,15 +177,158 @@ def load_record(path):
     if missing or record.get("schema") != SCHEMA:
         raise RecordError(f"{path}: not a {SCHEMA} record (schema={record.get('schema')!r}, "
                           f"missing keys: {', '.join(missing) or 'none'})")
+    try:
+        check_record(record)
+    except InvalidRecord as exc:
+        raise RecordError(f"{path}: {exc}") from None
     return record
 
 
+class InvalidRecord(ValueError):
+    """A field of a record is missing or of the wrong type (the message names the field)."""
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a count
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # NaN counts: a run can reach it
+
+
+# A field's test and how a message says it: (test, "a number").
+INT = (_is_int, "an integer")
+NUMBER = (_is_number, "a number")
+TEXT = (lambda value: isinstance(value, str), "a string")
+OBJECT = (lambda value: isinstance(value, dict), "an object")
+LIST = (lambda value: isinstance(value, list), "a list")
+FILLED_LIST = (lambda value: isinstance(value, list) and len(value) > 0, "a non-empty list")
+
+
+def _or_null(kind):
+    test, words = kind
+    return (lambda value: value is None or test(value)), f"{words} or null"
+
+
+# What tables, plots, the report, grids and searches read, and what each must
+# be; null only where the code writes it (no validation split, no epochs yet,
+# a layer without B, a metric a rule does not have at a layer).
+RECORD_FIELDS = {"config": OBJECT, "summary": OBJECT, "params": OBJECT, "curves": OBJECT, "alignment": LIST}
+OPTIONAL_RECORD_FIELDS = {"finished_at": _or_null(TEXT), "device": TEXT, "versions": OBJECT,
+                          "code": _or_null(OBJECT)}
+# (required, optional) fields of the record's objects
+OBJECT_FIELDS = {
+    "config": ({"dataset": TEXT, "arch": TEXT, "algo": TEXT, "seed": INT, "epochs": INT},
+               {"train_subset": _or_null(INT), "rule_options": OBJECT}),
+    # all optional: a run with no epochs yet has epochs_done only
+    "summary": ({}, {"epochs_done": INT, "final_test_error": _or_null(NUMBER), "best_test_error": _or_null(NUMBER),
+                     "test_error_at_best_val": _or_null(NUMBER), "final_train_error": _or_null(NUMBER),
+                     "best_test_epoch": _or_null(INT), "best_val_epoch": _or_null(INT),
+                     "diverged_at_epoch": _or_null(INT)}),
+    "params": ({"forward_total": INT, "feedback_total": INT, "per_layer": FILLED_LIST}, {}),  # plots: a panel a layer
+    "code": ({}, {"git_commit": _or_null(TEXT)}),
+    "curves": (dict.fromkeys(CURVE_KEYS, LIST), {}),
+}
+CURVE_ENTRIES = dict.fromkeys(CURVE_KEYS, NUMBER) | {"epoch": INT, "val_error": _or_null(NUMBER)}
+ALIGNMENT_FIELDS = ({"layers": LIST}, {})
+LAYER_FIELDS = ({"layer": INT}, dict.fromkeys(("wb_angle", "update_angle", "norm_ratio", "reconstruction_error",
+                                               "target_distance"), _or_null(NUMBER)))
+
+
+def _fail(field, value, words):
+    shown = repr(value)
+    raise InvalidRecord(f"{field} is {shown if len(shown) <= 40 else shown[:37] + '...'}, not {words}")
+
+
+def _check_fields(mapping, where, fields):
+    """The ``(required, optional)`` ``fields`` of the object ``mapping``, named
+    ``where`` + key in a message (built only when a check fails: records are
+    checked on every load)."""
+    required, optional = fields
+    for key, (test, words) in required.items():
+        if key not in mapping:
+            raise InvalidRecord(f"{where}{key} is missing")
+        if not test(mapping[key]):
+            _fail(where + key, mapping[key], words)
+    for key, (test, words) in optional.items():
+        if key in mapping and not test(mapping[key]):
+            _fail(where + key, mapping[key], words)
+
+
+def check_record(record):
+    """Raise InvalidRecord at the first field of ``record`` that a reader of
+    records would trip on; every record this code writes passes."""
+    if record["status"] not in STATUSES:
+        _fail("status", record["status"], f"one of {', '.join(STATUSES)}")
+    _check_fields(record, "", (RECORD_FIELDS, OPTIONAL_RECORD_FIELDS))
+    for key, fields in OBJECT_FIELDS.items():
+        if record.get(key) is not None:
+            _check_fields(record[key], f"{key}.", fields)
+    curves = record["curves"]
+    for key, (test, words) in CURVE_ENTRIES.items():
+        if len(curves[key]) != len(curves["epoch"]):
+            raise InvalidRecord(f"curves.{key} has {len(curves[key])} entries, curves.epoch {len(curves['epoch'])}")
+        if not all(map(test, curves[key])):
+            index = next(i for i, value in enumerate(curves[key]) if not test(value))
+            _fail(f"curves.{key}[{index}]", curves[key][index], words)
+    if record["status"] == "complete" and not curves["epoch"]:  # --epochs is at least 1; plots need a point
+        raise InvalidRecord("curves.epoch is empty in a complete record")
+    for index, epoch in enumerate(record["alignment"]):
+        try:
+            _check_alignment(epoch)
+        except InvalidRecord as exc:  # the epoch's name only now
+            raise InvalidRecord(f"alignment[{index}]{exc}") from None
+
+
+def _check_alignment(epoch):
+    """One epoch's alignment rows; a message names the field below the epoch."""
+    if not isinstance(epoch, dict):
+        _fail("", epoch, OBJECT[1])
+    _check_fields(epoch, ".", ALIGNMENT_FIELDS)
+    for index, row in enumerate(epoch["layers"]):
+        if not isinstance(row, dict):
+            _fail(f".layers[{index}]", row, OBJECT[1])
+        try:
+            _check_fields(row, ".", LAYER_FIELDS)
+        except InvalidRecord as exc:
+            raise InvalidRecord(f".layers[{index}]{exc}") from None
+
+
+def walk_folders(root):
+    """``os.walk(root)``, top-down, that enters a symlinked folder like a real
+    one (a run folder linked in from elsewhere is a run of these results, as
+    it is to the grid that reads and writes through the link) but each real
+    folder once: a second link to it, or a link back up, is passed by. Real
+    folders come before links beside them; callers may prune ``subfolders``."""
+    seen = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(folder, name)), name))
+        yield folder, subfolders, files
+
+
+def run_folders(root):
+    """Names of the folders directly in ``root``, by :func:`walk_folders`'s rule."""
+    walk = walk_folders(root)
+    next(walk, None)
+    names = []
+    for folder, subfolders, _ in walk:
+        subfolders.clear()  # one level
+        names.append(os.path.basename(folder))
+    return names
+
+
 def find_records(root):
-    """Paths of every record.json under ``root`` (sorted), except a search's
-    trials: they are that search's working material, reported through its
-    chosen settings (``root`` pointing into ``<search>/trials`` lists them)."""
+    """Paths of every record.json under ``root`` (sorted; see
+    :func:`walk_folders` for symlinks), except a search's trials: they are
+    that search's working material, reported through its chosen settings
+    (``root`` pointing into ``<search>/trials`` lists them)."""
     found = []
-    for folder, subfolders, files in os.walk(root):
+    for folder, subfolders, files in walk_folders(root):
         if SEARCH_NAME in files and SEARCH_TRIALS in subfolders:
             subfolders.remove(SEARCH_TRIALS)
         if RECORD_NAME in files:
@@ -205,8 +351,7 @@ def find_searches(roots):
     """Every search record under ``roots``, in folder order."""
     found = []
     for root in roots:
-        for folder, subfolders, files in os.walk(root):
-            subfolders.sort()
+        for folder, subfolders, files in walk_folders(root):
             if SEARCH_NAME in files:
                 subfolders.clear()  # a search's own folders hold runs, not searches
                 record = load_search(os.path.join(folder, SEARCH_NAME))

@@ -50,14 +50,14 @@ def load_runs(roots, strict=False, warn=None):
                 continue
             seen.add(os.path.realpath(path))
             try:
-                record = load_record(path)
-                rows.append(_row(record, path))
-            except (RecordError, KeyError, TypeError) as exc:
-                message = str(exc) if isinstance(exc, RecordError) else f"{path}: malformed record ({exc!r})"
+                record = load_record(path)  # checks every field _row reads
+            except RecordError as exc:
                 if strict:
-                    raise RecordError(message) from None
-                bad.append(message)
-                warn(f"skipped {message}")
+                    raise
+                bad.append(str(exc))
+                warn(f"skipped {exc}")
+                continue
+            rows.append(_row(record, path))
     return label_variants(pd.DataFrame(rows)), bad
 
 

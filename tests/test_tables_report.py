@@ -29,7 +29,7 @@ def write_record(root, folder, dataset="mnist", arch="fc", algo="fa", seed=0, er
                    **config},
         "summary": {"epochs_done": len(errors), "final_test_error": errors[-1],
                     "best_test_error": min(errors), "test_error_at_best_val": None},
-        "params": {"forward_total": 1000, "feedback_total": 900, "per_layer": []},
+        "params": {"forward_total": 1000, "feedback_total": 900, "per_layer": [{"layer": 0}]},
         "curves": {"epoch": epochs, "test_error": errors, "train_error": errors, "train_loss": errors,
                    "test_loss": errors, "val_error": [None] * len(errors), "seconds": [1.0] * len(errors)},
         "alignment": [],
