@@ -324,10 +324,7 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
     check_out_dir(out)
     try:
         counts = executor.run(cells, out, data_dir)
-    except KeyboardInterrupt:
-        raise RunInterrupted("grid interrupted; rerun the same command to finish the missing "
-                             "cells (interrupted ones resume from their checkpoints)") from None
-    except RunInterrupted:
+    except (KeyboardInterrupt, RunInterrupted):
         raise RunInterrupted("grid interrupted; rerun the same command to finish the missing "
                              "cells (interrupted ones resume from their checkpoints)") from None
     if counts.get("submitted"):

@@ -2,10 +2,9 @@
 
 Each cell is an ordinary run in a folder named after its config, so a grid is
 resumable: complete (or diverged) cells are skipped, interrupted ones resume
-from their checkpoint, missing ones start. A lock file keeps two grid
-processes off the same cell.
+from their checkpoint, missing ones start. An OS lock (``benchmark.locks``)
+keeps two processes off the same cell.
 """
-import errno
 import multiprocessing
 import os
 import signal
@@ -13,12 +12,15 @@ import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 
 from models import RULES
 
 from .config import RunConfig, make_checked_rule, resolve_run_config, weight_decay_for
-from .errors import ConfigError, RunInterrupted
-from .records import CHECKPOINT_NAME, read_record
+from .errors import ConfigError, GridFailed, RunInterrupted
+from .io import write_json
+from .locks import RunLock
+from .records import CHECKPOINT_NAME, read_record, record_path
 
 ALL_RULES = RULES.registered(plugins=False)
 TABLE1_RULES = ["bp", "fa", "dfa", "dtp-par", "dtp-alt", "sdtp-par", "sdtp-alt", "aosdtp-par", "aosdtp-alt"]
@@ -68,43 +70,6 @@ def cell_state(run_dir, epochs):
     return "missing"
 
 
-class CellLock:
-    """Create-exclusive lock file; a lock left by a dead process is taken over."""
-
-    def __init__(self, run_dir):
-        self.path = os.path.join(run_dir, "run.lock")
-
-    def acquire(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-                return True
-            except FileExistsError:
-                if not self.stale():
-                    return False
-                os.unlink(self.path)
-        return False
-
-    def stale(self):
-        try:
-            pid = int(open(self.path).read().strip() or 0)
-            os.kill(pid, 0)
-            return False
-        except ProcessLookupError:
-            return True
-        except (ValueError, OSError) as exc:
-            return not (isinstance(exc, OSError) and exc.errno == errno.EPERM)
-
-    def release(self):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
 def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, notes=None, tensorboard=None):
     """Run one cell (in a worker process or a Slurm task). Returns (run name,
     status, message). With ``epoch_lines``, every finished epoch prints one
@@ -125,7 +90,7 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
     state = cell_state(run_dir, config.epochs)
     if state in TERMINAL:
         return config.run_name(), state, "skipped (already done)"
-    lock = CellLock(run_dir)
+    lock = RunLock(run_dir)
     if not lock.acquire():
         return config.run_name(), "busy", "skipped (another process is running it)"
     try:
@@ -184,6 +149,11 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         futures = [pool.submit(_worker_cell, *arg) for arg in args]
         for done, future in enumerate(as_completed(futures), 1):
             report(done, future.result())
+    except BrokenProcessPool:
+        # A worker was killed (out of memory, kill -9); the pool has sent the
+        # others SIGTERM, so their cells keep their last epoch. Wait for that.
+        pool.shutdown(wait=True)
+        raise GridFailed(worker_died_message(todo, out)) from None
     except (KeyboardInterrupt, RunInterrupted):
         # Stop every worker the same way: no new cell starts, a running cell
         # checkpoints and returns, an idle worker leaves without a word; then
@@ -195,6 +165,20 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         raise
     pool.shutdown(wait=True)
     return counts
+
+
+def worker_died_message(cells, out):
+    """Name the cells whose worker died (their record still says running) and mark them interrupted."""
+    killed = []
+    for cell in cells:
+        run_dir = os.path.join(out, cell.run_name())
+        record = read_record(run_dir)
+        if record is not None and record["status"] == "running":
+            killed.append(cell.run_name())
+            write_json(record_path(run_dir), dict(record, status="interrupted"))
+    return (f"a grid worker process died (killed by the OS, e.g. out of memory, or kill -9) while training "
+            f"{', '.join(killed) or 'a cell'}; the other running cells kept their last complete epoch: rerun the "
+            f"same command to resume them all")
 
 
 _worker_state = {"in_cell": False, "stopping": False}  # of this worker process

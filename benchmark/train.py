@@ -1,9 +1,13 @@
 """Training one (dataset, architecture, rule, seed) cell and recording it."""
+import copy
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import click
 import numpy as np
@@ -66,6 +70,9 @@ def error_and_loss(model, split, normalize, batch_size):
 def build_model(config, data, device):
     """``(model, rule, optimizer)`` of a run: the network, its rule attached
     with feedback drawn from the run's seed, on ``device``."""
+    if tuple(data.input_shape) != INPUT_SHAPES[data.family]:
+        raise RunError(f"dataset {config.dataset} has {tuple(data.input_shape)} inputs but the "
+                       f"{data.family} networks take {INPUT_SHAPES[data.family]}")
     model = build_network(config.arch, data.family, data.num_classes)
     rule = make_rule(config.rule, **config.rule_options)
     rule.weight_decay = config.weight_decay
@@ -92,6 +99,62 @@ def weights_finite(model, limit=1e6):
     """Every parameter finite and below ``limit`` in size (else the run diverged)."""
     with torch.no_grad():
         return all(bool(torch.isfinite(p).all()) and float(p.abs().max()) < limit for p in model.parameters())
+
+
+@contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM are ignored until the block is done: the run is
+    already stopping (main thread only; signals reach Python code only there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def check_resumable(record, epochs, run_dir):
+    done = record["summary"]["epochs_done"]
+    if done > epochs:
+        raise RunError(f"--resume --epochs {epochs}: {run_dir} already has {done} epochs; give --epochs {done} "
+                       f"or more to extend it (a record never claims fewer epochs than it has)")
+
+
+def note_resumed(record, device):
+    """Each resumed segment may run elsewhere (other threads change the last bits): the record says so."""
+    record.setdefault("resumes", []).append({
+        "at": records.now(), "after_epoch": record["summary"]["epochs_done"], "device": device,
+        "torch_threads": torch.get_num_threads()})
+
+
+def mark_stopped(run_dir, kept, resumed, error=None):
+    """Write ``kept`` (the record of the checkpoint on disk) marked interrupted
+    and return the RunInterrupted that says, in one line, why and what is kept."""
+    kept = dict(kept, status="interrupted")
+    done = kept["summary"]["epochs_done"]
+    with signals_deferred():  # a second Ctrl-C must not leave the record half-marked
+        try:
+            write_json(records.record_path(run_dir), kept)
+            marked = ""
+        except OSError:
+            marked = "; its record could not be marked interrupted"
+    return RunInterrupted(stop_message(run_dir, done, resumed, error) + marked, epochs_kept=done)
+
+
+def stop_message(run_dir, epochs_kept, resumed, error=None):
+    """The one line a stopped run prints: why, and what its checkpoint on disk keeps."""
+    if epochs_kept == 0 and not resumed:
+        kept = "nothing was kept: rerun the same command"
+    else:
+        kept = (f"the checkpoint in {run_dir} keeps {epochs_kept} complete epoch(s): rerun the same command "
+                f"with --resume")
+    cause = "interrupted"
+    if error is not None:
+        cause = f"cannot write {error.filename or run_dir}: {error.strerror or error}"
+    return f"{cause}; {kept}"
 
 
 def schedule_phase(rule):
@@ -123,60 +186,56 @@ class Trainer:
         if self.prepared:
             return self
         cfg, device = self.config, self.device
-        if cfg.patience and not cfg.val_split:
-            raise RunError(f"--patience {cfg.patience} needs a validation split (--val-split > 0): early "
-                           f"stopping looks at validation error, never at the test set")
         seed_everything(cfg.seed)
         data = self.data = self.data or load_dataset(cfg.dataset, self.data_dir)
-        if tuple(data.input_shape) != INPUT_SHAPES[data.family]:
-            raise RunError(f"dataset {cfg.dataset} has {tuple(data.input_shape)} inputs but the "
-                           f"{data.family} networks take {INPUT_SHAPES[data.family]}")
         train, val = training_splits(data, cfg.train_subset, cfg.val_split)
         self.augment = data.augment_default if cfg.augment is None else cfg.augment
         self.train, self.test = train.to(device), data.test.to(device)
         self.val = val.to(device) if val is not None else None
         self.normalize = Normalizer(data.mean, data.std, device)
         self.model, self.rule, self.optimizer = build_model(cfg, data, device)
-        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 2)
-        self.augment_gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
+        # The run's own random streams, by name (checkpointed with the global ones).
+        self.generators = {"shuffle_gen": torch.Generator().manual_seed(cfg.seed + 2),
+                           "augment_gen": torch.Generator(device=device).manual_seed(cfg.seed + 3)}
         probe = self.train.subset(slice(0, min(256, len(self.train))))
         self.probe = (self.normalize(probe.images), probe.labels)
         self.prepared = True
         return self
 
     def run(self, run_dir, resume=False, notes=None):
-        """Train (or, with ``resume``, continue from ``run_dir``'s checkpoint)
-        up to ``config.epochs``; ``notes`` are extra top-level record facts.
-        Returns the record; raises RunInterrupted on Ctrl-C / SIGTERM."""
+        """Train (or ``resume`` from ``run_dir``'s checkpoint) up to ``config.epochs``;
+        returns the record. Ctrl-C / SIGTERM or a failed write (a full disk)
+        raise RunInterrupted saying, like the record, what the checkpoint holds."""
         self.prepare()
         os.makedirs(run_dir, exist_ok=True)
-        if resume:
-            record = restore_training_state(load_checkpoint(run_dir, self.config.as_record(), self.device),
-                                            self.model, self.optimizer, self.rule, self.generators())
-        else:
-            record = self.new_record(os.path.basename(run_dir))
+        record = self._resume(run_dir) if resume else self.new_record(os.path.basename(run_dir))
+        self.kept = copy.deepcopy(record)  # the record of the checkpoint on disk (or of nothing yet)
         record.update({k: v for k, v in (notes or {}).items() if v is not None})
         record["status"] = "running"
         record["config"]["epochs"] = self.config.epochs
-        path = records.record_path(run_dir)
-        write_json(path, record)
         first = self.config.epochs + 1 if record.get("early_stop") else record["summary"]["epochs_done"] + 1
         board = Board(self.tensorboard, run_dir, first) if self.tensorboard else None
         wall_before, started = record["wall_seconds"], time.time()
         try:
+            write_json(records.record_path(run_dir), record)
             status = self._train_epochs(record, first, run_dir, board, lambda: wall_before + time.time() - started)
         except KeyboardInterrupt:
-            record["status"] = "interrupted"
-            write_json(path, record)
-            raise RunInterrupted(
-                f"interrupted after {record['summary']['epochs_done']} complete epoch(s); "
-                f"the checkpoint in {run_dir} keeps them: rerun the same command with --resume") from None
+            raise mark_stopped(run_dir, self.kept, resume) from None
+        except OSError as exc:  # a full disk, a folder gone: what is on disk decides what is kept
+            raise mark_stopped(run_dir, self.kept, resume, exc) from None
         finally:
             if board is not None:
                 board.close()
         diverged = record["summary"]["epochs_done"] + 1 if status == "diverged" else None
         records.finish_record(record, status, wall_before + time.time() - started, diverged)
-        write_json(path, record)
+        write_json(records.record_path(run_dir), record)
+        return record
+
+    def _resume(self, run_dir):
+        state = load_checkpoint(run_dir, self.config.as_record(), self.device)
+        check_resumable(state["record"], self.config.epochs, run_dir)
+        record = restore_training_state(state, self.model, self.optimizer, self.rule, self.generators)
+        note_resumed(record, describe_device(self.device))
         return record
 
     def _train_epochs(self, record, first, run_dir, board, wall):
@@ -195,16 +254,14 @@ class Trainer:
             stop = early_stop(record["curves"], self.config.patience)
             if stop:
                 record["early_stop"] = stop
-            write_json(records.record_path(run_dir), record)
+            # The checkpoint first: the record on disk never claims an epoch the checkpoint lacks.
             save_checkpoint(run_dir, training_state(self.config, self.model, self.optimizer, self.rule,
-                                                    self.generators(), record))
+                                                    self.generators, record))
+            self.kept = copy.deepcopy(record)
+            write_json(records.record_path(run_dir), record)
             if stop:
                 break
         return "complete"
-
-    def generators(self):
-        """The run's own random streams, by name (checkpointed with the global ones)."""
-        return {"shuffle_gen": self.shuffle_gen, "augment_gen": self.augment_gen}
 
     def new_record(self, run_id):
         data = {"dataset": self.config.dataset, "family": self.data.family, "train_size": len(self.train),
@@ -218,14 +275,19 @@ class Trainer:
     def train_epoch(self, epoch):
         """One pass over the training set; returns (mean loss, error %), NaN once the loss is not finite."""
         cfg, n = self.config, len(self.train)
-        order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
+        order = torch.randperm(n, generator=self.generators["shuffle_gen"]).to(self.device)
         batches = math.ceil(n / cfg.batch_size)
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), dtype=torch.long, device=self.device)
-        augment_gen = self.augment_gen if self.augment else None
+        augment_gen = self.generators["augment_gen"] if self.augment else None
         with EpochProgress(self.progress, batches, epoch, cfg.epochs, schedule_phase(self.rule)) as progress:
             for b, (x, y) in enumerate(batches_of(self.train, order, cfg.batch_size, self.normalize, augment_gen)):
-                loss, out = self.rule.train_step(self.model, x, y, self.optimizer)
+                try:
+                    loss, out = self.rule.train_step(self.model, x, y, self.optimizer)
+                except RuntimeError as exc:  # an absurd learning rate overflows inside the optimiser
+                    if "overflow" not in str(exc):
+                        raise
+                    return float("nan"), float("nan")
                 loss_sum += loss.detach() * len(y)
                 wrong += (out.detach().argmax(1) != y).sum()
                 if not progress.update(b, loss):
