@@ -9,10 +9,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+pytestmark = pytest.mark.slow  # installs a package and starts subprocesses
+
 PLUGIN = '''
 from biobench import FeedbackAlignment
-
-pytestmark = pytest.mark.slow  # trains nets or starts subprocesses
 
 
 class HalfFeedback(FeedbackAlignment):
