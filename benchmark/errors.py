@@ -30,6 +30,10 @@ class RunInterrupted(BiobenchError):
         self.epochs_kept = epochs_kept
 
 
+class DeadlineReached(RunInterrupted):
+    """A run stopped at an epoch boundary because the next epoch would end after ``--deadline``."""
+
+
 class RunDiverged(BiobenchError):
     """A run's loss or weights stopped being finite; its record says where."""
     exit_code = 1

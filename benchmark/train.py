@@ -22,8 +22,8 @@ from .alignment import alignment_metrics
 from .board import Board
 from .checkpoints import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .data import Normalizer, load_dataset, random_crop_flip, training_splits
-from .early_stopping import early_stop
-from .errors import RunError, RunInterrupted
+from .early_stopping import early_stop, fits_before
+from .errors import DeadlineReached, RunError, RunInterrupted
 from .io import write_json
 
 
@@ -130,7 +130,7 @@ def note_resumed(record, device):
         "torch_threads": torch.get_num_threads()})
 
 
-def mark_stopped(run_dir, kept, resumed, error=None):
+def mark_stopped(run_dir, kept, resumed, error=None, deadline=False):
     """Write ``kept`` (the record of the checkpoint on disk) marked interrupted
     and return the RunInterrupted that says, in one line, why and what is kept."""
     kept = dict(kept, status="interrupted")
@@ -141,6 +141,9 @@ def mark_stopped(run_dir, kept, resumed, error=None):
             marked = ""
         except OSError:
             marked = "; its record could not be marked interrupted"
+    if deadline:
+        return DeadlineReached(f"stopped at the deadline after {done} epoch(s), all in the checkpoint{marked}",
+                               epochs_kept=done)
     return RunInterrupted(stop_message(run_dir, done, resumed, error) + marked, epochs_kept=done)
 
 
@@ -170,7 +173,7 @@ class Trainer:
     pass over the training set (what ``bench`` times)."""
 
     def __init__(self, config, data_dir=None, device="auto", progress=True, echo=None, dataset=None,
-                 epoch_lines=None, tensorboard=None):
+                 epoch_lines=None, tensorboard=None, deadline=None, epoch_estimate=None):
         self.config = config
         self.data_dir = data_dir
         self.device = resolve_device(device)
@@ -179,6 +182,9 @@ class Trainer:
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
         self.tensorboard = tensorboard  # a folder: mirror the epochs as TensorBoard scalars
         self.data = dataset
+        # Start no epoch that would end after ``deadline`` (time.time()); until the
+        # run has timed one, an epoch is taken to last ``epoch_estimate`` seconds.
+        self.deadline, self.epoch_estimate = deadline, epoch_estimate
         self.prepared = False
 
     def prepare(self):
@@ -226,6 +232,8 @@ class Trainer:
         finally:
             if board is not None:
                 board.close()
+        if status == "stopped":  # the deadline: every epoch so far is in the checkpoint
+            raise mark_stopped(run_dir, self.kept, resume, deadline=True)
         diverged = record["summary"]["epochs_done"] + 1 if status == "diverged" else None
         records.finish_record(record, status, wall_before + time.time() - started, diverged)
         write_json(records.record_path(run_dir), record)
@@ -241,6 +249,8 @@ class Trainer:
     def _train_epochs(self, record, first, run_dir, board, wall):
         """Epochs ``first..epochs``, each recorded and checkpointed; returns the status."""
         for epoch in range(first, self.config.epochs + 1):
+            if not fits_before(self.deadline, record, self.epoch_estimate):
+                return "stopped"
             epoch_start = time.time()
             self.rule.start_epoch()
             train_loss, train_error = self.train_epoch(epoch)
@@ -273,7 +283,8 @@ class Trainer:
                                   parameter_counts(self.model, self.rule))
 
     def train_epoch(self, epoch):
-        """One pass over the training set; returns (mean loss, error %), NaN once the loss is not finite."""
+        """One pass over the training set; returns (mean loss, error %), NaN when it diverged. The steps
+        never wait for the device: loss and errors are summed there and read once, at the end."""
         cfg, n = self.config, len(self.train)
         order = torch.randperm(n, generator=self.generators["shuffle_gen"]).to(self.device)
         batches = math.ceil(n / cfg.batch_size)
@@ -290,19 +301,13 @@ class Trainer:
                     return float("nan"), float("nan")
                 loss_sum += loss.detach() * len(y)
                 wrong += (out.detach().argmax(1) != y).sum()
-                if not progress.update(b, loss):
-                    return float("nan"), float("nan")
+                progress.update(b)
         return float(loss_sum) / n, 100.0 * float(wrong) / n
 
-    def evaluate(self):
-        """``(test error, test loss, validation error or None)`` of the model now."""
+    def _log_epoch(self, record, epoch, train_loss, train_error, seconds):
         size = self.config.eval_batch_size
         test_error, test_loss = error_and_loss(self.model, self.test, self.normalize, size)
         val_error = error_and_loss(self.model, self.val, self.normalize, size)[0] if self.val is not None else None
-        return test_error, test_loss, val_error
-
-    def _log_epoch(self, record, epoch, train_loss, train_error, seconds):
-        test_error, test_loss, val_error = self.evaluate()
         alignment = {"epoch": epoch, **self.rule.epoch_info(),
                      "layers": alignment_metrics(self.model, self.rule, *self.probe)}
         records.append_epoch(record, alignment, epoch=epoch, train_loss=train_loss, train_error=train_error,
@@ -324,16 +329,16 @@ def epoch_line(curves, epochs, phase):
 
 
 class EpochProgress:
-    """The per-batch progress bar (every 10th batch), and the periodic check
-    that the loss is still finite (every 10th batch with a bar, every 50th
-    without: reading the loss synchronises with the device)."""
+    """The per-batch progress bar, updated every 10th batch. It shows no loss:
+    reading one would make the step wait for the device (the epoch line after
+    the epoch has it)."""
 
     def __init__(self, show, batches, epoch, epochs, phase):
-        self.batches, self.bar, self.shown = batches, None, float("nan")
+        self.batches, self.bar = batches, None
         if show:
             label = f"epoch {epoch}/{epochs}" + (f" ({phase})" if phase else "")
             self.bar = click.progressbar(length=batches, label=label, file=sys.stderr, show_eta=True,
-                                         show_percent=False, item_show_func=lambda _: f"loss {self.shown:.4f}")
+                                         show_percent=False)
 
     def __enter__(self):
         if self.bar is not None:
@@ -344,13 +349,6 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
 
-    def update(self, b, loss):
-        """False once the loss is seen not finite."""
-        if self.bar is not None and (b % 10 == 0 or b == self.batches - 1):
-            self.shown = float(loss.detach())
-            if not math.isfinite(self.shown):
-                return False
-            self.bar.update(min(10, self.batches - b) if b % 10 == 0 else 0)
-        elif b % 50 == 0 and not math.isfinite(float(loss.detach())):
-            return False
-        return True
+    def update(self, b):
+        if self.bar is not None and b % 10 == 0:
+            self.bar.update(min(10, self.batches - b))
