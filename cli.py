@@ -93,6 +93,31 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+class Duration(click.ParamType):
+    """Seconds, or a number with s, m or h (``600``, ``9m``, ``1.5h``); positive."""
+    name = "duration"
+    UNITS = {"s": 1, "m": 60, "h": 3600}
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        scale = self.UNITS.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if scale else text) * (scale or 1)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            self.fail(f"{value!r} is not a duration; give seconds or a number with s, m or h, e.g. 600 or 9m",
+                      param, ctx)
+        return seconds
+
+
+def continue_command():
+    """The command line that was run (what continues a grid or search after its deadline)."""
+    import shlex
+    import sys
+    return "python cli.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
 def parse_key_values(pairs, flag):
     options = {}
     for pair in pairs:
@@ -215,6 +240,10 @@ def executor_options(func):
         click.option("--executor", type=RegistryChoice(executor_names), default="local", show_default=True,
                      help="local: worker processes here (--jobs); slurm: one Slurm job array through submitit "
                           "(pip install -e \".[slurm]\")."),
+        click.option("--deadline", type=Duration(), default=None,
+                     help="Stop by this much wall time (seconds, or 9m, 1h): no cell or epoch starts that would "
+                          "end later, running cells stop at an epoch boundary with their checkpoint, and the same "
+                          "command continues (local executor)."),
         click.option("--slurm-partition", default=None, help="Slurm partition (default: the cluster's)."),
         click.option("--slurm-time", type=click.IntRange(min=1), default=60, show_default=True,
                      help="Time limit per cell, in minutes; a cell that hits it is requeued and resumes."),
@@ -242,7 +271,10 @@ def checked_board(folder):
 
 
 def make_executor(name, options, device, jobs, threads, echo, wait=True, epoch_lines=True, tensorboard=None):
-    """The chosen executor; pops the ``slurm_*`` options out of ``options``."""
+    """The chosen executor; pops its own options (``slurm_*``, ``deadline``) out of ``options``."""
+    import time
+    deadline = options.pop("deadline")
+    deadline = time.time() + deadline if deadline else None
     from benchmark.cluster import SlurmOptions
     from benchmark.executors import ExecutorSettings
     from benchmark.executors import make_executor as build
@@ -253,7 +285,7 @@ def make_executor(name, options, device, jobs, threads, echo, wait=True, epoch_l
                                  extra=parse_key_values(slurm["opt"], "--slurm-opt"))
     return build(name, ExecutorSettings(device=device, jobs=jobs, threads=threads, echo=echo,
                                         epoch_lines=epoch_lines, tensorboard=checked_board(tensorboard),
-                                        wait=wait, slurm=slurm_options))
+                                        wait=wait, slurm=slurm_options, deadline=deadline))
 
 
 def select_grid(preset, datasets, archs, rules):
@@ -324,16 +356,18 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
     check_out_dir(out)
     try:
         counts = executor.run(cells, out, data_dir)
-    except KeyboardInterrupt:
-        raise RunInterrupted("grid interrupted; rerun the same command to finish the missing "
-                             "cells (interrupted ones resume from their checkpoints)") from None
-    except RunInterrupted:
+    except (KeyboardInterrupt, RunInterrupted):
         raise RunInterrupted("grid interrupted; rerun the same command to finish the missing "
                              "cells (interrupted ones resume from their checkpoints)") from None
     if counts.get("submitted"):
         return
-    click.echo("grid finished: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) if counts
-               else "grid finished: nothing to do")
+    if counts.get("stopped") or counts.get("deferred"):
+        click.echo(f"deadline reached: {counts.get('complete', 0)} cell(s) finished now, {counts.get('stopped', 0)} "
+                   f"stopped at an epoch boundary (resumable), {counts.get('deferred', 0)} not started; continue "
+                   f"with: {continue_command()}")
+    else:
+        click.echo("grid finished: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) if counts
+                   else "grid finished: nothing to do")
     if counts.get("failed"):
         raise GridFailed(f"{counts['failed']} cell(s) failed; see error.txt in their run folders"
                          + (" and the Slurm logs" if executor.name == "slurm" else ""))
@@ -407,6 +441,10 @@ def search(arch, rule, dataset, trials, search_seed, space_overrides, halving, m
         raise RunInterrupted("search interrupted; rerun the same command to go on (finished trials are "
                              "kept, interrupted ones resume from their checkpoints)") from None
     folder = job.folder(out)
+    if record["status"] == "stopped":
+        click.echo(f"deadline reached before the search could choose; its trials are kept (resumable); continue "
+                   f"with: {continue_command()}")
+        return
     if record["status"] != "complete":
         raise GridFailed(f"no trial finished with a validation error; see {folder}")
     chosen = record["chosen"]

@@ -3,6 +3,7 @@ optimiser, the rule's state, every random stream, the record so far),
 written atomically after every epoch."""
 import os
 import random
+import zipfile
 
 import numpy as np
 import torch
@@ -16,9 +17,51 @@ def checkpoint_path(run_dir):
     return os.path.join(run_dir, CHECKPOINT_NAME)
 
 
+def verify_checkpoint(path):
+    """RunError unless every member of the checkpoint's zip archive (torch's
+    format) passes its CRC-32 check: ``torch.load`` checks none, so a damaged
+    file could resume silently into a wrong run. Costs one read of the file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        bad = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if bad is not None:
+        raise RunError(f"checkpoint {path} is damaged ({bad} fails its check); it cannot be resumed: move the "
+                       f"run folder away and run again")
+
+
 def save_checkpoint(run_dir, state):
-    with atomic_path(checkpoint_path(run_dir)) as tmp:
-        torch.save(state, tmp)
+    """Write, verify, then atomically put in place: a bad write never replaces a good checkpoint."""
+    path = checkpoint_path(run_dir)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb", buffering=0) as handle:
+            sink = ErrorKeepingFile(handle)
+            try:
+                torch.save(state, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                # torch reports a failed write (a full disk) as a RuntimeError about positions
+                raise OSError(sink.error.errno, sink.error.strerror, path) from None
+        verify_checkpoint(tmp)
+
+
+class ErrorKeepingFile:
+    """A file for ``torch.save`` that keeps the OSError of a failed write."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data):
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self):
+        self.handle.flush()
 
 
 def load_checkpoint(run_dir, config_fields, device):
@@ -28,6 +71,7 @@ def load_checkpoint(run_dir, config_fields, device):
     path = checkpoint_path(run_dir)
     if not os.path.exists(path):
         raise RunError(f"nothing to resume: no checkpoint at {path}")
+    verify_checkpoint(path)
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # torch raises many kinds for a damaged file

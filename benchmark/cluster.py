@@ -19,8 +19,9 @@ import time
 from datetime import datetime
 
 from .errors import ClusterError
-from .grid import ERROR_NAME, TERMINAL, CellLock, cell_state, run_cell
-from .records import RECORD_NAME, run_folders
+from .grid import ERROR_NAME, TERMINAL, cell_state, run_cell
+from .locks import RunLock
+from .records import run_folders
 
 LOGS = "slurm-logs"
 
@@ -187,12 +188,9 @@ def grid_status(out, cells=None):
     for name in sorted(names | set(wanted)):
         run_dir = os.path.join(out, name)
         state = cell_state(run_dir, wanted.get(name, 0))
-        lock = CellLock(run_dir)
-        if state not in TERMINAL and (name in queued or (os.path.exists(lock.path) and not lock.stale())):
+        if state not in TERMINAL and (name in queued or RunLock(run_dir).held()):
             state = "running"  # queued or training
         elif state not in TERMINAL and os.path.exists(os.path.join(run_dir, ERROR_NAME)):
             state = "failed"
-        elif state == "missing" and os.path.exists(os.path.join(run_dir, RECORD_NAME)):
-            state = "resumable" if name not in wanted else "missing"
         result[state].append(name)
     return result

@@ -94,4 +94,7 @@ def resolve_run_config(options, rule_options=None):
     unknown = sorted(set(resolved) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown run setting(s) {', '.join(unknown)}")
+    if resolved.get("patience") and not resolved.get("val_split"):
+        raise ConfigError(f"--patience {resolved['patience']} needs a validation split (--val-split > 0): early "
+                          f"stopping looks at validation error, never at the test set")
     return RunConfig(**resolved)

@@ -280,8 +280,13 @@ def training_splits(data, train_subset=0, val_split=0.0):
         train = train.subset(stratified_subset(train.labels, train_subset))
     if val_split <= 0:
         return train, None
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     n_val = int(round(val_split * len(train)))
+    # An empty split would record 0% validation error (and stop early on it), an empty training set divide by 0.
+    if n_val == 0 or n_val == len(train):
+        empty, size = ("validation", 0) if n_val == 0 else ("training", len(train) - n_val)
+        raise DataError(f"--val-split {val_split:g} of {len(train)} training images leaves the {empty} split "
+                        f"{size} images; choose a split that keeps at least one image on each side")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     return train.subset(order[n_val:]), train.subset(order[:n_val])
 
 

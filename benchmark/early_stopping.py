@@ -1,4 +1,6 @@
-"""Early stopping on the validation split (``--patience``)."""
+"""When a run stops before its last epoch: early stopping on the validation
+split (``--patience``), and the deadline of a grid or search (``--deadline``)."""
+import time
 
 
 def early_stop(curves, patience):
@@ -13,3 +15,13 @@ def early_stop(curves, patience):
     return {"epoch": curves["epoch"][-1], "best_val_epoch": curves["epoch"][best], "patience": patience,
             "reason": f"validation error did not improve for {patience} epoch(s) after epoch "
                       f"{curves['epoch'][best]}"}
+
+
+def fits_before(deadline, record, estimate=None):
+    """Whether one more epoch, as long as this run's epochs so far (evaluation
+    and checkpoint included) or else ``estimate``, ends before ``deadline``."""
+    if deadline is None:
+        return True
+    done = record["summary"]["epochs_done"]
+    per_epoch = record["wall_seconds"] / done if done else estimate
+    return time.time() + (per_epoch or 0.0) < deadline

@@ -21,8 +21,17 @@ class RunError(BiobenchError):
 
 
 class RunInterrupted(BiobenchError):
-    """Stopped by the user (Ctrl-C / SIGTERM) after keeping a checkpoint: not bad input."""
+    """Stopped (Ctrl-C / SIGTERM, or a write that failed) with ``epochs_kept``
+    epochs in its checkpoint: not bad input."""
     exit_code = 1
+
+    def __init__(self, message, epochs_kept=None):
+        super().__init__(message)
+        self.epochs_kept = epochs_kept
+
+
+class DeadlineReached(RunInterrupted):
+    """A run stopped at an epoch boundary because the next epoch would end after ``--deadline``."""
 
 
 class RunDiverged(BiobenchError):

@@ -21,6 +21,7 @@ class ExecutorSettings:
     tensorboard: str = None
     wait: bool = True  # block until every cell ended (a Slurm grid may return after submitting)
     slurm: object = None  # cluster.SlurmOptions
+    deadline: float = None  # time.time() after which no epoch may end (local only)
 
 
 class Executor:
@@ -47,7 +48,7 @@ class LocalExecutor(Executor):
         from .grid import run_grid
         s = self.settings
         return run_grid(cells, out, data_dir, device=s.device, jobs=s.jobs, echo=s.echo, threads=s.threads,
-                        epoch_lines=s.epoch_lines, tensorboard=s.tensorboard)
+                        epoch_lines=s.epoch_lines, tensorboard=s.tensorboard, deadline=s.deadline)
 
 
 @EXECUTORS.register("slurm")
@@ -59,7 +60,11 @@ class SlurmExecutor(Executor):
         import os
 
         from . import cluster
+        from .errors import ConfigError
         s = self.settings
+        if s.deadline is not None:
+            raise ConfigError("--deadline works with --executor local; on Slurm use --slurm-time, whose cells "
+                              "requeue and resume")
         submitted, jobs, skipped = cluster.submit(cells, out, data_dir, s.device, s.threads, s.slurm,
                                                   echo=s.echo, tensorboard=s.tensorboard)
         if not submitted:

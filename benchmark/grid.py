@@ -2,23 +2,27 @@
 
 Each cell is an ordinary run in a folder named after its config, so a grid is
 resumable: complete (or diverged) cells are skipped, interrupted ones resume
-from their checkpoint, missing ones start. A lock file keeps two grid
-processes off the same cell.
+from their checkpoint, missing ones start. An OS lock (``benchmark.locks``)
+keeps two processes off the same cell.
 """
-import errno
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 
 from models import RULES
 
 from .config import RunConfig, make_checked_rule, resolve_run_config, weight_decay_for
-from .errors import ConfigError, RunInterrupted
-from .records import CHECKPOINT_NAME, read_record
+from .early_stopping import fits_before
+from .errors import ConfigError, DeadlineReached, GridFailed, RunInterrupted
+from .io import write_json
+from .locks import RunLock
+from .records import CHECKPOINT_NAME, read_record, record_path
 
 ALL_RULES = RULES.registered(plugins=False)
 TABLE1_RULES = ["bp", "fa", "dfa", "dtp-par", "dtp-alt", "sdtp-par", "sdtp-alt", "aosdtp-par", "aosdtp-alt"]
@@ -68,64 +72,33 @@ def cell_state(run_dir, epochs):
     return "missing"
 
 
-class CellLock:
-    """Create-exclusive lock file; a lock left by a dead process is taken over."""
-
-    def __init__(self, run_dir):
-        self.path = os.path.join(run_dir, "run.lock")
-
-    def acquire(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-                return True
-            except FileExistsError:
-                if not self.stale():
-                    return False
-                os.unlink(self.path)
-        return False
-
-    def stale(self):
-        try:
-            pid = int(open(self.path).read().strip() or 0)
-            os.kill(pid, 0)
-            return False
-        except ProcessLookupError:
-            return True
-        except (ValueError, OSError) as exc:
-            return not (isinstance(exc, OSError) and exc.errno == errno.EPERM)
-
-    def release(self):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, notes=None, tensorboard=None):
+def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, notes=None, tensorboard=None,
+             deadline=None):
     """Run one cell (in a worker process or a Slurm task). Returns (run name,
     status, message). With ``epoch_lines``, every finished epoch prints one
-    line naming the cell; ``notes`` go into the record (e.g. Slurm ids)."""
+    line naming the cell; ``notes`` go into the record (e.g. Slurm ids). With
+    a ``deadline`` (time.time()), a cell whose next epoch would end after it
+    does not start ("deferred") or stops at an epoch boundary ("stopped")."""
     import torch
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _run_cell(RunConfig.from_record(config_dict), out, data_dir, device, epoch_lines, sys.stderr, notes,
-                         tensorboard)
+                         tensorboard, deadline)
     finally:
         torch.set_num_threads(previous_threads)  # the calling process (jobs=1) keeps its own setting
 
 
-def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorboard):
+def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorboard, deadline=None):
     run_dir = os.path.join(out, config.run_name())
     state = cell_state(run_dir, config.epochs)
     if state in TERMINAL:
         return config.run_name(), state, "skipped (already done)"
-    lock = CellLock(run_dir)
+    estimate = epoch_estimate(out, config) if deadline is not None else None
+    if deadline is not None and not fits_before(deadline, read_record(run_dir) or NO_EPOCHS, estimate):
+        return config.run_name(), "deferred", "not started: its next epoch would end after the deadline"
+    lock = RunLock(run_dir)
     if not lock.acquire():
         return config.run_name(), "busy", "skipped (another process is running it)"
     try:
@@ -135,8 +108,14 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
             print(f"  {name}: {message}", file=stream, flush=True)
         from .train import Trainer
         trainer = Trainer(config, data_dir=data_dir, device=device, progress=False, epoch_lines=epoch_lines,
-                          echo=echo, tensorboard=tensorboard)
-        record = trainer.run(run_dir, resume=state == "resumable", notes=notes)
+                          echo=echo, tensorboard=tensorboard, deadline=deadline, epoch_estimate=estimate)
+        try:
+            record = trainer.run(run_dir, resume=state == "resumable", notes=notes)
+        except DeadlineReached as exc:
+            if exc.epochs_kept == 0 and state == "missing":  # the deadline came before its first epoch
+                shutil.rmtree(run_dir, ignore_errors=True)
+                return config.run_name(), "deferred", "not started: the deadline came first"
+            return config.run_name(), "stopped", f"{exc} (resumable)"
         s = record["summary"]
         # The validation error first: it is what a search chooses by.
         val = [v for v in record["curves"].get("val_error", []) if v is not None]
@@ -155,7 +134,7 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
 
 
 def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=None, epoch_lines=False,
-             tensorboard=None):
+             tensorboard=None, deadline=None):
     """Run every cell; returns {status: count}. Cells run in ``jobs`` worker
     processes, each with ``threads`` torch threads (default ``cores // jobs``)."""
     os.makedirs(out, exist_ok=True)
@@ -174,7 +153,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         echo(f"[{done}/{len(todo)}] {name}: {status}: {message}  (elapsed {elapsed / 60:.1f} min, "
              f"ETA {eta / 60:.1f} min)")
 
-    args = [(c.as_record(), out, data_dir, device, threads, epoch_lines, None, tensorboard) for c in todo]
+    args = [(c.as_record(), out, data_dir, device, threads, epoch_lines, None, tensorboard, deadline) for c in todo]
     if jobs == 1:
         for done, arg in enumerate(args, 1):
             report(done, run_cell(*arg))
@@ -184,6 +163,11 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         futures = [pool.submit(_worker_cell, *arg) for arg in args]
         for done, future in enumerate(as_completed(futures), 1):
             report(done, future.result())
+    except BrokenProcessPool:
+        # A worker was killed (out of memory, kill -9); the pool has sent the
+        # others SIGTERM, so their cells keep their last epoch. Wait for that.
+        pool.shutdown(wait=True)
+        raise GridFailed(worker_died_message(todo, out)) from None
     except (KeyboardInterrupt, RunInterrupted):
         # Stop every worker the same way: no new cell starts, a running cell
         # checkpoints and returns, an idle worker leaves without a word; then
@@ -195,6 +179,36 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         raise
     pool.shutdown(wait=True)
     return counts
+
+
+NO_EPOCHS = {"summary": {"epochs_done": 0}, "wall_seconds": 0.0}
+
+
+def epoch_estimate(out, config):
+    """Seconds one epoch of ``config`` takes, from the records of this grid's
+    other cells of the same dataset, architecture and rule (evaluation and
+    checkpoint included); None before any has finished an epoch."""
+    prefix = f"{config.dataset}-{config.arch}-{config.rule}-"
+    per_epoch = []
+    for name in os.listdir(out) if os.path.isdir(out) else []:
+        record = read_record(os.path.join(out, name)) if name.startswith(prefix) else None
+        if record is not None and record["summary"].get("epochs_done"):
+            per_epoch.append(record["wall_seconds"] / record["summary"]["epochs_done"])
+    return max(per_epoch) if per_epoch else None
+
+
+def worker_died_message(cells, out):
+    """Name the cells whose worker died (their record still says running) and mark them interrupted."""
+    killed = []
+    for cell in cells:
+        run_dir = os.path.join(out, cell.run_name())
+        record = read_record(run_dir)
+        if record is not None and record["status"] == "running":
+            killed.append(cell.run_name())
+            write_json(record_path(run_dir), dict(record, status="interrupted"))
+    return (f"a grid worker process died (killed by the OS, e.g. out of memory, or kill -9) while training "
+            f"{', '.join(killed) or 'a cell'}; the other running cells kept their last complete epoch: rerun the "
+            f"same command to resume them all")
 
 
 _worker_state = {"in_cell": False, "stopping": False}  # of this worker process

@@ -103,6 +103,11 @@ def host_info():
             "torch_threads": torch.get_num_threads()}
 
 
+def now():
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def new_record(run_id, config, device, data, rule, params):
     """A fresh record of a run about to train (status ``running``, no epochs).
     ``config`` is the record form of the run's config, ``data`` the split sizes."""

@@ -1,8 +1,10 @@
 """Starting one run from the user's options: validation, the run folder, the trainer."""
 import os
+import shutil
 
 from .config import resolve_run_config
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, RunInterrupted
+from .locks import RunLock
 from .records import CHECKPOINT_NAME
 
 
@@ -43,9 +45,19 @@ def start_run(options, rule_options, data_dir, out, device="auto", progress=True
     if resume and not os.path.exists(os.path.join(first, CHECKPOINT_NAME)):
         raise RunError(f"--resume: no checkpoint for this config at {first}; run without --resume first")
     run_dir = claim_run_dir(out, config.run_name(), resume)
-    notes = {}
-    if run_dir != first:
-        warn(f"warning: {first} already holds a run of this config and seed; this is a second run of "
-             f"it, in {run_dir} (use --resume to continue the first instead)")
-        notes["repeat_of"] = os.path.basename(first)
-    return trainer.run(run_dir, resume=resume, notes=notes), run_dir
+    # The same lock grid cells take: two processes never train in one folder, resumed or not.
+    with RunLock(run_dir) as lock:
+        if not lock.acquire():
+            raise RunError(f"{run_dir} is being trained by another process ({lock.holder()}); wait for it to end")
+        notes = {}
+        if run_dir != first:
+            warn(f"warning: {first} already holds a run of this config and seed; this is a second run of "
+                 f"it, in {run_dir} (use --resume to continue the first instead)")
+            notes["repeat_of"] = os.path.basename(first)
+        try:
+            return trainer.run(run_dir, resume=resume, notes=notes), run_dir
+        except RunInterrupted as exc:
+            if exc.epochs_kept == 0 and not resume:
+                # Nothing to resume: the folder goes, so rerunning the command reuses its name.
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise

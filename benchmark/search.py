@@ -218,7 +218,9 @@ class Search:
         for rung, epochs in enumerate(rung_epochs(self.epochs, self.halving, self.min_epochs)):
             _, configs = self.configs(epochs)
             echo(f"search rung {rung + 1}: {len(alive)} trial(s) x {epochs} epoch(s)")
-            executor.run([configs[i] for i in alive], trials_dir, data_dir)
+            counts = executor.run([configs[i] for i in alive], trials_dir, data_dir)
+            if counts.get("stopped") or counts.get("deferred"):  # the deadline: choose nothing on half a rung
+                return self._stopped(folder, record)
             records = {i: self._trial_record(trials_dir, configs[i]) for i in alive}
             counts = _status_counts(records.values())
             scores = {i: best_validation_error(records[i]) for i in alive}
@@ -247,12 +249,20 @@ class Search:
             cells = fresh_seeds(configs[index], self.final_seeds)
             seeds = [c.seed for c in cells]
             echo(f"final: the chosen settings (trial {index}) with seeds {seeds[0]}..{seeds[-1]}")
-            executor.run(cells, final_dir, data_dir)
+            counts = executor.run(cells, final_dir, data_dir)
+            if counts.get("stopped") or counts.get("deferred"):
+                return self._stopped(folder, record)
             record["final"] = {"folder": "final", "seeds": seeds,
                                "status_counts": _status_counts(self._trial_record(final_dir, c) for c in cells)}
         record["status"] = "complete"
         write_json(os.path.join(folder, SEARCH_NAME), record)
         return record
+
+    @staticmethod
+    def _stopped(folder, record):
+        """The deadline stopped a rung: the record says so; rerunning the search goes on."""
+        write_json(os.path.join(folder, SEARCH_NAME), dict(record, status="running"))
+        return dict(record, status="stopped")
 
     def _record(self, folder):
         params, _ = self.configs(self.epochs)

@@ -1,9 +1,13 @@
 """Training one (dataset, architecture, rule, seed) cell and recording it."""
+import copy
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import click
 import numpy as np
@@ -18,8 +22,8 @@ from .alignment import alignment_metrics
 from .board import Board
 from .checkpoints import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .data import Normalizer, load_dataset, random_crop_flip, training_splits
-from .early_stopping import early_stop
-from .errors import RunError, RunInterrupted
+from .early_stopping import early_stop, fits_before
+from .errors import DeadlineReached, RunError, RunInterrupted
 from .io import write_json
 
 
@@ -66,6 +70,9 @@ def error_and_loss(model, split, normalize, batch_size):
 def build_model(config, data, device):
     """``(model, rule, optimizer)`` of a run: the network, its rule attached
     with feedback drawn from the run's seed, on ``device``."""
+    if tuple(data.input_shape) != INPUT_SHAPES[data.family]:
+        raise RunError(f"dataset {config.dataset} has {tuple(data.input_shape)} inputs but the "
+                       f"{data.family} networks take {INPUT_SHAPES[data.family]}")
     model = build_network(config.arch, data.family, data.num_classes)
     rule = make_rule(config.rule, **config.rule_options)
     rule.weight_decay = config.weight_decay
@@ -94,6 +101,65 @@ def weights_finite(model, limit=1e6):
         return all(bool(torch.isfinite(p).all()) and float(p.abs().max()) < limit for p in model.parameters())
 
 
+@contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM are ignored until the block is done: the run is
+    already stopping (main thread only; signals reach Python code only there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def check_resumable(record, epochs, run_dir):
+    done = record["summary"]["epochs_done"]
+    if done > epochs:
+        raise RunError(f"--resume --epochs {epochs}: {run_dir} already has {done} epochs; give --epochs {done} "
+                       f"or more to extend it (a record never claims fewer epochs than it has)")
+
+
+def note_resumed(record, device):
+    """Each resumed segment may run elsewhere (other threads change the last bits): the record says so."""
+    record.setdefault("resumes", []).append({
+        "at": records.now(), "after_epoch": record["summary"]["epochs_done"], "device": device,
+        "torch_threads": torch.get_num_threads()})
+
+
+def mark_stopped(run_dir, kept, resumed, error=None, deadline=False):
+    """Write ``kept`` (the record of the checkpoint on disk) marked interrupted
+    and return the RunInterrupted that says, in one line, why and what is kept."""
+    kept = dict(kept, status="interrupted")
+    done = kept["summary"]["epochs_done"]
+    with signals_deferred():  # a second Ctrl-C must not leave the record half-marked
+        try:
+            write_json(records.record_path(run_dir), kept)
+            marked = ""
+        except OSError:
+            marked = "; its record could not be marked interrupted"
+    if deadline:
+        return DeadlineReached(f"stopped at the deadline after {done} epoch(s), all in the checkpoint{marked}",
+                               epochs_kept=done)
+    return RunInterrupted(stop_message(run_dir, done, resumed, error) + marked, epochs_kept=done)
+
+
+def stop_message(run_dir, epochs_kept, resumed, error=None):
+    """The one line a stopped run prints: why, and what its checkpoint on disk keeps."""
+    if epochs_kept == 0 and not resumed:
+        kept = "nothing was kept: rerun the same command"
+    else:
+        kept = (f"the checkpoint in {run_dir} keeps {epochs_kept} complete epoch(s): rerun the same command "
+                f"with --resume")
+    cause = "interrupted"
+    if error is not None:
+        cause = f"cannot write {error.filename or run_dir}: {error.strerror or error}"
+    return f"{cause}; {kept}"
+
+
 def schedule_phase(rule):
     """The epoch's phase worth showing (an alternating schedule's), else None."""
     phase = rule.epoch_info().get("phase")
@@ -107,7 +173,7 @@ class Trainer:
     pass over the training set (what ``bench`` times)."""
 
     def __init__(self, config, data_dir=None, device="auto", progress=True, echo=None, dataset=None,
-                 epoch_lines=None, tensorboard=None):
+                 epoch_lines=None, tensorboard=None, deadline=None, epoch_estimate=None):
         self.config = config
         self.data_dir = data_dir
         self.device = resolve_device(device)
@@ -116,6 +182,9 @@ class Trainer:
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
         self.tensorboard = tensorboard  # a folder: mirror the epochs as TensorBoard scalars
         self.data = dataset
+        # Start no epoch that would end after ``deadline`` (time.time()); until the
+        # run has timed one, an epoch is taken to last ``epoch_estimate`` seconds.
+        self.deadline, self.epoch_estimate = deadline, epoch_estimate
         self.prepared = False
 
     def prepare(self):
@@ -123,65 +192,65 @@ class Trainer:
         if self.prepared:
             return self
         cfg, device = self.config, self.device
-        if cfg.patience and not cfg.val_split:
-            raise RunError(f"--patience {cfg.patience} needs a validation split (--val-split > 0): early "
-                           f"stopping looks at validation error, never at the test set")
         seed_everything(cfg.seed)
         data = self.data = self.data or load_dataset(cfg.dataset, self.data_dir)
-        if tuple(data.input_shape) != INPUT_SHAPES[data.family]:
-            raise RunError(f"dataset {cfg.dataset} has {tuple(data.input_shape)} inputs but the "
-                           f"{data.family} networks take {INPUT_SHAPES[data.family]}")
         train, val = training_splits(data, cfg.train_subset, cfg.val_split)
         self.augment = data.augment_default if cfg.augment is None else cfg.augment
         self.train, self.test = train.to(device), data.test.to(device)
         self.val = val.to(device) if val is not None else None
         self.normalize = Normalizer(data.mean, data.std, device)
         self.model, self.rule, self.optimizer = build_model(cfg, data, device)
-        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 2)
-        self.augment_gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
+        # The run's own random streams, by name (checkpointed with the global ones).
+        self.generators = {"shuffle_gen": torch.Generator().manual_seed(cfg.seed + 2),
+                           "augment_gen": torch.Generator(device=device).manual_seed(cfg.seed + 3)}
         probe = self.train.subset(slice(0, min(256, len(self.train))))
         self.probe = (self.normalize(probe.images), probe.labels)
         self.prepared = True
         return self
 
     def run(self, run_dir, resume=False, notes=None):
-        """Train (or, with ``resume``, continue from ``run_dir``'s checkpoint)
-        up to ``config.epochs``; ``notes`` are extra top-level record facts.
-        Returns the record; raises RunInterrupted on Ctrl-C / SIGTERM."""
+        """Train (or ``resume`` from ``run_dir``'s checkpoint) up to ``config.epochs``;
+        returns the record. Ctrl-C / SIGTERM or a failed write (a full disk)
+        raise RunInterrupted saying, like the record, what the checkpoint holds."""
         self.prepare()
         os.makedirs(run_dir, exist_ok=True)
-        if resume:
-            record = restore_training_state(load_checkpoint(run_dir, self.config.as_record(), self.device),
-                                            self.model, self.optimizer, self.rule, self.generators())
-        else:
-            record = self.new_record(os.path.basename(run_dir))
+        record = self._resume(run_dir) if resume else self.new_record(os.path.basename(run_dir))
+        self.kept = copy.deepcopy(record)  # the record of the checkpoint on disk (or of nothing yet)
         record.update({k: v for k, v in (notes or {}).items() if v is not None})
         record["status"] = "running"
         record["config"]["epochs"] = self.config.epochs
-        path = records.record_path(run_dir)
-        write_json(path, record)
         first = self.config.epochs + 1 if record.get("early_stop") else record["summary"]["epochs_done"] + 1
         board = Board(self.tensorboard, run_dir, first) if self.tensorboard else None
         wall_before, started = record["wall_seconds"], time.time()
         try:
+            write_json(records.record_path(run_dir), record)
             status = self._train_epochs(record, first, run_dir, board, lambda: wall_before + time.time() - started)
         except KeyboardInterrupt:
-            record["status"] = "interrupted"
-            write_json(path, record)
-            raise RunInterrupted(
-                f"interrupted after {record['summary']['epochs_done']} complete epoch(s); "
-                f"the checkpoint in {run_dir} keeps them: rerun the same command with --resume") from None
+            raise mark_stopped(run_dir, self.kept, resume) from None
+        except OSError as exc:  # a full disk, a folder gone: what is on disk decides what is kept
+            raise mark_stopped(run_dir, self.kept, resume, exc) from None
         finally:
             if board is not None:
                 board.close()
+        if status == "stopped":  # the deadline: every epoch so far is in the checkpoint
+            raise mark_stopped(run_dir, self.kept, resume, deadline=True)
         diverged = record["summary"]["epochs_done"] + 1 if status == "diverged" else None
         records.finish_record(record, status, wall_before + time.time() - started, diverged)
-        write_json(path, record)
+        write_json(records.record_path(run_dir), record)
+        return record
+
+    def _resume(self, run_dir):
+        state = load_checkpoint(run_dir, self.config.as_record(), self.device)
+        check_resumable(state["record"], self.config.epochs, run_dir)
+        record = restore_training_state(state, self.model, self.optimizer, self.rule, self.generators)
+        note_resumed(record, describe_device(self.device))
         return record
 
     def _train_epochs(self, record, first, run_dir, board, wall):
         """Epochs ``first..epochs``, each recorded and checkpointed; returns the status."""
         for epoch in range(first, self.config.epochs + 1):
+            if not fits_before(self.deadline, record, self.epoch_estimate):
+                return "stopped"
             epoch_start = time.time()
             self.rule.start_epoch()
             train_loss, train_error = self.train_epoch(epoch)
@@ -195,16 +264,14 @@ class Trainer:
             stop = early_stop(record["curves"], self.config.patience)
             if stop:
                 record["early_stop"] = stop
-            write_json(records.record_path(run_dir), record)
+            # The checkpoint first: the record on disk never claims an epoch the checkpoint lacks.
             save_checkpoint(run_dir, training_state(self.config, self.model, self.optimizer, self.rule,
-                                                    self.generators(), record))
+                                                    self.generators, record))
+            self.kept = copy.deepcopy(record)
+            write_json(records.record_path(run_dir), record)
             if stop:
                 break
         return "complete"
-
-    def generators(self):
-        """The run's own random streams, by name (checkpointed with the global ones)."""
-        return {"shuffle_gen": self.shuffle_gen, "augment_gen": self.augment_gen}
 
     def new_record(self, run_id):
         data = {"dataset": self.config.dataset, "family": self.data.family, "train_size": len(self.train),
@@ -216,31 +283,31 @@ class Trainer:
                                   parameter_counts(self.model, self.rule))
 
     def train_epoch(self, epoch):
-        """One pass over the training set; returns (mean loss, error %), NaN once the loss is not finite."""
+        """One pass over the training set; returns (mean loss, error %), NaN when it diverged. The steps
+        never wait for the device: loss and errors are summed there and read once, at the end."""
         cfg, n = self.config, len(self.train)
-        order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
+        order = torch.randperm(n, generator=self.generators["shuffle_gen"]).to(self.device)
         batches = math.ceil(n / cfg.batch_size)
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), dtype=torch.long, device=self.device)
-        augment_gen = self.augment_gen if self.augment else None
+        augment_gen = self.generators["augment_gen"] if self.augment else None
         with EpochProgress(self.progress, batches, epoch, cfg.epochs, schedule_phase(self.rule)) as progress:
             for b, (x, y) in enumerate(batches_of(self.train, order, cfg.batch_size, self.normalize, augment_gen)):
-                loss, out = self.rule.train_step(self.model, x, y, self.optimizer)
+                try:
+                    loss, out = self.rule.train_step(self.model, x, y, self.optimizer)
+                except RuntimeError as exc:  # an absurd learning rate overflows inside the optimiser
+                    if "overflow" not in str(exc):
+                        raise
+                    return float("nan"), float("nan")
                 loss_sum += loss.detach() * len(y)
                 wrong += (out.detach().argmax(1) != y).sum()
-                if not progress.update(b, loss):
-                    return float("nan"), float("nan")
+                progress.update(b)
         return float(loss_sum) / n, 100.0 * float(wrong) / n
 
-    def evaluate(self):
-        """``(test error, test loss, validation error or None)`` of the model now."""
+    def _log_epoch(self, record, epoch, train_loss, train_error, seconds):
         size = self.config.eval_batch_size
         test_error, test_loss = error_and_loss(self.model, self.test, self.normalize, size)
         val_error = error_and_loss(self.model, self.val, self.normalize, size)[0] if self.val is not None else None
-        return test_error, test_loss, val_error
-
-    def _log_epoch(self, record, epoch, train_loss, train_error, seconds):
-        test_error, test_loss, val_error = self.evaluate()
         alignment = {"epoch": epoch, **self.rule.epoch_info(),
                      "layers": alignment_metrics(self.model, self.rule, *self.probe)}
         records.append_epoch(record, alignment, epoch=epoch, train_loss=train_loss, train_error=train_error,
@@ -262,16 +329,16 @@ def epoch_line(curves, epochs, phase):
 
 
 class EpochProgress:
-    """The per-batch progress bar (every 10th batch), and the periodic check
-    that the loss is still finite (every 10th batch with a bar, every 50th
-    without: reading the loss synchronises with the device)."""
+    """The per-batch progress bar, updated every 10th batch. It shows no loss:
+    reading one would make the step wait for the device (the epoch line after
+    the epoch has it)."""
 
     def __init__(self, show, batches, epoch, epochs, phase):
-        self.batches, self.bar, self.shown = batches, None, float("nan")
+        self.batches, self.bar = batches, None
         if show:
             label = f"epoch {epoch}/{epochs}" + (f" ({phase})" if phase else "")
             self.bar = click.progressbar(length=batches, label=label, file=sys.stderr, show_eta=True,
-                                         show_percent=False, item_show_func=lambda _: f"loss {self.shown:.4f}")
+                                         show_percent=False)
 
     def __enter__(self):
         if self.bar is not None:
@@ -282,13 +349,6 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
 
-    def update(self, b, loss):
-        """False once the loss is seen not finite."""
-        if self.bar is not None and (b % 10 == 0 or b == self.batches - 1):
-            self.shown = float(loss.detach())
-            if not math.isfinite(self.shown):
-                return False
-            self.bar.update(min(10, self.batches - b) if b % 10 == 0 else 0)
-        elif b % 50 == 0 and not math.isfinite(float(loss.detach())):
-            return False
-        return True
+    def update(self, b):
+        if self.bar is not None and b % 10 == 0:
+            self.bar.update(min(10, self.batches - b))

@@ -1,0 +1,266 @@
+"""Faults that must never lose or falsify a result (issue: corrupted
+checkpoints, full disks, concurrent resumes, empty splits, killed workers,
+interrupts at awkward moments, absurd learning rates, locks, thread counts).
+Each test reproduces the fault with a real file, process or file system."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from benchmark.locks import RunLock
+from cli import cli
+from helpers import comparable, make_tiny_mnist, records_in
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_args(data, out, *extra, epochs=2, arch="fc", rule="fa"):
+    return ["run", "--arch", arch, "--algo", rule, "--epochs", str(epochs), "--batch-size", "32",
+            "--data-dir", data, "--out", str(out), "--quiet", *extra]
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, args)
+
+
+def only_run_dir(out):
+    (name,) = os.listdir(out)
+    return os.path.join(out, name)
+
+
+def file_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+# 1. a damaged checkpoint is refused, not resumed -----------------------------------------------
+def test_a_damaged_checkpoint_is_refused_in_one_line_and_the_record_is_untouched(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    assert invoke(run_args(tiny_root, out)).exit_code == 0
+    run_dir = only_run_dir(out)
+    checkpoint, record = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "record.json")
+    size = os.path.getsize(checkpoint)
+    with open(checkpoint, "r+b") as handle:  # overwrite bytes in the middle, as a bad disk or copy would
+        handle.seek(size // 2)
+        handle.write(os.urandom(4096))
+    before = file_bytes(record)
+    result = invoke(run_args(tiny_root, out, "--resume", epochs=3))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "is damaged" in lines[0] and checkpoint in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert file_bytes(record) == before
+
+
+# 2. resuming with fewer epochs than done --------------------------------------------------------
+def test_resume_with_fewer_epochs_than_done_is_refused(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    assert invoke(run_args(tiny_root, out, epochs=3)).exit_code == 0
+    record = os.path.join(only_run_dir(out), "record.json")
+    before = file_bytes(record)
+    result = invoke(run_args(tiny_root, out, "--resume", epochs=2))
+    assert result.exit_code == 2
+    assert "already has 3 epochs; give --epochs 3 or more" in result.output
+    assert file_bytes(record) == before
+
+
+# 3 and 10. one process per run folder, an OS lock that dies with its holder ---------------------
+HOLD_LOCK = ("import sys, time; sys.path.insert(0, {root!r}); from benchmark.locks import RunLock; "
+             "lock = RunLock({run_dir!r}); assert lock.acquire(); print('held', flush=True); time.sleep(60)")
+
+
+def test_a_second_process_cannot_train_a_folder_in_use_and_a_killed_holder_frees_it(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    assert invoke(run_args(tiny_root, out)).exit_code == 0
+    run_dir = only_run_dir(out)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK.format(root=ROOT, run_dir=run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = invoke(run_args(tiny_root, out, "--resume", epochs=3))
+        assert result.exit_code == 2 and "is being trained by another process" in result.output
+        assert str(holder.pid) in result.output
+        assert RunLock(run_dir).held()
+    finally:
+        holder.kill()  # kill -9: no chance to clean up
+        holder.wait()
+    assert not RunLock(run_dir).held()
+    assert invoke(run_args(tiny_root, out, "--resume", epochs=3)).exit_code == 0
+
+
+def test_a_lock_file_naming_a_live_unrelated_process_does_not_block_a_grid_cell(tiny_root, tmp_path):
+    out = tmp_path / "grid"
+    grid = ["grid", "--datasets", "mnist", "--archs", "fc", "--algos", "fa", "--seeds", "1", "--epochs", "2",
+            "--batch-size", "32", "--data-dir", tiny_root, "--out", str(out), "--quiet"]
+    assert invoke(grid).exit_code == 0
+    run_dir = only_run_dir(out)
+    os.remove(os.path.join(run_dir, "record.json"))  # the cell is to be trained again
+    with open(os.path.join(run_dir, "run.lock"), "w") as handle:
+        handle.write(f"{os.getppid()}")  # a live process that holds no lock (the old pid-file scheme's fault)
+    assert not RunLock(run_dir).held()
+    result = invoke(grid)
+    assert result.exit_code == 0 and "grid finished: 1 complete" in result.output, result.output
+
+
+# 4. empty splits ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("split,empty", [("0.01", "validation split 0 images"),
+                                         ("0.99", "training split 0 images")])
+def test_an_empty_split_is_bad_input_and_nothing_is_written(tiny_root, tmp_path, split, empty):
+    out = tmp_path / "runs"
+    result = invoke(run_args(tiny_root, out, "--train-subset", "20", "--val-split", split))
+    assert result.exit_code == 2, result.output
+    assert f"--val-split {split} of 20 training images leaves the {empty}" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+# 5. a full disk -------------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 9 MB tmpfs: room for one MNIST FC checkpoint (5.6 MB) but not for a
+    second one beside it during the atomic replace."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(mount)], check=True,
+                       capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a small file system here ({exc}); the full-disk test needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)  # lazy: never blocks on an open file
+
+
+def test_a_full_disk_stops_the_run_in_one_line_with_a_truthful_record_and_resume_is_exact(tiny_root, tmp_path,
+                                                                                         small_disk):
+    straight = tmp_path / "straight"
+    assert invoke(run_args(tiny_root, straight, epochs=3)).exit_code == 0
+    out = small_disk / "runs"
+    result = invoke(run_args(tiny_root, out, epochs=3))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "No space left on device" in line and "keeps 1 complete epoch(s)" in line and "--resume" in line
+    run_dir = only_run_dir(out)
+    record = json.load(open(os.path.join(run_dir, "record.json")))
+    assert record["status"] == "interrupted" and record["summary"]["epochs_done"] == 1
+    assert not [f for f in os.listdir(run_dir) if f.startswith(".tmp-")]
+    subprocess.run(["mount", "-o", "remount,size=40m", str(small_disk)], check=True)  # space freed
+    assert invoke(run_args(tiny_root, out, "--resume", epochs=3)).exit_code == 0
+    (resumed,), (expected,) = records_in(str(out)).values(), records_in(str(straight)).values()
+    assert comparable(resumed) == comparable(expected)
+
+
+# 6. the interrupt message and the record say what the checkpoint on disk holds ----------------------
+def test_an_interrupt_before_the_first_epoch_keeps_nothing_and_says_so(tiny_root, tmp_path, monkeypatch):
+    import benchmark.train as train
+
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+    out = tmp_path / "runs"
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Trainer, "train_epoch", interrupted)
+        result = invoke(run_args(tiny_root, out))
+    assert result.exit_code == 1
+    assert "error: interrupted; nothing was kept: rerun the same command" in result.output
+    assert "--resume" not in result.output and os.listdir(out) == []
+    assert invoke(run_args(tiny_root, out)).exit_code == 0
+    assert not [f for f in os.listdir(out) if f.endswith("-2")]  # the rerun is the run, not a second one
+
+
+def test_an_interrupt_during_a_checkpoint_write_reports_the_checkpoint_on_disk(tiny_root, tmp_path, monkeypatch):
+    import benchmark.train as train
+    real, calls = train.save_checkpoint, []
+
+    def interrupted_on_the_second(run_dir, state):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a signal inside torch.save would
+        real(run_dir, state)
+    out = tmp_path / "runs"
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "save_checkpoint", interrupted_on_the_second)
+        result = invoke(run_args(tiny_root, out, epochs=3))
+    assert result.exit_code == 1
+    assert "keeps 1 complete epoch(s): rerun the same command with --resume" in result.output
+    record = json.load(open(os.path.join(only_run_dir(out), "record.json")))
+    assert record["status"] == "interrupted" and record["summary"]["epochs_done"] == 1
+    assert invoke(run_args(tiny_root, out, "--resume", epochs=3)).exit_code == 0
+
+
+def test_a_second_signal_while_stopping_still_leaves_the_record_interrupted(tiny_root, tmp_path, monkeypatch):
+    import benchmark.train as train
+    real_write = train.write_json
+
+    def signal_then_write(path, record):
+        if record.get("status") == "interrupted":
+            os.kill(os.getpid(), signal.SIGINT)  # the impatient second Ctrl-C
+        real_write(path, record)
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+    real_epoch = train.Trainer.train_epoch
+    out = tmp_path / "runs"
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "write_json", signal_then_write)
+        patch.setattr(train.Trainer, "train_epoch", interrupted)
+        result = invoke(run_args(tiny_root, out, epochs=3))
+    assert result.exit_code == 1 and "keeps 1 complete epoch(s)" in result.output
+    assert json.load(open(os.path.join(only_run_dir(out), "record.json")))["status"] == "interrupted"
+
+
+# 7. a learning rate that overflows inside the optimiser ----------------------------------------------
+def test_an_overflowing_learning_rate_is_a_diverged_run_not_a_traceback(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    result = invoke(run_args(tiny_root, out, "--lr", "1e38", rule="bp"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "run diverged at epoch 1" in result.output
+    assert json.load(open(os.path.join(only_run_dir(out), "record.json")))["status"] == "diverged"
+
+
+# 8. a grid worker killed by the OS ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_killed_grid_worker_is_named_and_every_cell_stays_resumable(tmp_path):
+    data = make_tiny_mnist(str(tmp_path / "data"), n_train=2000, n_test=200)
+    out = str(tmp_path / "grid")
+    command = [sys.executable, os.path.join(ROOT, "cli.py"), "grid", "--datasets", "mnist", "--archs", "fc",
+               "--algos", "bp,fa", "--seeds", "1", "--epochs", "30", "--batch-size", "32", "--jobs", "2",
+               "--data-dir", data, "--out", out, "--quiet"]
+    grid = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline:  # the cell that has a finished epoch, and its worker
+        time.sleep(0.2)
+        for name in os.listdir(out) if os.path.isdir(out) else []:
+            record = os.path.join(out, name, "record.json")
+            try:
+                if json.load(open(record))["summary"]["epochs_done"] >= 1:
+                    victim = name, int(open(os.path.join(out, name, "run.lock")).read().split()[1])
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+    assert victim, "no epoch finished in time"
+    os.kill(victim[1], signal.SIGKILL)  # what the out-of-memory killer does
+    _, stderr = grid.communicate(timeout=120)
+    assert grid.returncode == 1 and "Traceback" not in stderr, stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "worker process died" in line and victim[0] in line
+    status = CliRunner().invoke(cli, ["grid", "--status", out]).output
+    assert "running: 0" in status and "resumable: 2" in status, status
+    assert not [n for n in os.listdir(out) if RunLock(os.path.join(out, n)).held()]
+
+
+# 11. a resumed segment records its own thread count ----------------------------------------------------
+def test_a_resumed_segment_records_its_threads(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    assert invoke(run_args(tiny_root, out, "--threads", "1", epochs=1)).exit_code == 0
+    assert invoke(run_args(tiny_root, out, "--threads", "2", "--resume", epochs=2)).exit_code == 0
+    record = json.load(open(os.path.join(only_run_dir(out), "record.json")))
+    assert record["host"]["torch_threads"] == 1
+    (segment,) = record["resumes"]
+    assert segment["after_epoch"] == 1 and segment["torch_threads"] == 2
