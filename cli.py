@@ -48,6 +48,21 @@ class RegistryChoice(click.Choice):
         pass
 
 
+class ArchChoice(RegistryChoice):
+    """A registered architecture, or ``torchvision:NAME`` for any torchvision classification model."""
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join(self.choices) + "|torchvision:NAME]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.startswith("torchvision:"):
+            from models.zoo import torchvision_names
+            if value in torchvision_names():
+                return value
+            self.fail(f"{value!r} is not a torchvision classification model (e.g. torchvision:resnet18)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def rule_names():
     from models import RULES
     return RULES.names()
@@ -118,6 +133,22 @@ def continue_command():
     return "python cli.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
+class EpochList(click.ParamType):
+    """Comma-separated epochs (positive integers, increasing), e.g. ``50,75``."""
+    name = "epochs"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            epochs = [int(part) for part in str(value).split(",") if part.strip()]
+        except ValueError:
+            epochs = None
+        if epochs is None or any(e < 1 for e in epochs) or epochs != sorted(set(epochs)):
+            self.fail(f"{value!r} is not a list of increasing epochs like 50,75", param, ctx)
+        return epochs
+
+
 def parse_key_values(pairs, flag):
     options = {}
     for pair in pairs:
@@ -163,8 +194,22 @@ def training_options(func):
         click.option("--beta1", type=FiniteFloat(0, 1, low_open=False), default=0.9, show_default=True),
         click.option("--beta2", type=FiniteFloat(0, 1, low_open=False), default=0.999, show_default=True),
         click.option("--eps", type=FiniteFloat(), default=1e-8, show_default=True, help="Adam epsilon."),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+                     help="Adam (--lr, --beta1, --beta2, --eps) or SGD (--lr, --momentum)."),
+        click.option("--momentum", type=FiniteFloat(0, 1, low_open=False), default=0.0, show_default=True,
+                     help="SGD momentum (e.g. 0.9, BioTorch's protocol)."),
+        click.option("--l2-penalty", type=FiniteFloat(0, low_open=False), default=0.0, show_default=True,
+                     help="Coupled L2 decay: L2 * W added to every gradient (the optimisers' weight_decay; "
+                          "BioTorch's SGD protocol uses 1e-3). Not the same as --weight-decay."),
+        click.option("--lr-schedule", type=click.Choice(["constant", "multistep", "cosine"]), default="constant",
+                     show_default=True,
+                     help="multistep: lr times --lr-gamma after each of --lr-milestones epochs; cosine: from lr "
+                          "to 0 over --epochs."),
+        click.option("--lr-milestones", type=EpochList(), default="", help="e.g. 50,75 (with multistep)."),
+        click.option("--lr-gamma", type=FiniteFloat(0, 1), default=0.1, show_default=True),
         click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     help="Multiply every forward weight by (1 - WD) after each step. Default: the rule's "
+                     help="Decoupled decay: multiply every forward weight by (1 - WD) after each step. Default: "
+                          "the rule's "
                           "own, 0 (as in Bartunov et al.) except kp 1e-4, which needs decay for B to reach W; "
                           "grids add a bp control at every other decay they use."),
         click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.0,
@@ -200,7 +245,7 @@ def training_options(func):
 
 
 @cli.command()
-@click.option("--arch", type=RegistryChoice(arch_names), default="lc", show_default=True,
+@click.option("--arch", type=ArchChoice(arch_names), default="lc", show_default=True,
               help="Network (Bartunov et al. 2018, Table 3).")
 @click.option("--algo", "rule", type=RegistryChoice(rule_names), default="bp", show_default=True,
               help="Learning rule.")
@@ -396,7 +441,7 @@ def cells_from_search(folders, seeds, options):
 
 
 @cli.command()
-@click.option("--arch", type=RegistryChoice(arch_names), default="fc", show_default=True)
+@click.option("--arch", type=ArchChoice(arch_names), default="fc", show_default=True)
 @click.option("--algo", "rule", type=RegistryChoice(rule_names), default="bp", show_default=True)
 @click.option("--dataset", type=RegistryChoice(dataset_names), default="mnist", show_default=True)
 @click.option("--trials", type=click.IntRange(min=1), default=60, show_default=True,

@@ -37,8 +37,14 @@ class RunConfig:
     train_subset: int = 0  # 0: the whole training set; else N samples, class-stratified (quick runs)
     rule_options: dict = field(default_factory=dict)
     eval_batch_size: int = 1000
-    weight_decay: float = 0.0  # per step, on every forward weight (see LearningRule.decay_weights)
+    weight_decay: float = 0.0  # decoupled: per step, on every forward weight (see LearningRule.decay_weights)
     patience: int = 0  # stop once validation error has not improved for this many epochs (0: never)
+    optimizer: str = "adam"  # adam | sgd (lr, betas and eps above; momentum for sgd)
+    momentum: float = 0.0
+    l2_penalty: float = 0.0  # coupled: l2_penalty * W added to the gradient (the optimisers' weight_decay)
+    lr_schedule: str = "constant"  # constant | multistep | cosine (see learning_rate)
+    lr_milestones: list = field(default_factory=list)  # multistep: epochs after which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
 
     def as_record(self):
         """The config as records store it (field names of the record schema)."""
@@ -76,6 +82,39 @@ def make_checked_rule(name, options):
         raise ConfigError(str(exc)) from None
 
 
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "multistep", "cosine")
+
+
+def check_protocol(options):
+    """The optimiser settings make sense together (ConfigError otherwise)."""
+    optimizer, schedule = options.get("optimizer", "adam"), options.get("lr_schedule", "constant")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"--lr-schedule {schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    if options.get("momentum") and optimizer != "sgd":
+        raise ConfigError(f"--momentum {options['momentum']:g} applies to --optimizer sgd (Adam has --beta1)")
+    if options.get("lr_milestones") and schedule != "multistep":
+        raise ConfigError("--lr-milestones applies to --lr-schedule multistep")
+    if schedule == "multistep" and not options.get("lr_milestones"):
+        raise ConfigError("--lr-schedule multistep needs --lr-milestones, e.g. 50,75")
+
+
+def learning_rate(config, epoch):
+    """The learning rate of 1-based ``epoch``: constant; multistep (times
+    ``lr_gamma`` for every milestone M with epoch > M: milestones 50,75 train
+    epochs 1-50 at lr, 51-75 at lr/10, 76- at lr/100, as torch's MultiStepLR
+    stepped once per epoch); cosine (lr (1 + cos(pi (epoch - 1) / epochs)) / 2).
+    A pure function of the config, so a resumed run needs no scheduler state."""
+    import math
+    if config.lr_schedule == "multistep":
+        return config.lr * config.lr_gamma ** sum(epoch > m for m in config.lr_milestones)
+    if config.lr_schedule == "cosine":
+        return config.lr * (1 + math.cos(math.pi * (epoch - 1) / config.epochs)) / 2
+    return config.lr
+
+
 def weight_decay_for(rule, given):
     """The weight decay a run of ``rule`` (a rule instance) uses: the one
     given, else the rule's default (0, as in Bartunov et al., except
@@ -94,6 +133,7 @@ def resolve_run_config(options, rule_options=None):
     unknown = sorted(set(resolved) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown run setting(s) {', '.join(unknown)}")
+    check_protocol(resolved)
     if resolved.get("patience") and not resolved.get("val_split"):
         raise ConfigError(f"--patience {resolved['patience']} needs a validation split (--val-split > 0): early "
                           f"stopping looks at validation error, never at the test set")

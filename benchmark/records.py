@@ -50,7 +50,11 @@ CURVE_KEYS = ("epoch", "train_loss", "train_error", "test_loss", "test_error", "
 STATUSES = ("running", "complete", "diverged", "interrupted")
 # Config fields added after the first release, with the value that leaves a
 # run as it was: an older record without the field ran at that value.
-LATER_FIELDS = {"weight_decay": 0.0, "patience": 0}
+# The optimiser protocol (added for the peers' SGD protocols): records without
+# these fields ran Adam at a constant learning rate.
+PROTOCOL_FIELDS = {"optimizer": "adam", "momentum": 0.0, "l2_penalty": 0.0, "lr_schedule": "constant",
+                   "lr_milestones": [], "lr_gamma": 0.1}
+LATER_FIELDS = {"weight_decay": 0.0, "patience": 0, **PROTOCOL_FIELDS}
 
 
 def versions():

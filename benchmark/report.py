@@ -23,6 +23,8 @@ def _flag(key, value, default):
         return ["--augment" if value else "--no-augment"]
     if key == "rule_options":
         return [f"--rule-opt {k}={v}" for k, v in sorted(value.items())]
+    if isinstance(value, list):
+        return [f"--{key.replace('_', '-')} {','.join(f'{v:g}' for v in value)}"]
     flag = f"--{key.replace('_', '-')}"
     return [f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"]
 

@@ -28,7 +28,7 @@ from models import RULES
 from .config import make_checked_rule, resolve_run_config, weight_decay_for
 from .errors import ConfigError
 from .io import write_json
-from .records import SEARCH_NAME, SEARCH_SCHEMA, SEARCH_TRIALS, read_record
+from .records import PROTOCOL_FIELDS, SEARCH_NAME, SEARCH_SCHEMA, SEARCH_TRIALS, read_record
 
 # Search always chooses on held-out training data; this much unless --val-split says otherwise.
 DEFAULT_VAL_SPLIT = 0.1
@@ -189,11 +189,13 @@ class Search:
                              f"{first} or more")
 
     def identity(self):
-        # "algo": the field name search records were first written with (keeps folder names).
+        # "algo": the field name search records were first written with, and the optimiser
+        # protocol hashed only when it is not the default: older searches keep their folders.
+        base = {k: v for k, v in self.base.items() if PROTOCOL_FIELDS.get(k, object()) != v}
         blob = json.dumps({"dataset": self.dataset, "arch": self.arch, "algo": self.rule, "trials": self.trials,
                            "epochs": self.epochs, "search_seed": self.search_seed, "halving": self.halving,
                            "min_epochs": self.min_epochs, "rule_options": self.rule_options,
-                           "space": {k: d.text() for k, d in self.space.items()}, "base": self.base},
+                           "space": {k: d.text() for k, d in self.space.items()}, "base": base},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 

@@ -21,6 +21,7 @@ from . import records
 from .alignment import alignment_metrics
 from .board import Board
 from .checkpoints import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .config import learning_rate
 from .data import Normalizer, load_dataset, random_crop_flip, training_splits
 from .early_stopping import early_stop, fits_before
 from .errors import DeadlineReached, RunError, RunInterrupted
@@ -79,9 +80,18 @@ def build_model(config, data, device):
     rule.attach(model, torch.Generator().manual_seed(config.seed + 1), data.input_shape)
     model.to(device)
     rule.moved_to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-                                 eps=config.eps)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.l2_penalty)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                                     eps=config.eps, weight_decay=config.l2_penalty)
     return model, rule, optimizer
+
+
+def set_learning_rate(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def batches_of(split, order, batch_size, normalize, augment_gen=None):
@@ -167,10 +177,9 @@ def schedule_phase(rule):
 
 
 class Trainer:
-    """Trains one run. ``prepare()`` loads the data and builds the model and
-    rule (nothing is written); ``run(run_dir)`` trains, writing ``record.json``
-    and ``checkpoint.pt`` atomically after every epoch; ``train_epoch`` is one
-    pass over the training set (what ``bench`` times)."""
+    """Trains one run. ``prepare()`` loads data, builds model and rule (writes nothing);
+    ``run(run_dir)`` trains, writing ``record.json`` and ``checkpoint.pt`` atomically
+    every epoch; ``train_epoch`` is one pass over the training set (``bench`` times it)."""
 
     def __init__(self, config, data_dir=None, device="auto", progress=True, echo=None, dataset=None,
                  epoch_lines=None, tensorboard=None, deadline=None, epoch_estimate=None):
@@ -252,6 +261,7 @@ class Trainer:
             if not fits_before(self.deadline, record, self.epoch_estimate):
                 return "stopped"
             epoch_start = time.time()
+            set_learning_rate(self.optimizer, learning_rate(self.config, epoch))
             self.rule.start_epoch()
             train_loss, train_error = self.train_epoch(epoch)
             self.rule.end_epoch()

@@ -12,6 +12,7 @@ from benchmark.data import DATASETS, InMemoryDataset, Split
 from benchmark.errors import BiobenchError
 from benchmark.records import find_records, load_record
 from models.archs import ARCHS
+from models.convert import convert, plain_state_dict
 from models.layers import Conv2d, Linear, feedback_layers
 from models.lc import LocallyConnected2d
 from models.networks import build_network, parameter_counts
@@ -34,7 +35,7 @@ from models.rules.tp import (
 )
 
 __all__ = [
-    "__version__", "RunConfig", "DATASETS", "InMemoryDataset", "Split", "BiobenchError", "find_records",
+    "__version__", "convert", "plain_state_dict", "RunConfig", "DATASETS", "InMemoryDataset", "Split", "BiobenchError", "find_records",
     "load_record", "ARCHS", "Conv2d", "Linear", "feedback_layers", "LocallyConnected2d", "build_network",
     "parameter_counts", "RULES", "make_rule", "LearningRule", "Backprop", "DirectFeedbackAlignment",
     "FeedbackAlignment", "KolenPollack", "LayerwiseDRL", "BatchRandomSignSymmetry", "FixedRandomSignSymmetry",

@@ -4,5 +4,7 @@ through the ``biobench.archs`` entry points."""
 from .registry import Registry
 
 ARCHS = Registry("architecture", group="biobench.archs")
-for _name, _target in (("fc", "fully_connected"), ("lc", "locally_connected"), ("conv", "convolutional")):
-    ARCHS.register(_name, f"models.networks:{_target}")
+for _name, _target in (("fc", "networks:fully_connected"), ("lc", "networks:locally_connected"),
+                       ("conv", "networks:convolutional"), ("lenet", "zoo:lenet"), ("resnet20", "zoo:resnet20"),
+                       ("resnet56", "zoo:resnet56")):
+    ARCHS.register(_name, f"models.{_target}")

@@ -58,17 +58,50 @@ class Linear(FeedbackLayer, nn.Linear):
 
 
 class Conv2d(FeedbackLayer, nn.Conv2d):
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=padding, bias=bias)
-        self.ops = Conv2dOps(self.stride, self.padding, self.dilation, self.groups)
+    """nn.Conv2d (any stride, dilation, groups, padding mode) whose backward a rule can change."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, dilation=1,
+                 groups=1, padding_mode="zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias,
+                         dilation=dilation, groups=groups, padding_mode=padding_mode)
+        self.ops = Conv2dOps(self.stride, self.op_padding(), self.dilation, self.groups)
+
+    def op_padding(self):
+        """The padding the convolution itself applies: none when the input is
+        padded beforehand (a padding mode other than zeros, or asymmetric 'same')."""
+        if self.pre_padding() is not None:
+            return (0, 0)
+        if isinstance(self.padding, str):  # 'valid', or a symmetric 'same'
+            return tuple(side // 2 for side in self._same_totals()) if self.padding == "same" else (0, 0)
+        return self.padding
+
+    def _same_totals(self):
+        return [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+
+    def pre_padding(self):
+        """``(left, right, top, bottom)`` for F.pad, or None when the convolution pads by itself."""
+        if self.padding == "same" and any(total % 2 for total in self._same_totals()):
+            (total_h, total_w) = self._same_totals()
+            pads = (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
+        elif self.padding_mode != "zeros":
+            pads = self._reversed_padding_repeated_twice
+        else:
+            return None
+        return tuple(pads)
 
     def fan_in_out(self):
         k = self.kernel_size[0] * self.kernel_size[1]
-        return self.in_channels * k, self.out_channels * k
+        return self.in_channels // self.groups * k, self.out_channels // self.groups * k
+
+    def forward(self, x):
+        pads = self.pre_padding()
+        if pads is not None:
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, pads, mode=mode)
+        return self.run(x, self.weight, self.bias)
 
     def exact(self, x, weight, bias):
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, self.op_padding(), self.dilation, self.groups)
 
 
 def feedback_layers(model):

@@ -84,9 +84,15 @@ def convolutional(family, num_classes):
 
 
 def build_network(arch, family, num_classes):
+    """The network ``arch`` for ``family`` inputs, its Linear and Conv2d layers
+    biobench's (``models.convert.swap_layers``), ready for a rule."""
+    from .convert import swap_layers
+    from .zoo import TORCHVISION_PREFIX, torchvision_model
     if family not in INPUT_SHAPES:
         raise ValueError(f"unknown input family {family!r}; allowed: {', '.join(INPUT_SHAPES)}")
-    return ARCHS.get(arch)(family, num_classes)
+    if arch.startswith(TORCHVISION_PREFIX):
+        return swap_layers(torchvision_model(arch[len(TORCHVISION_PREFIX):], num_classes))
+    return swap_layers(ARCHS.get(arch)(family, num_classes))
 
 
 def parameter_counts(model, rule=None):
@@ -101,6 +107,10 @@ def parameter_counts(model, rule=None):
         rows.append({"layer": index, "kind": type(layer).__name__, "weight": weight, "bias": bias,
                      "forward": weight + bias, "feedback": feedback,
                      "shape": list(layer.weight.shape)})
-    return {"forward_total": sum(r["forward"] for r in rows),
-            "feedback_total": sum(r["feedback"] for r in rows),
-            "per_layer": rows}
+    # Parameters no rule reaches (BatchNorm, ...) count as forward parameters too.
+    exact = sum(p.numel() for p in model.parameters()) - sum(r["forward"] for r in rows)
+    counts = {"forward_total": sum(r["forward"] for r in rows) + exact,
+              "feedback_total": sum(r["feedback"] for r in rows), "per_layer": rows}
+    if exact:
+        counts["exact_gradient_params"] = exact
+    return counts

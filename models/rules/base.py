@@ -1,4 +1,6 @@
 """Base class of a learning rule: how each layer's backward operand is chosen."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +34,7 @@ class LearningRule:
     colour = "#7f7f7f"
     citations = {}
     defaults = {}
+    choices = {}  # option -> its allowed values, for options that are names
     # Options ``cli.py search`` draws, as ``{name: "log:LOW:HIGH" | "uniform:LOW:HIGH"
     # | "int:LOW:HIGH" | "choice:A,B"}`` (names from ``defaults``).
     search_space = {}
@@ -57,6 +60,10 @@ class LearningRule:
             except (TypeError, ValueError):
                 raise ValueError(f"rule {self.name!r} option {key}={value!r} is not a "
                                  f"{type(self.defaults[key]).__name__}") from None
+        for key, allowed in self.choices.items():
+            if key in typed and typed[key] not in allowed:
+                raise ValueError(f"rule {self.name!r} option {key}={typed[key]!r} is not one of "
+                                 f"{', '.join(allowed)}")
         self.options = {**self.defaults, **typed}
         self.layers = []
 
@@ -171,8 +178,29 @@ class LearningRule:
                 "output_layer": "follows the rule"}
 
 
-def uniform_like_weight(layer, generator):
-    """Uniform in the layer's own Glorot range, independent of W, with W's
-    shape and memory layout (so LC feedback keeps the LC locality)."""
-    bound = layer.init_bound()
-    return torch.empty_like(layer.weight.detach()).uniform_(-bound, bound, generator=generator)
+# How random feedback B is drawn (``feedback_init``), uniform in [-bound, bound]:
+# "xavier" (default): the layer's own Glorot bound, as its W was drawn (Bartunov
+# et al.'s nets); "kaiming": sqrt(6 / fan_in), He et al.'s for ReLU nets;
+# "like_weight": the spread of W as it is (sqrt(3) std(W)), for a converted,
+# possibly trained model whose W no longer has its initial scale. Sanfiz and
+# Akrout 2021 found B's scale matters; the default keeps |B| ~ |W| at init.
+FEEDBACK_INITS = ("xavier", "kaiming", "like_weight")
+
+
+def feedback_bound(layer, scheme="xavier"):
+    if scheme == "kaiming":
+        return math.sqrt(6.0 / layer.fan_in_out()[0])
+    if scheme == "like_weight":
+        return math.sqrt(3.0) * float(layer.weight.detach().double().std())
+    return layer.init_bound()
+
+
+def uniform_like_weight(layer, generator, scheme="xavier"):
+    """Uniform in ``scheme``'s bound (``FEEDBACK_INITS``), independent of W,
+    with W's shape, memory layout (so LC feedback keeps the LC locality),
+    dtype and device; drawn on the CPU ``generator`` so a seed means the same
+    B on every device."""
+    bound = feedback_bound(layer, scheme)
+    weight = layer.weight.detach()
+    drawn = torch.empty_like(weight, device="cpu").uniform_(-bound, bound, generator=generator)
+    return drawn.to(weight.device)

@@ -21,6 +21,8 @@ def layer_input_shapes(layers, model, input_shape):
         shapes[module] = tuple(args[0].shape[1:])
 
     hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    training = [(m, m.training) for m in model.modules()]
+    model.eval()  # the dry pass must not move BatchNorm's running statistics
     try:
         param = next(model.parameters())
         with torch.no_grad():
@@ -28,6 +30,8 @@ def layer_input_shapes(layers, model, input_shape):
     finally:
         for hook in hooks:
             hook.remove()
+        for module, mode in training:
+            module.train(mode)
     return [shapes[layer] for layer in layers]
 
 

@@ -1,4 +1,4 @@
-from .base import LearningRule, uniform_like_weight
+from .base import FEEDBACK_INITS, LearningRule, uniform_like_weight
 
 # Works this module's rules cite (BibTeX fields).
 LILLICRAP2016 = {"type": "article",
@@ -14,11 +14,13 @@ class FeedbackAlignment(LearningRule):
 
     name = "fa"
     colour = "#1f77b4"
+    defaults = {"feedback_init": "xavier"}
+    choices = {"feedback_init": FEEDBACK_INITS}
     title = "Feedback alignment"
     citations = {"lillicrap2016": LILLICRAP2016}
 
     def init_layer(self, layer, generator):
-        layer.register_buffer("feedback_weight", uniform_like_weight(layer, generator))
+        layer.register_buffer("feedback_weight", uniform_like_weight(layer, generator, self.options["feedback_init"]))
 
     def backward_operand(self, layer, weight):
         return layer.feedback_weight, None

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from .base import LearningRule, uniform_like_weight
+from .base import FEEDBACK_INITS, LearningRule, uniform_like_weight
 
 # Works this module's rules cite (BibTeX fields).
 LIAO2016 = {"type": "inproceedings", "author": "Liao, Qianli and Leibo, Joel Z. and Poggio, Tomaso",
@@ -57,10 +57,13 @@ class FixedRandomSignSymmetry(_SignSymmetry):
 
     name = "frsf"
     colour = "#9467bd"
+    defaults = {"feedback_init": "xavier"}
+    choices = {"feedback_init": FEEDBACK_INITS}
     title = "Sign symmetry, fixed random magnitudes (frSF)"
 
     def init_layer(self, layer, generator):
-        layer.register_buffer("feedback_magnitude", uniform_like_weight(layer, generator).abs_())
+        scheme = self.options["feedback_init"]
+        layer.register_buffer("feedback_magnitude", uniform_like_weight(layer, generator, scheme).abs_())
 
     def magnitudes(self, layer):
         return layer.feedback_magnitude

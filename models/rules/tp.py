@@ -66,15 +66,25 @@ class Segment:
         return h
 
 
+# What may stand between two learnable layers of a chain that target
+# propagation inverts: elementwise maps (the inverse applies them) and reshapes.
+INVERTIBLE_BETWEEN_LAYERS = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Softplus, nn.Identity,
+                             nn.Flatten, nn.Unflatten)
+
+
 def split_segments(model):
     """``(prefix modules, segments)`` of a ``nn.Sequential`` network."""
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"target propagation needs an nn.Sequential network, got {type(model).__name__}")
     prefix, segments = [], []
-    for module in model:
+    for index, module in enumerate(model):
         if isinstance(module, FeedbackLayer):
             segments.append(Segment(module))
         elif segments:
+            if not isinstance(module, INVERTIBLE_BETWEEN_LAYERS):
+                raise ValueError(f"target propagation cannot invert module {index} ({type(module).__name__}) of "
+                                 f"the chain: between learnable layers it takes elementwise activations and "
+                                 f"reshapes only")
             segments[-1].rest.append(module)
         else:
             prefix.append(module)

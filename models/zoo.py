@@ -1,0 +1,119 @@
+"""The peers' standard networks, as plain PyTorch modules (biobench converts
+their Linear and Conv2d layers like any user's model):
+
+* ``lenet``: BioTorch's LeNet (Sanfiz & Akrout 2021; its repository's
+  ``le_net.py``): MNIST/Fashion-MNIST conv 6, 16, 120 (5x5, ReLU, 2x2 max
+  pooling after the first two) then FC 84 and the classes, on 32x32 inputs
+  (BioTorch resizes MNIST to 32x32; here a bilinear resize is the network's
+  first module); CIFAR-10 the same with 32, 64, 128 channels. As in BioTorch,
+  no activation between the two FC layers.
+* ``resnet20``, ``resnet56``: He et al. 2016's CIFAR-10 ResNets (3 stages of
+  16, 32, 64 channels, n = 3 or 9 basic blocks each, parameter-free "option A"
+  shortcuts: strided identity padded with zero channels), Kaiming init;
+  ResNet-20 has 269,722 parameters, ResNet-56 853,018.
+* ``torchvision:<name>``: any torchvision classification model, untrained,
+  with ``num_classes`` outputs (for image folders).
+"""
+import math
+
+import torch.nn.functional as F
+from torch import nn
+
+from .networks import INPUT_SHAPES
+
+
+def lenet(family, num_classes):
+    channels = {"mnist": (1, 6, 16, 120), "cifar10": (3, 32, 64, 128)}
+    if family not in channels:
+        raise ValueError(f"architecture 'lenet' is defined for mnist (1x28x28, resized to 32x32) and cifar10 "
+                         f"(3x32x32) inputs, not {family}")
+    c_in, c1, c2, c3 = channels[family]
+    resize = [nn.Upsample(size=(32, 32), mode="bilinear", align_corners=False)] if family == "mnist" else []
+    return nn.Sequential(*resize,
+                         nn.Conv2d(c_in, c1, 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(c2, c3, 5), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(c3, 84), nn.Linear(84, num_classes))
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: the identity, subsampled by ``stride`` and padded with zero channels."""
+
+    def __init__(self, extra_channels, stride):
+        super().__init__()
+        self.extra, self.stride = extra_channels, stride
+
+    def forward(self, x):
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out
+                         else ZeroPadShortcut(c_out - c_in, stride))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, blocks_per_stage, num_classes=10, in_channels=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        stages, c_in = [], 16
+        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+            for index in range(blocks_per_stage):
+                stages.append(BasicBlock(c_in, c_out, stride if index == 0 else 1))
+                c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(64, num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out" if isinstance(module, nn.Conv2d) else "fan_in",
+                                        nonlinearity="relu")
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.stages(out)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+def _resnet(depth):
+    def build(family, num_classes):
+        if family != "cifar10":
+            raise ValueError(f"architecture 'resnet{depth}' is He et al.'s CIFAR-10 ResNet (3x32x32 inputs), "
+                             f"not for {family}")
+        return CifarResNet((depth - 2) // 6, num_classes, INPUT_SHAPES[family][0])
+    return build
+
+
+resnet20 = _resnet(20)
+resnet56 = _resnet(56)
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def torchvision_names():
+    from torchvision import models
+    return [TORCHVISION_PREFIX + name for name in models.list_models(module=models)]
+
+
+def torchvision_model(name, num_classes):
+    from torchvision import models
+    if name not in models.list_models(module=models):
+        raise ValueError(f"unknown torchvision classification model {name!r}; e.g. "
+                         f"{', '.join(models.list_models(module=models)[:6])}, ...")
+    return models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def param_count(model):
+    return sum(math.prod(p.shape) for p in model.parameters())
