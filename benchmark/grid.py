@@ -176,6 +176,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         for worker in multiprocessing.active_children():
             worker.terminate()
         pool.shutdown(wait=True)
+        mark_orphans_interrupted(todo, out)
         raise
     pool.shutdown(wait=True)
     return counts
@@ -197,15 +198,23 @@ def epoch_estimate(out, config):
     return max(per_epoch) if per_epoch else None
 
 
-def worker_died_message(cells, out):
-    """Name the cells whose worker died (their record still says running) and mark them interrupted."""
-    killed = []
+def mark_orphans_interrupted(cells, out):
+    """Once every worker has ended: a record that still says running, with
+    nobody holding its lock, belongs to a cell whose process died mid-run;
+    mark it interrupted (its checkpoint is what resumes). Returns their names."""
+    orphans = []
     for cell in cells:
         run_dir = os.path.join(out, cell.run_name())
         record = read_record(run_dir)
-        if record is not None and record["status"] == "running":
-            killed.append(cell.run_name())
+        if record is not None and record["status"] == "running" and not RunLock(run_dir).held():
+            orphans.append(cell.run_name())
             write_json(record_path(run_dir), dict(record, status="interrupted"))
+    return orphans
+
+
+def worker_died_message(cells, out):
+    """Name the cells whose worker died (their record still said running) and mark them interrupted."""
+    killed = mark_orphans_interrupted(cells, out)
     return (f"a grid worker process died (killed by the OS, e.g. out of memory, or kill -9) while training "
             f"{', '.join(killed) or 'a cell'}; the other running cells kept their last complete epoch: rerun the "
             f"same command to resume them all")
