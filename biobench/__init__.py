@@ -35,10 +35,10 @@ from models.rules.tp import (
 )
 
 __all__ = [
-    "__version__", "convert", "plain_state_dict", "RunConfig", "DATASETS", "InMemoryDataset", "Split", "BiobenchError", "find_records",
-    "load_record", "ARCHS", "Conv2d", "Linear", "feedback_layers", "LocallyConnected2d", "build_network",
-    "parameter_counts", "RULES", "make_rule", "LearningRule", "Backprop", "DirectFeedbackAlignment",
-    "FeedbackAlignment", "KolenPollack", "LayerwiseDRL", "BatchRandomSignSymmetry", "FixedRandomSignSymmetry",
-    "UniformSignSymmetry", "AOSDTPAlternating", "AOSDTPParallel", "DTPAlternating", "DTPParallel",
-    "SDTPAlternating", "SDTPParallel", "TargetPropagation",
+    "__version__", "convert", "plain_state_dict", "RunConfig", "DATASETS", "InMemoryDataset", "Split",
+    "BiobenchError", "find_records", "load_record", "ARCHS", "Conv2d", "Linear", "feedback_layers",
+    "LocallyConnected2d", "build_network", "parameter_counts", "RULES", "make_rule", "LearningRule",
+    "Backprop", "DirectFeedbackAlignment", "FeedbackAlignment", "KolenPollack", "LayerwiseDRL",
+    "BatchRandomSignSymmetry", "FixedRandomSignSymmetry", "UniformSignSymmetry", "AOSDTPAlternating",
+    "AOSDTPParallel", "DTPAlternating", "DTPParallel", "SDTPAlternating", "SDTPParallel", "TargetPropagation",
 ]

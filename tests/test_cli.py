@@ -88,8 +88,9 @@ def test_every_arch_and_rule_pair_runs(tiny_root, tmp_path, arch, algo):
 def test_help_lists_choices():
     result = run_cli(["run", "--help"])
     assert result.exit_code == 0
-    for word in ("--arch", "[conv|fc|lc]", "--algo", "dfa", "--dataset", "cifar10-jpeg", "--data-dir",
-                 "BIOBENCH_DATA", "--device", "--quiet", "--resume"):
+    for word in ("--arch", "[conv|fc|lc|lenet|resnet20|resnet56|torchvision:NAME]", "--algo", "dfa", "--dataset",
+                 "cifar10-jpeg", "--data-dir", "BIOBENCH_DATA", "--device", "--quiet", "--resume", "--optimizer",
+                 "--lr-schedule"):
         assert word in result.output
 
 
