@@ -504,7 +504,7 @@ def search(arch, rule, dataset, trials, search_seed, space_overrides, halving, m
 
 @cli.command()
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--section", "sections", multiple=True, type=click.Choice(["lc", "rules", "harness"]),
+@click.option("--section", "sections", multiple=True, type=click.Choice(["lc", "rules", "harness", "convert"]),
               help="Run only these sections (default: all).")
 @click.option("--quick", is_flag=True, help="Tiny sizes, to check that the command works.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: all cores).")
@@ -516,7 +516,8 @@ def bench(device, sections, quick, threads):
     from benchmark.train import resolve_device
     if threads:
         torch.set_num_threads(threads)
-    run_bench(resolve_device(device), sections=sections or ("lc", "rules", "harness"), quick=quick, echo=click.echo)
+    run_bench(resolve_device(device), sections=sections or ("lc", "rules", "harness", "convert"), quick=quick,
+              echo=click.echo)
 
 
 def _load_summary(runs, metric, seeds, strict):

@@ -225,13 +225,16 @@ _worker_state = {"in_cell": False, "stopping": False}  # of this worker process
 
 def _quiet_worker():
     """Worker set-up: Ctrl-C is the parent's business; the first SIGTERM
-    interrupts a running cell (which checkpoints), and an idle worker leaves
-    quietly; a stopping worker starts no other cell."""
+    interrupts a running cell (which checkpoints), an idle worker waits for
+    the pool's shutdown, and a stopping worker starts no other cell."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def on_sigterm(signum, frame):
         if not _worker_state["in_cell"]:
-            os._exit(0)
+            # Idle: start no cell; the pool's shutdown ends this worker. (Leaving
+            # at once would break the pool, whose exit handler then trips on it.)
+            _worker_state["stopping"] = True
+            return
         if not _worker_state["stopping"]:
             _worker_state["stopping"] = True
             raise KeyboardInterrupt

@@ -292,6 +292,46 @@ def bench_harness(device, families=("mnist", "cifar10"), archs=("fc", "conv", "l
     return rows
 
 
+# 5. converted networks -----------------------------------------------------------------------------
+CONVERT_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp")
+
+
+def bench_convert(device, batch=128, repeats=7, rules=CONVERT_RULES):
+    """A ResNet-20 training step (Adam) as plain PyTorch and converted to each
+    rule: the converted ``bp`` step against the plain one is what conversion
+    itself costs; every rule against converted ``bp`` is what the rule costs."""
+    from models.convert import convert
+    from models.zoo import resnet20
+
+    def step(model):
+        model.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+        x = torch.randn(batch, 3, 32, 32, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+
+        def one():
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        return one
+    steps = {"plain": step(resnet20("cifar10", 10))}
+    for rule in rules:
+        torch.manual_seed(0)
+        steps[rule] = step(convert(resnet20("cifar10", 10), rule, input_shape=(3, 32, 32), quiet=True))
+    times = time_rounds(steps, device, repeats)
+    return {"batch": batch, "plain_ms": times["plain"] * 1e3, "bp_over_plain": times["bp"] / times["plain"],
+            "ratios": {rule: times[rule] / times["bp"] for rule in rules}}
+
+
+def markdown_convert(row):
+    rules = list(row["ratios"])
+    lines = [f"Plain ResNet-20 step: {row['plain_ms']:.1f} ms at batch {row['batch']}; converted under bp: "
+             f"{row['bp_over_plain']:.3f}x the plain step (the cost of conversion itself).", "",
+             "| " + " | ".join(f"{r}/bp" for r in rules) + " |", "|" + "---|" * len(rules),
+             "| " + " | ".join(f"{row['ratios'][r]:.3f}" for r in rules) + " |"]
+    return "\n".join(lines) + "\n"
+
+
 # formatting -------------------------------------------------------------------------------------
 def _fmt(value, spec=".1f", none="n/a"):
     return none if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
@@ -342,7 +382,7 @@ def markdown_harness(rows):
     return "\n".join(lines)
 
 
-def run_bench(device, sections=("lc", "rules", "harness"), quick=False, echo=print):
+def run_bench(device, sections=("lc", "rules", "harness", "convert"), quick=False, echo=print):
     """Run the chosen sections and echo Markdown tables; returns the raw rows."""
     from .records import host_info
     from .train import describe_device
@@ -365,4 +405,9 @@ def run_bench(device, sections=("lc", "rules", "harness"), quick=False, echo=pri
         rows = bench_harness(device, **kwargs)
         results["harness"] = rows
         echo("## 4. Harness overhead: epoch time\n\n" + markdown_harness(rows) + "\n")
+    if "convert" in sections:
+        row = bench_convert(device, **(dict(batch=8, repeats=2) if quick else {}))
+        results["convert"] = row
+        echo("## 5. A converted ResNet-20: each rule's step relative to bp (Adam step included)\n\n"
+             + markdown_convert(row) + "\n")
     return results
