@@ -1,12 +1,13 @@
 """The peers' standard networks, as plain PyTorch modules (biobench converts
 their Linear and Conv2d layers like any user's model):
 
-* ``lenet``: BioTorch's LeNet (Sanfiz & Akrout 2021; its repository's
-  ``le_net.py``): MNIST/Fashion-MNIST conv 6, 16, 120 (5x5, ReLU, 2x2 max
-  pooling after the first two) then FC 84 and the classes, on 32x32 inputs
-  (BioTorch resizes MNIST to 32x32; here a bilinear resize is the network's
-  first module); CIFAR-10 the same with 32, 64, 128 channels. As in BioTorch,
-  no activation between the two FC layers.
+* ``lenet``: BioTorch's LeNets (Sanfiz & Akrout 2021; its repository's
+  ``le_net.py``, as of its latest commit): MNIST/Fashion-MNIST conv 6, 16, 120
+  (5x5, ReLU, 2x2 max pooling after the first two), FC 84 (ReLU) and the
+  classes, on 32x32 inputs (BioTorch resizes MNIST to 32x32; here a bilinear
+  resize is the network's first module); CIFAR-10 conv 32, 64, 128 (3x3, ReLU,
+  pooling after the first two, then a global average), FC 256 (ReLU) and the
+  classes. Glorot init (BioTorch's "xavier" option), zero biases.
 * ``resnet20``, ``resnet56``: He et al. 2016's CIFAR-10 ResNets (3 stages of
   16, 32, 64 channels, n = 3 or 9 basic blocks each, parameter-free "option A"
   shortcuts: strided identity padded with zero channels), Kaiming init;
@@ -23,17 +24,24 @@ from .networks import INPUT_SHAPES
 
 
 def lenet(family, num_classes):
-    channels = {"mnist": (1, 6, 16, 120), "cifar10": (3, 32, 64, 128)}
-    if family not in channels:
+    if family == "mnist":  # 32x32 after the resize: 28, 14, 10, 5, 1
+        layers = [nn.Upsample(size=(32, 32), mode="bilinear", align_corners=False),
+                  nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                  nn.Conv2d(16, 120, 5), nn.ReLU(), nn.Flatten(), nn.Linear(120, 84), nn.ReLU(),
+                  nn.Linear(84, num_classes)]
+    elif family == "cifar10":  # 30, 15, 13, 6, 4, then the average over the 4x4 map
+        layers = [nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+                  nn.Conv2d(64, 128, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 256),
+                  nn.ReLU(), nn.Linear(256, num_classes)]
+    else:
         raise ValueError(f"architecture 'lenet' is defined for mnist (1x28x28, resized to 32x32) and cifar10 "
                          f"(3x32x32) inputs, not {family}")
-    c_in, c1, c2, c3 = channels[family]
-    resize = [nn.Upsample(size=(32, 32), mode="bilinear", align_corners=False)] if family == "mnist" else []
-    return nn.Sequential(*resize,
-                         nn.Conv2d(c_in, c1, 5), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(c2, c3, 5), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(c3, 84), nn.Linear(84, num_classes))
+    model = nn.Sequential(*layers)
+    for module in model:  # BioTorch's benchmark configs initialise with "xavier" (Glorot), biases zero
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
 
 
 class ZeroPadShortcut(nn.Module):

@@ -173,7 +173,7 @@ def test_unconvertible_parameters_are_said_or_refused(capsys):
 
 @pytest.mark.parametrize("model,message", [
     (SmallResNet(), "target propagation needs an nn.Sequential network, got SmallResNet"),
-    (lenet("mnist", 10), "cannot invert module 3 (MaxPool2d)"),
+    (lenet("mnist", 10), "cannot invert module 3 (MaxPool2d)"),  # 0 is the resize
 ])
 def test_target_propagation_on_what_it_cannot_invert_is_one_line(model, message):
     with pytest.raises(ConfigError, match=re_escape(message)):
@@ -202,10 +202,11 @@ def test_bad_input_to_convert_is_one_line(call, message):
 def test_peer_networks_have_their_published_sizes_and_count_every_parameter():
     assert sum(p.numel() for p in resnet20("cifar10", 10).parameters()) == 269_722  # He et al.: 0.27 M
     assert sum(p.numel() for p in resnet56("cifar10", 10).parameters()) == 853_018  # 0.85 M
-    # BioTorch's LeNet: conv 6/16/120 (5x5) and FC 84, 10 on 32x32 inputs
+    # BioTorch's LeNets: conv 6/16/120 (5x5), FC 84, 10 on 32x32; CIFAR-10 conv 32/64/128 (3x3), FC 256, 10
     expected = (1 * 6 * 25 + 6) + (6 * 16 * 25 + 16) + (16 * 120 * 25 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
-    model = build_network("lenet", "mnist", 10)
-    assert parameter_counts(model)["forward_total"] == expected
+    assert parameter_counts(build_network("lenet", "mnist", 10))["forward_total"] == expected
+    expected = (3 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + (64 * 128 * 9 + 128) + (128 * 256 + 256) + (256 * 10 + 10)
+    assert parameter_counts(build_network("lenet", "cifar10", 10))["forward_total"] == expected
     net = build_network("resnet20", "cifar10", 10)
     counts = parameter_counts(net)
     batch_norm = 2 * 16 * 7 + 2 * 32 * 6 + 2 * 64 * 6  # weight and bias of each BatchNorm
