@@ -282,3 +282,20 @@ def test_the_cli_trains_a_peer_network_with_the_sgd_protocol(tiny_root, tmp_path
                                    "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--momentum 0.9 applies to --optimizer sgd" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_peer_network_cells_show_biotorchs_number_for_their_optimizer(tmp_path):
+    from benchmark.io import write_json
+    from benchmark.tables import load_runs, summarize_runs, to_markdown
+    from helpers import fake_record
+    for name, dataset, optimizer in (("m", "mnist", "sgd"), ("a", "cifar10", "adam"), ("s", "cifar10", "sgd")):
+        write_json(str(tmp_path / name / "record.json"),
+                   fake_record(dataset, "lc", "fa", 0, [5.0], optimizer=optimizer) | {"config": {
+                       "dataset": dataset, "arch": "lenet", "algo": "fa", "seed": 0, "epochs": 1,
+                       "optimizer": optimizer}})
+    summary = summarize_runs(load_runs([str(tmp_path)])[0])
+    papers = {(r.dataset, r.label): r.paper for r in summary.itertuples()}
+    assert papers == {("mnist", "fa (optimizer=sgd)"): 1.7, ("cifar10", "fa (optimizer=adam)"): 40.67,
+                      ("cifar10", "fa (optimizer=sgd)"): 46.69}
+    text = to_markdown(summary)
+    assert "BioTorch's published benchmark" in text and "Bartunov" not in text
