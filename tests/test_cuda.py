@@ -43,3 +43,15 @@ def test_training_steps_never_synchronise_with_the_host(tmp_path, rule):
             trainer.rule.train_step(trainer.model, x, y, trainer.optimizer)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_converting_a_model_on_the_gpu_draws_the_same_feedback_there():
+    from biobench import convert
+    from models.zoo import resnet20
+    torch.manual_seed(0)
+    on_cpu = convert(resnet20("cifar10", 10), "fa", seed=5, quiet=True)
+    torch.manual_seed(0)
+    on_gpu = convert(resnet20("cifar10", 10).cuda(), "fa", seed=5, quiet=True)
+    assert on_gpu.fc.feedback_weight.is_cuda
+    torch.testing.assert_close(on_gpu.fc.feedback_weight.cpu(), on_cpu.fc.feedback_weight)
+    on_gpu(torch.randn(4, 3, 32, 32, device="cuda")).sum().backward()
