@@ -12,7 +12,7 @@ from models import RULES  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 from .records import load_record  # noqa: E402
-from .tables import ARCH_ORDER, DATASET_TITLES, METRICS, RULE_ORDER  # noqa: E402
+from .tables import ARCH_ORDER, BIOTORCH_ARCHS, DATASET_TITLES, METRICS, RULE_ORDER, arch_title  # noqa: E402
 
 ARCH_MARKERS = {"fc": "o", "lc": "s", "conv": "^"}
 UNKNOWN_RULE_COLOUR = "#7f7f7f"
@@ -85,7 +85,6 @@ def bar_plot(summary, out_dir, metric="best"):
         archs = _ordered(set(part.arch), ARCH_ORDER)
         rules = _ordered_labels(part.label)
         width = 0.8 / len(rules)
-        paper_labelled = False
         for i, rule in enumerate(rules):
             for j, arch in enumerate(archs):
                 row = part[(part.arch == arch) & (part.label == rule)]
@@ -98,21 +97,24 @@ def bar_plot(summary, out_dir, metric="best"):
                        ax.get_legend_handles_labels()[1] else None,
                        yerr=r["std"] if r["n"] > 1 else None, capsize=2, edgecolor="white", linewidth=0.5)
                 if r["paper"] == r["paper"]:
+                    source = ("BioTorch (published)" if arch in BIOTORCH_ARCHS else "paper (500 epochs)")
                     ax.plot(x, r["paper"], marker="D", color="white", markeredgecolor="black", markersize=6,
-                            linestyle="none", label=None if paper_labelled else "paper (500 epochs)")
-                    paper_labelled = True
-        ax.set_xticks(range(len(archs)), [a.upper() for a in archs])
+                            linestyle="none", label=source)
+        ax.set_xticks(range(len(archs)), [arch_title(a) for a in archs])
         ax.set_xlabel("architecture")
         ax.set_ylabel("test error (%)")
         epochs = sorted(set(int(e) for e in part.epochs))
         ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)}: {METRICS[metric][1]}\n"
                      f"({_epochs_text(epochs)}; bars: mean ± std over seeds)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        # Outside the axes: with many rules a legend inside would hide bars.
-        ax.legend(unique.values(), unique.keys(), fontsize=8, ncol=1 if len(unique) <= 12 else 2, title="rule",
-                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    # One legend, right of the last panel (with many rules a legend inside would hide bars, and
+    # one beside each panel would cover the next), holding every panel's entries once.
+    unique = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            unique.setdefault(label, handle)
+    axes[0][-1].legend(unique.values(), unique.keys(), fontsize=8, ncol=1 if len(unique) <= 12 else 2,
+                       title="rule", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, out_dir, f"bars_{metric}")
 
 
@@ -143,7 +145,7 @@ def curve_plot(runs, out_dir):
                         linestyle=LINESTYLES[variant_index(rule, [k[2] for k in records])])
                 if len(group) > 1:
                     ax.fill_between(epochs, errors.min(0), errors.max(0), color=colour(rule), alpha=0.15)
-            ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)} {arch.upper()}")
+            ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)}")
             ax.set_xlabel("epoch")
             # Log scale: chance-level epochs (an alternating schedule's inverse
             # epoch) would otherwise flatten every other curve.
@@ -216,7 +218,7 @@ def alignment_plot(runs, out_dir):
         axes[0][0].set_ylabel("angle W vs B (degrees)")
         axes[1][0].set_ylabel("angle update vs BP gradient (degrees)")
         _figure_legend(fig, axes)
-        fig.suptitle(f"Alignment, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()} (mean over seeds; "
+        fig.suptitle(f"Alignment, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} (mean over seeds; "
                      f"the first layer has no B)", fontsize=10)
         fig.tight_layout(rect=(0, 0, 0.94, 0.95))
         paths += save(fig, out_dir, f"alignment_{dataset}_{arch}")
@@ -272,7 +274,7 @@ def target_propagation_plot(runs, out_dir):
                     ax.set_ylabel(label)
             axes[0][layer].set_ylim(-3, 95)
         _figure_legend(fig, axes)
-        fig.suptitle(f"Target propagation, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()} "
+        fig.suptitle(f"Target propagation, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} "
                      f"(fixed probe batch, mean over seeds)", fontsize=10)
         fig.tight_layout(rect=(0, 0, 0.9, 0.96))
         paths += save(fig, out_dir, f"target_propagation_{dataset}_{arch}")
@@ -294,7 +296,7 @@ def params_plot(summary, out_dir, metric="best"):
     from matplotlib.lines import Line2D
     rule_handles = [Line2D([], [], color=colour(r), marker="o", linestyle="none", label=r)
                     for r in _ordered(set(summary.rule), RULE_ORDER)]  # colour is per rule
-    arch_handles = [Line2D([], [], color="grey", marker=ARCH_MARKERS.get(a, "o"), linestyle="none", label=a.upper())
+    arch_handles = [Line2D([], [], color="grey", marker=ARCH_MARKERS.get(a, "o"), linestyle="none", label=arch_title(a))
                     for a in _ordered(set(summary.arch), ARCH_ORDER)]
     ax.legend(handles=rule_handles + arch_handles, fontsize=8, ncol=1 if len(rule_handles) <= 10 else 2,
               title="rule / architecture", loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -329,7 +331,7 @@ def search_plot(searches, out_dir):
         ax.set_ylabel("trial's best validation error (%, log scale)")
         trials = sorted({len(r["trials"]) for r in records})
         epochs = sorted({r["epochs"] for r in records})
-        ax.set_title(f"Random search, {DATASET_TITLES.get(dataset, dataset)} {arch.upper()}: "
+        ax.set_title(f"Random search, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)}: "
                      f"{'/'.join(map(str, trials))} trials per rule, {_epochs_text(epochs)}",
                      fontsize=10)
         ax.grid(alpha=0.3, which="both")

@@ -217,8 +217,16 @@ def _cell_text(row, plus_minus, paper_fmt):
     return text
 
 
+ARCH_TITLES = {"lenet": "LeNet", "resnet20": "ResNet-20", "resnet56": "ResNet-56"}
+
+
+def arch_title(arch):
+    """How an architecture is written in tables and plots: FC, LC, CONV, LeNet, ResNet-20, torchvision:resnet18."""
+    return ARCH_TITLES.get(arch, arch if ":" in arch else arch.upper())
+
+
 def column_title(dataset, arch):
-    return f"{DATASET_TITLES.get(dataset, dataset)} {arch.upper()}"
+    return f"{DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)}"
 
 
 def results_grid(summary, plus_minus, paper_fmt):
@@ -250,8 +258,9 @@ def footer_text(summary, metric):
     if (~peers).any():
         sources.append("Bartunov et al. 2018 Table 1 (500 epochs, tuned)")
     if peers.any():
-        sources.append("for LeNet and the ResNets BioTorch's published benchmark (Sanfiz & Akrout 2021; one run, "
-                       "the best-validation model; 100 epochs on MNIST and Fashion-MNIST, 250 on CIFAR-10)")
+        sources.append(("for LeNet and the ResNets " if sources else "")
+                       + "BioTorch's published benchmark (Sanfiz & Akrout 2021; one run, the best-validation model; "
+                       "100 epochs on MNIST and Fashion-MNIST, 250 on CIFAR-10)")
     return (f"Test error (%), {METRICS[metric][1]}: mean ± sample std over seeds (number of complete "
             f"seeds, each seed counted once); a rule's rows with settings in brackets differ in those "
             f"settings and are never averaged together; 'paper' is {', and '.join(sources)} and the difference "
