@@ -187,15 +187,19 @@ NO_EPOCHS = {"summary": {"epochs_done": 0}, "wall_seconds": 0.0}
 
 def epoch_estimate(out, config):
     """Seconds one epoch of ``config`` takes, from the records of this grid's
-    other cells of the same dataset, architecture and rule (evaluation and
-    checkpoint included); None before any has finished an epoch."""
-    prefix = f"{config.dataset}-{config.arch}-{config.rule}-"
-    per_epoch = []
-    for name in os.listdir(out) if os.path.isdir(out) else []:
-        record = read_record(os.path.join(out, name)) if name.startswith(prefix) else None
-        if record is not None and record["summary"].get("epochs_done"):
-            per_epoch.append(record["wall_seconds"] / record["summary"]["epochs_done"])
-    return max(per_epoch) if per_epoch else None
+    other cells (evaluation and checkpoint included): those of the same
+    dataset, architecture and rule, else of the same dataset and architecture
+    (the slowest of them); None before any has finished an epoch."""
+    names = os.listdir(out) if os.path.isdir(out) else []
+    for prefix in (f"{config.dataset}-{config.arch}-{config.rule}-", f"{config.dataset}-{config.arch}-"):
+        per_epoch = []
+        for name in names:
+            record = read_record(os.path.join(out, name)) if name.startswith(prefix) else None
+            if record is not None and record["summary"].get("epochs_done"):
+                per_epoch.append(record["wall_seconds"] / record["summary"]["epochs_done"])
+        if per_epoch:
+            return max(per_epoch)
+    return None
 
 
 def mark_orphans_interrupted(cells, out):

@@ -173,3 +173,19 @@ def test_the_gpu_window_script_runs_end_to_end_on_the_cpu(tmp_path):
         records = [m for m in archive.getnames() if m.endswith("record.json")]
     assert len(records) == 6
     assert "CIFAR-10 (JPEG q75) FC" in (out / "table.md").read_text()
+
+
+def test_an_epochs_length_comes_from_the_same_rule_else_the_same_net(tmp_path):
+    from benchmark.grid import epoch_estimate
+    from benchmark.io import write_json
+    from helpers import fake_record
+
+    def cell(name, rule, arch, wall, epochs):
+        record = fake_record("mnist", arch, rule, 0, [5.0] * epochs) | {"wall_seconds": wall}
+        write_json(str(tmp_path / name / "record.json"), record)
+    cell("mnist-fc-fa-seed0-aaaa", "fa", "fc", 30.0, 3)
+    cell("mnist-fc-bp-seed0-bbbb", "bp", "fc", 8.0, 4)
+    cell("mnist-lc-bp-seed0-cccc", "bp", "lc", 500.0, 1)
+    assert epoch_estimate(str(tmp_path), RunConfig(dataset="mnist", arch="fc", rule="bp")) == 2.0
+    assert epoch_estimate(str(tmp_path), RunConfig(dataset="mnist", arch="fc", rule="dfa")) == 10.0
+    assert epoch_estimate(str(tmp_path), RunConfig(dataset="mnist", arch="conv", rule="bp")) is None
