@@ -176,6 +176,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         for worker in multiprocessing.active_children():
             worker.terminate()
         pool.shutdown(wait=True)
+        forget_pool_wakeups()
         mark_orphans_interrupted(todo, out)
         raise
     pool.shutdown(wait=True)
@@ -224,6 +225,16 @@ def worker_died_message(cells, out):
             f"same command to resume them all")
 
 
+def forget_pool_wakeups():
+    """concurrent.futures' exit handler writes to every pool's wake-up pipe it
+    knows. A forked worker inherits the parent's, and after an interrupted
+    pool's shutdown the parent's may be closed under it: either way it would
+    fail at exit with a traceback (EBADF) after the one-line message. Called
+    only where no pool of this process is running any more."""
+    import concurrent.futures.process as pool_internals
+    getattr(pool_internals, "_threads_wakeups", {}).clear()
+
+
 _worker_state = {"in_cell": False, "stopping": False}  # of this worker process
 
 
@@ -232,6 +243,7 @@ def _quiet_worker():
     interrupts a running cell (which checkpoints), an idle worker waits for
     the pool's shutdown, and a stopping worker starts no other cell."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forget_pool_wakeups()
 
     def on_sigterm(signum, frame):
         if not _worker_state["in_cell"]:
