@@ -7,7 +7,6 @@ keeps two processes off the same cell.
 """
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import time
@@ -23,6 +22,7 @@ from .errors import ConfigError, DeadlineReached, GridFailed, RunInterrupted
 from .io import write_json
 from .locks import RunLock
 from .records import CHECKPOINT_NAME, read_record, record_path
+from .runs import discard_if_nothing_kept
 
 ALL_RULES = RULES.registered(plugins=False)
 TABLE1_RULES = ["bp", "fa", "dfa", "dtp-par", "dtp-alt", "sdtp-par", "sdtp-alt", "aosdtp-par", "aosdtp-alt"]
@@ -112,8 +112,7 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
         try:
             record = trainer.run(run_dir, resume=state == "resumable", notes=notes)
         except DeadlineReached as exc:
-            if exc.epochs_kept == 0 and state == "missing":  # the deadline came before its first epoch
-                shutil.rmtree(run_dir, ignore_errors=True)
+            if discard_if_nothing_kept(run_dir, exc, resumed=state != "missing"):
                 return config.run_name(), "deferred", "not started: the deadline came first"
             return config.run_name(), "stopped", f"{exc} (resumable)"
         s = record["summary"]
@@ -170,7 +169,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
         raise GridFailed(worker_died_message(todo, out)) from None
     except (KeyboardInterrupt, RunInterrupted):
         # Stop every worker the same way: no new cell starts, a running cell
-        # checkpoints and returns, an idle worker leaves without a word; then
+        # checkpoints and returns, an idle worker waits for the shutdown; then
         # the caller prints one line.
         pool.shutdown(wait=False, cancel_futures=True)
         for worker in multiprocessing.active_children():

@@ -115,10 +115,8 @@ def now():
 def new_record(run_id, config, device, data, rule, params):
     """A fresh record of a run about to train (status ``running``, no epochs).
     ``config`` is the record form of the run's config, ``data`` the split sizes."""
-    from datetime import datetime, timezone
     return {
-        "schema": SCHEMA, "status": "running", "run_id": run_id,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
+        "schema": SCHEMA, "status": "running", "run_id": run_id, "started_at": now(), "finished_at": None,
         "wall_seconds": 0.0, "config": config, "seed": config["seed"], "device": device, "data": data,
         "versions": versions(), "code": code_version(), "host": host_info(), "rule": rule, "params": params,
         "curves": {key: [] for key in CURVE_KEYS}, "alignment": [], "summary": {"epochs_done": 0},
@@ -136,10 +134,9 @@ def append_epoch(record, alignment, **values):
 
 def finish_record(record, status, wall_seconds, diverged_epoch=None):
     """Mark ``record`` ended (complete, diverged) at this moment."""
-    from datetime import datetime, timezone
     record["status"] = status
     record["summary"]["diverged_at_epoch"] = diverged_epoch
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["finished_at"] = now()
     record["wall_seconds"] = round(wall_seconds, 3)
 
 

@@ -29,6 +29,16 @@ def claim_run_dir(out, name, resume):
     raise RunError(f"too many runs named {name} in {out}")
 
 
+def discard_if_nothing_kept(run_dir, stopped, resumed):
+    """Remove the folder of a run that ``stopped`` (a RunInterrupted) before
+    its first epoch, when it was not resumed: there is nothing to resume, and
+    rerunning the command then reuses the name. Returns whether it did."""
+    if stopped.epochs_kept != 0 or resumed:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
 def start_run(options, rule_options, data_dir, out, device="auto", progress=True, resume=False, dataset=None,
               tensorboard=None, warn=print):
     """Resolve the config, load the data and build the model (nothing written
@@ -57,7 +67,5 @@ def start_run(options, rule_options, data_dir, out, device="auto", progress=True
         try:
             return trainer.run(run_dir, resume=resume, notes=notes), run_dir
         except RunInterrupted as exc:
-            if exc.epochs_kept == 0 and not resume:
-                # Nothing to resume: the folder goes, so rerunning the command reuses its name.
-                shutil.rmtree(run_dir, ignore_errors=True)
+            discard_if_nothing_kept(run_dir, exc, resume)
             raise

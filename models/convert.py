@@ -80,9 +80,8 @@ def detach_rule(model):
         layer.rule = None
         for name in [n for n, _ in layer.named_buffers(recurse=False) if n.startswith("feedback_")]:
             delattr(layer, name)
-        for name in ("feedback_route",):
-            if hasattr(layer, name):
-                delattr(layer, name)
+        if hasattr(layer, "feedback_route"):  # DFA's
+            del layer.feedback_route
 
 
 def _forgive_missing_feedback(module, incompatible):
