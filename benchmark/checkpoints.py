@@ -40,15 +40,19 @@ def save_checkpoint(run_dir, state):
             try:
                 torch.save(state, sink)
             except RuntimeError:
+                # torch reports anything raised inside a write as a RuntimeError about positions:
+                # give back what really happened (a full disk, or a signal's KeyboardInterrupt)
                 if sink.error is None:
                     raise
-                # torch reports a failed write (a full disk) as a RuntimeError about positions
-                raise OSError(sink.error.errno, sink.error.strerror, path) from None
+                if isinstance(sink.error, OSError):
+                    raise OSError(sink.error.errno, sink.error.strerror, path) from None
+                raise sink.error from None
         verify_checkpoint(tmp)
 
 
 class ErrorKeepingFile:
-    """A file for ``torch.save`` that keeps the OSError of a failed write."""
+    """A file for ``torch.save`` that keeps what a write raised (an OSError, or
+    what a signal handler raised while Python was inside the write)."""
 
     def __init__(self, handle):
         self.handle, self.error = handle, None
@@ -56,7 +60,7 @@ class ErrorKeepingFile:
     def write(self, data):
         try:
             return self.handle.write(data)
-        except OSError as exc:
+        except BaseException as exc:
             self.error = exc
             raise
 
