@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..chain import split_chain
 from ..inverses import LinearInverse, make_inverse
-from ..layers import FeedbackLayer, Linear, glorot_bound
+from ..layers import Linear, glorot_bound
 from .base import BARTUNOV2018, LearningRule
 
 # Works this module's rules cite (BibTeX fields).
@@ -43,54 +44,6 @@ LEE2015 = {"type": "inproceedings",
 def squared_error(difference):
     """Sum over units, mean over the batch."""
     return difference.flatten(1).pow(2).sum(1).mean()
-
-
-class Segment:
-    """A learnable layer and the modules after it, up to the next learnable layer."""
-
-    def __init__(self, layer):
-        self.layer = layer
-        self.rest = []
-
-    def __call__(self, h):
-        h = self.layer(h)
-        for module in self.rest:
-            h = module(h)
-        return h
-
-    def activation(self, h):
-        """The segment's elementwise modules (its reshapes left out)."""
-        for module in self.rest:
-            if not isinstance(module, (nn.Flatten, nn.Unflatten)):
-                h = module(h)
-        return h
-
-
-# What may stand between two learnable layers of a chain that target
-# propagation inverts: elementwise maps (the inverse applies them) and reshapes.
-INVERTIBLE_BETWEEN_LAYERS = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Softplus, nn.Identity,
-                             nn.Flatten, nn.Unflatten)
-
-
-def split_segments(model):
-    """``(prefix modules, segments)`` of a ``nn.Sequential`` network."""
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"target propagation needs an nn.Sequential network, got {type(model).__name__}")
-    prefix, segments = [], []
-    for index, module in enumerate(model):
-        if isinstance(module, FeedbackLayer):
-            segments.append(Segment(module))
-        elif segments:
-            if not isinstance(module, INVERTIBLE_BETWEEN_LAYERS):
-                raise ValueError(f"target propagation cannot invert module {index} ({type(module).__name__}) of "
-                                 f"the chain: between learnable layers it takes elementwise activations and "
-                                 f"reshapes only")
-            segments[-1].rest.append(module)
-        else:
-            prefix.append(module)
-    if len(segments) < 2:
-        raise ValueError("target propagation needs at least two learnable layers")
-    return prefix, segments
 
 
 class TargetPropagation(LearningRule):
@@ -137,7 +90,7 @@ class TargetPropagation(LearningRule):
     def attach(self, model, generator, input_shape=None):
         if input_shape is None:
             raise ValueError(f"{self.name} needs the model's input shape to build its inverses")
-        self.prefix, self.segments = split_segments(model)
+        self.prefix, self.segments = split_chain(model, "target propagation", verb="invert")
         self.layers = [s.layer for s in self.segments]
         self.output_layer = self.layers[-1]
         self._record_shapes(model, input_shape)
