@@ -648,6 +648,13 @@ def rules():
         options = ", ".join(f"{k}={v}" for k, v in rule.defaults.items()) or "none"
         click.echo(f"{name}\n  source: {RULES.source(name)}\n  title: {rule.title or '(none)'}\n"
                    f"  cite: {', '.join(rule.citations) or '(none)'}\n  options: {options}")
+        if rule.option_sources:
+            for key, source in rule.option_sources.items():
+                click.echo(f"    {key}: {source}")
+        if rule.weight_transport:
+            click.echo(f"  weight transport: {rule.weight_transport}")
+        if rule.layer_kinds is not None:
+            click.echo(f"  defined for: {', '.join(rule.layer_kinds)} layers")
     for problem in RULES.problems:
         click.echo(f"problem: {problem}")
 

@@ -46,6 +46,13 @@ class LearningRule:
     # cannot judge a trial on fewer epochs (alternating TP starts with an
     # inverse-only epoch).
     first_forward_epoch = 1
+    # Whether the rule moves W^T (or the forward Jacobian) backwards: one line
+    # for ``cli.py rules`` and the README, the question this suite asks.
+    weight_transport = ""
+    # Layer kinds (class names) the rule is defined for; None: every kind.
+    layer_kinds = None
+    # Where each default in ``defaults`` comes from (paper, code, or "ours").
+    option_sources = {}
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)
@@ -73,12 +80,21 @@ class LearningRule:
         layers = feedback_layers(model)
         if not layers:
             raise ValueError("the model has no learnable feedback layers to attach a rule to")
+        self.check_layer_kinds(layers)
         self.layers = layers
         self.output_layer = layers[-1]
         for layer in layers[1:]:
             self.init_layer(layer, generator)
             layer.rule = self
         return self
+
+    def check_layer_kinds(self, layers):
+        if self.layer_kinds is None:
+            return
+        for layer in layers:
+            if type(layer).__name__ not in self.layer_kinds:
+                raise ValueError(f"rule {self.name!r} is not defined for {type(layer).__name__} layers; "
+                                 f"it is for: {', '.join(self.layer_kinds)}")
 
     def init_layer(self, layer, generator):
         """Create this rule's buffers on ``layer``."""

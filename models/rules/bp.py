@@ -11,6 +11,7 @@ class Backprop(LearningRule):
     """Exact gradients: every layer keeps its native (BP) backward."""
 
     name = "bp"
+    weight_transport = "yes: the error goes down through W^T (the exact gradient)"
     colour = "#000000"
     title = "Backpropagation"
     citations = {"rumelhart1986": RUMELHART1986}

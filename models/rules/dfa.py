@@ -42,6 +42,7 @@ class DirectFeedbackAlignment(LearningRule):
     and no layer computes the true input gradient."""
 
     name = "dfa"
+    weight_transport = "no: the output error reaches each layer through a fixed random B_l"
     colour = "#d62728"
     title = "Direct feedback alignment"
     citations = {"nokland2016": NOKLAND2016}

@@ -13,6 +13,7 @@ class FeedbackAlignment(LearningRule):
     backward pass (for LC layers the same shape, hence the same locality)."""
 
     name = "fa"
+    weight_transport = "no: a fixed random B of W's shape replaces W^T"
     colour = "#1f77b4"
     defaults = {"feedback_init": "xavier"}
     choices = {"feedback_init": FEEDBACK_INITS}

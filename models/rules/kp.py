@@ -26,6 +26,7 @@ class KolenPollack(FeedbackAlignment):
     """
 
     name = "kp"
+    weight_transport = "no: B is learned by W's own local update plus decay, and comes to equal W"
     colour = "#ff7f0e"
     title = "Kolen-Pollack"
     citations = {"kolen1994": KOLEN1994, "akrout2019": AKROUT2019}

@@ -21,6 +21,7 @@ MOSKOVITZ2018 = {"type": "misc", "author": "Moskovitz, Theodore H. and Litwin-Ku
 
 
 class _SignSymmetry(LearningRule):
+    weight_transport = "in part: the signs of W go backwards, not their magnitudes"
     citations = {"liao2016": LIAO2016, "moskovitz2018": MOSKOVITZ2018}
 
     def magnitudes(self, layer):

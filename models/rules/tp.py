@@ -57,6 +57,7 @@ class TargetPropagation(LearningRule):
     """
 
     schedule = "parallel"
+    weight_transport = "no: targets go down through learned inverses g_l (their own weights)"
     denoise = False  # SDTP's inverse loss reconstructs the clean input
     output_inverse = False  # SDTP and AO-SDTP learn g_L from the output distribution
     output_on_task_loss = True  # the output layer learns from the task loss, not a target
