@@ -93,6 +93,23 @@ def test_resume_extends_a_finished_run_to_more_epochs(tiny_root, tmp_path):
     assert comparable(extended) == comparable(straight)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("rule,options", [("pc", ("--rule-opt", "inference_steps=3")), ("drtp", ()), ("pepita", ()),
+                                          ("ff", ())])
+def test_rules_with_their_own_step_resume_exactly(tiny_root, tmp_path, rule, options):
+    def run(out, epochs, *extra):
+        result = CliRunner().invoke(cli, ["run", "--arch", "fc", "--algo", rule, "--batch-size", "32", "--data-dir",
+                                          tiny_root, "--out", out, "--quiet", "--epochs", str(epochs), *options,
+                                          *extra])
+        assert result.exit_code == 0, result.output
+    run(str(tmp_path / "straight"), 3)
+    run(str(tmp_path / "resumed"), 1)
+    run(str(tmp_path / "resumed"), 3, "--resume")
+    (straight,) = records_in(str(tmp_path / "straight")).values()
+    (resumed,) = records_in(str(tmp_path / "resumed")).values()
+    assert comparable(resumed) == comparable(straight)
+
+
 def test_absurd_learning_rate_gives_a_diverged_record(tiny_root, tmp_path):
     out = str(tmp_path / "runs")
     result = CliRunner().invoke(cli, ["run", "--arch", "fc", "--algo", "fa", "--epochs", "3", "--lr", "1e9",

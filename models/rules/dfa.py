@@ -52,7 +52,7 @@ class DirectFeedbackAlignment(LearningRule):
             raise ValueError("DFA needs the model's input shape to size its feedback matrices")
         super().attach(model, generator, input_shape)
         classes = self.output_layer.weight.shape[0]
-        holder = ErrorHolder()
+        self.holder = holder = ErrorHolder()
         shapes = layer_input_shapes(self.layers, model, input_shape)
         for layer, shape in zip(self.layers[1:], shapes[1:]):
             size = math.prod(shape)
