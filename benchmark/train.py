@@ -267,7 +267,7 @@ class Trainer:
             self.rule.end_epoch()
             if not math.isfinite(train_loss) or not weights_finite(self.model):
                 return "diverged"
-            self._log_epoch(record, epoch, train_loss, train_error, time.time() - epoch_start)
+            self._log_epoch(record, epoch, train_loss, train_error, time.time() - epoch_start, wall)
             if board is not None:
                 board.write_epoch(record)
             record["wall_seconds"] = round(wall(), 3)
@@ -314,7 +314,7 @@ class Trainer:
                 progress.update(b)
         return float(loss_sum) / n, 100.0 * float(wrong) / n
 
-    def _log_epoch(self, record, epoch, train_loss, train_error, seconds):
+    def _log_epoch(self, record, epoch, train_loss, train_error, seconds, wall):
         size = self.config.eval_batch_size
         test_error, test_loss = error_and_loss(self.model, self.test, self.normalize, size)
         val_error = error_and_loss(self.model, self.val, self.normalize, size)[0] if self.val is not None else None
@@ -324,15 +324,16 @@ class Trainer:
                              test_loss=test_loss, test_error=test_error, val_error=val_error,
                              seconds=round(seconds, 3))
         if self.epoch_lines:
-            self.echo(epoch_line(record["curves"], self.config.epochs, schedule_phase(self.rule)))
+            self.echo(epoch_line(record["curves"], self.config.epochs, schedule_phase(self.rule), wall()))
 
 
-def epoch_line(curves, epochs, phase):
-    """The line printed after an epoch: its errors, time and the run's ETA."""
+def epoch_line(curves, epochs, phase, wall_seconds):
+    """The line printed after an epoch: its errors, training time and the run's
+    ETA (from the run's wall time per epoch so far: evaluation included)."""
     epoch, seconds, val_error = curves["epoch"][-1], curves["seconds"][-1], curves["val_error"][-1]
     val = f"  val {val_error:6.2f}%" if val_error is not None else ""
     val += f"  [{phase} epoch]" if phase else ""
-    remaining = (epochs - epoch) * sum(curves["seconds"]) / len(curves["seconds"])
+    remaining = (epochs - epoch) * wall_seconds / epoch
     return (f"epoch {epoch:>3}/{epochs}  train loss {curves['train_loss'][-1]:.4f}  train err "
             f"{curves['train_error'][-1]:6.2f}%  test err {curves['test_error'][-1]:6.2f}%{val}  ({seconds:.1f}s, "
             f"ETA {remaining / 60:.1f} min)")
