@@ -508,7 +508,9 @@ def search(arch, rule, dataset, trials, search_seed, space_overrides, halving, m
               help="Run only these sections (default: all).")
 @click.option("--quick", is_flag=True, help="Tiny sizes, to check that the command works.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: all cores).")
-def bench(device, sections, quick, threads):
+@click.option("--family", "families", multiple=True, type=click.Choice(["mnist", "cifar10"]),
+              help="Input families of the rules section (default: both).")
+def bench(device, sections, quick, threads, families):
     """Measure the LC layer, the rules and the harness; print Markdown tables."""
     import torch
 
@@ -517,7 +519,7 @@ def bench(device, sections, quick, threads):
     if threads:
         torch.set_num_threads(threads)
     run_bench(resolve_device(device), sections=sections or ("lc", "rules", "harness", "convert"), quick=quick,
-              echo=click.echo)
+              echo=click.echo, families=families or None)
 
 
 def _load_summary(runs, metric, seeds, strict):

@@ -382,7 +382,7 @@ def markdown_harness(rows):
     return "\n".join(lines)
 
 
-def run_bench(device, sections=("lc", "rules", "harness", "convert"), quick=False, echo=print):
+def run_bench(device, sections=("lc", "rules", "harness", "convert"), quick=False, echo=print, families=None):
     """Run the chosen sections and echo Markdown tables; returns the raw rows."""
     from .records import host_info
     from .train import describe_device
@@ -395,6 +395,8 @@ def run_bench(device, sections=("lc", "rules", "harness", "convert"), quick=Fals
         echo("## 1. Locally connected layer, forward + backward\n\n" + markdown_lc(rows) + "\n")
     if "rules" in sections:
         kwargs = dict(families=("mnist",), archs=("fc", "lc"), repeats=2, batch=8) if quick else {}
+        if families:
+            kwargs["families"] = tuple(families)
         rows = bench_rules(device, **kwargs)
         results["rules"] = rows
         echo("## 2. Training-step time of each rule relative to bp (Adam step included)\n\n"

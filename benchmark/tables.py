@@ -33,7 +33,9 @@ DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10":
 
 
 # The published numbers beside our cells: Bartunov et al.'s for their nets, BioTorch's for the peers' networks.
-REFERENCE_FILES = ("paper_reference.csv", "biotorch_reference.csv")
+REFERENCE_FILES = ("paper_reference.csv", "biotorch_reference.csv", "families_reference.csv")
+# Rules whose reference number is their own paper's, on the authors' nets (families_reference.csv).
+OWN_PAPER_RULES = ("pepita", "ff")
 BIOTORCH_ARCHS = ("lenet", "resnet20", "resnet56")
 
 
@@ -255,8 +257,13 @@ def markdown_paper_text(ref, diff):
 def footer_text(summary, metric):
     peers = summary["arch"].isin(BIOTORCH_ARCHS)
     sources = []
-    if (~peers).any():
+    own = summary["rule"].isin(OWN_PAPER_RULES) & summary["paper"].notna()
+    if (~peers & ~own).any():
         sources.append("Bartunov et al. 2018 Table 1 (500 epochs, tuned)")
+    if own.any():
+        sources.append(("for PEPITA and Forward-Forward " if sources else "") + "the authors' own MNIST numbers on "
+                       "their nets (PEPITA: 1x1024 ReLU, 100 epochs; FF: 4x2000 ReLU, 60 epochs; see "
+                       "benchmark/families_reference.csv)")
     if peers.any():
         sources.append(("for LeNet and the ResNets " if sources else "")
                        + "BioTorch's published benchmark (Sanfiz & Akrout 2021; one run, the best-validation model; "
