@@ -11,7 +11,8 @@ for _name, _target in (
         ("frsf", "sign:FixedRandomSignSymmetry"), ("kp", "kp:KolenPollack"),
         ("dtp-par", "tp:DTPParallel"), ("dtp-alt", "tp:DTPAlternating"), ("sdtp-par", "tp:SDTPParallel"),
         ("sdtp-alt", "tp:SDTPAlternating"), ("aosdtp-par", "tp:AOSDTPParallel"),
-        ("aosdtp-alt", "tp:AOSDTPAlternating"), ("ldrl", "ldrl:LayerwiseDRL")):
+        ("aosdtp-alt", "tp:AOSDTPAlternating"), ("ldrl", "ldrl:LayerwiseDRL"),
+        ("ep", "ep:EquilibriumPropagation")):
     RULES.register(_name, f"{__name__}.{_target}")
 
 
