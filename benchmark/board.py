@@ -8,7 +8,9 @@ from .errors import BoardError
 
 CURVES = {"train_loss": "loss/train", "test_loss": "loss/test", "train_error": "error/train",
           "test_error": "error/test", "val_error": "error/val", "seconds": "time/epoch_seconds"}
-LAYER_METRICS = ("update_angle", "wb_angle", "norm_ratio", "reconstruction_error", "target_distance")
+LAYER_METRICS = ("update_angle", "wb_angle", "norm_ratio", "reconstruction_error", "target_distance",
+                 "nudge_distance", "free_residual", "energy_before", "energy_after", "goodness_positive",
+                 "goodness_negative")
 
 
 

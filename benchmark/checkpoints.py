@@ -107,8 +107,8 @@ def restore_training_state(state, model, optimizer, rule, generators):
     optimizer.load_state_dict(state["optimizer"])
     for name, generator in generators.items():
         generator.set_state(state[name].to(generator.get_state().device))
-    if state["rule_gen"] is not None:
-        rule.generator.set_state(state["rule_gen"])
+    if state["rule_gen"] is not None:  # a generator's state is a CPU tensor, whatever map_location did to it
+        rule.generator.set_state(state["rule_gen"].cpu())
     rule.load_state_dict(state["rule_state"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])

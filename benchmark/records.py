@@ -238,7 +238,10 @@ OBJECT_FIELDS = {
 CURVE_ENTRIES = dict.fromkeys(CURVE_KEYS, NUMBER) | {"epoch": INT, "val_error": _or_null(NUMBER)}
 ALIGNMENT_FIELDS = ({"layers": LIST}, {})
 LAYER_FIELDS = ({"layer": INT}, dict.fromkeys(("wb_angle", "update_angle", "norm_ratio", "reconstruction_error",
-                                               "target_distance"), _or_null(NUMBER)))
+                                               "target_distance", "nudge_distance", "free_residual",
+                                               "energy_before", "energy_after", "goodness_positive",
+                                               "goodness_negative"),
+                                              _or_null(NUMBER)))
 
 
 def _fail(field, value, words):

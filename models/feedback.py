@@ -72,7 +72,7 @@ class DirectRoute:
             self.holder.error = grad_out.reshape(grad_out.shape[0], -1)
         error = self.holder.error
         if error is None:
-            raise RuntimeError("DFA: the output error was not captured before a hidden layer's backward")
+            raise RuntimeError(self.holder.missing)
         return error.mm(backward_weight).view(input_shape)
 
 
@@ -81,6 +81,7 @@ class ErrorHolder:
 
     def __init__(self):
         self.error = None
+        self.missing = "DFA: the output error was not captured before a hidden layer's backward"
 
 
 class FeedbackFunction(torch.autograd.Function):

@@ -14,7 +14,8 @@ for _name, _target in (
         ("aosdtp-alt", "tp:AOSDTPAlternating"), ("ldrl", "ldrl:LayerwiseDRL"),
         ("drtp", "drtp:DirectRandomTargetProjection"),
         ("pepita", "pepita:Pepita"), ("ff", "ff:ForwardForward"),
-        ("pc", "pc:PredictiveCoding"), ("pc-rf", "pc:PredictiveCodingRandomFeedback")):
+        ("pc", "pc:PredictiveCoding"), ("pc-rf", "pc:PredictiveCodingRandomFeedback"),
+        ("ep", "ep:EquilibriumPropagation")):
     RULES.register(_name, f"{__name__}.{_target}")
 
 

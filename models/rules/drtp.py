@@ -30,6 +30,8 @@ class DirectRandomTargetProjection(DirectFeedbackAlignment):
         super().attach(model, generator, input_shape)
         for layer in self.layers[1:]:
             layer.feedback_route.captures_error = False  # the target, not the error, travels
+        self.holder.missing = ("drtp: no target to project; train with rule.train_step, or call "
+                               "rule.project_target(y, logits) before backward")
         return self
 
     def project_target(self, y, logits):
