@@ -11,7 +11,7 @@ import signal
 
 import click
 
-from benchmark.errors import BiobenchError, ConfigError, GridFailed, RunDiverged, RunInterrupted
+from benchmark.errors import BiobenchError, ConfigError, GridFailed, ResultsMissing, RunDiverged, RunInterrupted
 from benchmark.paths import DATA_ENV, check_data_dir, check_folders, check_out_dir
 
 DEFAULT_OUT = os.path.join("results", "runs")
@@ -639,6 +639,72 @@ def report(runs, metric, out, title):
     check_out_dir(os.path.dirname(os.path.abspath(out)), "--out")
     write_text(out, render(table, summary, metric, find_searches(runs), title or ", ".join(runs)))
     click.echo(out)
+
+
+@cli.command()
+@click.option("--runs", multiple=True, type=click.Path(file_okay=False), default=[DEFAULT_OUT], show_default=True,
+              help="Folder(s) whose complete runs are evaluated (repeatable); each result goes into its run folder.")
+@click.option("--eps", "eps_text", default=None,
+              help="L-inf budgets in pixel units [0, 1], comma-separated, fractions allowed (default: MNIST and "
+                   "Fashion-MNIST 0,0.05,0.1,0.2,0.3; CIFAR-10 0,2/255,4/255,8/255,16/255).")
+@click.option("--attacks", "attacks_text", default="fgsm,pgd", show_default=True, help="fgsm, pgd.")
+@click.option("--gradients", "gradients_text", default="true,rule,transfer", show_default=True,
+              help="Which gradient the attacks follow: true (exact), rule (the rule's backward path), transfer "
+                   "(examples made on the BP run of the same dataset, arch and seed).")
+@click.option("--corruptions", "corruptions_text", default="gaussian_noise,gaussian_blur,contrast",
+              show_default=True, help="Corruptions at severities 1-5 (CIFAR-10-C parameters), or none.")
+@click.option("--pgd-steps", type=click.IntRange(min=1), default=None,
+              help="PGD iterations (default: MNIST 40, CIFAR-10 10; Madry et al. 2018).")
+@click.option("--pgd-step", type=FiniteFloat(0, 1), default=None,
+              help="PGD step in pixel units (default: MNIST 0.01, CIFAR-10 2/255).")
+@click.option("--random-start/--no-random-start", default=True, show_default=True,
+              help="PGD starts at a uniform random point of the eps ball.")
+@click.option("--test-subset", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Evaluate on N test images, class-stratified and the same for every run (0: all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Images attacked at once (PGD runs batched).")
+@click.option("--states", "states_text", default="final,best", show_default=True,
+              help="Which kept models: final (last epoch) and best (best validation epoch, when kept).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs evaluated in parallel worker processes.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads per run (default: cores / --jobs).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar=DATA_ENV, default="data", show_default=True,
+              help=f"torchvision data root (env {DATA_ENV}).")
+@click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
+              help="Also add the results as scalars to each run's TensorBoard run in this folder, where it has one.")
+def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, pgd_steps, pgd_step, random_start,
+               test_subset, batch_size, states_text, jobs, threads, device, data_dir, tensorboard):
+    """Adversarial error (FGSM, PGD; true-gradient, rule-gradient and transfer
+    attacks) and corruption error of every complete run, into its run folder."""
+    from benchmark import robustness as rb
+    settings = rb.Settings(
+        eps=rb.parse_eps(eps_text) if eps_text is not None else None,
+        attacks=rb.parse_names(attacks_text, rb.ATTACKS, "--attacks"),
+        gradients=rb.parse_names(gradients_text, rb.GRADIENTS, "--gradients"),
+        corruptions=rb.parse_names(corruptions_text, tuple(rb.CORRUPTIONS), "--corruptions"),
+        pgd_steps=pgd_steps, pgd_step=pgd_step, random_start=random_start, test_subset=test_subset,
+        batch_size=batch_size, states=rb.parse_names(states_text, rb.STATES, "--states"))
+    if not settings.states:
+        raise ConfigError("--states none leaves nothing to evaluate; allowed: final, best")
+    rb.check_attack_library()
+    check_folders("--runs", runs)
+    check_data_dir(data_dir)
+    board = checked_board(tensorboard)
+    job_list = rb.plan(runs, settings, warn=lambda message: click.echo(message, err=True))
+    if not job_list:
+        raise ResultsMissing(f"no complete runs under {', '.join(runs)}")
+    counts = rb.run_all(job_list, settings, data_dir, device=device, jobs_count=jobs, threads=threads,
+                        echo=lambda message: click.echo(message, err=True))
+    if board:
+        from benchmark.board import write_robustness
+        mirrored = write_robustness(board, [job.run_dir for job in job_list])
+        click.echo(f"tensorboard: robustness scalars added to {mirrored} run(s) under {board}")
+    click.echo("robustness finished: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+                                          or "nothing to do"))
+    if counts.get("failed"):
+        raise GridFailed(f"{counts['failed']} run(s) failed (see the lines above); the others are written")
 
 
 @cli.command()

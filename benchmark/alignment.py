@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from models import feedback_layers
+from models.layers import detached_rules
 
 
 def angle_degrees(a, b):
@@ -24,15 +25,8 @@ def angle_degrees(a, b):
 
 def exact_gradients(model, x, y):
     """BP's weight gradients of the mean cross-entropy, with every rule detached."""
-    layers = feedback_layers(model)
-    saved = [layer.rule for layer in layers]
-    for layer in layers:
-        layer.rule = None
-    try:
-        return torch.autograd.grad(F.cross_entropy(model(x), y), [layer.weight for layer in layers])
-    finally:
-        for layer, previous in zip(layers, saved):
-            layer.rule = previous
+    with detached_rules(model):
+        return torch.autograd.grad(F.cross_entropy(model(x), y), [layer.weight for layer in feedback_layers(model)])
 
 
 def alignment_metrics(model, rule, x, y):

@@ -48,3 +48,35 @@ class Board:
 
     def close(self):
         self.writer.close()
+
+
+def write_robustness(directory, run_dirs):
+    """Add each run's robustness.json as scalars to its TensorBoard run in
+    ``directory`` (only runs that have one: this mirrors, it creates no run).
+    Tags ``robustness_<state>/<attack>_<gradient>`` and
+    ``robustness_<state>/corruption_<name>`` carry the error, the step being
+    eps x 1000 (or the severity): TensorBoard's x axis then reads as eps.
+    Returns how many runs were mirrored."""
+    import json
+
+    from .robustness import RESULT_NAME
+    check_available()
+    from torch.utils.tensorboard import SummaryWriter
+    mirrored = 0
+    for run_dir in run_dirs:
+        board_run = os.path.join(directory, os.path.basename(os.path.normpath(run_dir)))
+        path = os.path.join(run_dir, RESULT_NAME)
+        if not (os.path.isdir(board_run) and os.path.isfile(path)):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            result = json.load(handle)
+        writer = SummaryWriter(log_dir=board_run)
+        for state, entry in result["states"].items():
+            for row in entry["attacks"]:
+                writer.add_scalar(f"robustness_{state}/{row['attack']}_{row['gradient']}", row["error"],
+                                  round(row["eps"] * 1000))
+            for row in entry["corruptions"]:
+                writer.add_scalar(f"robustness_{state}/corruption_{row['corruption']}", row["error"], row["severity"])
+        writer.close()
+        mirrored += 1
+    return mirrored

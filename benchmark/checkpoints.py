@@ -1,6 +1,8 @@
 """Epoch checkpoints: everything a run needs to continue exactly (model,
 optimiser, the rule's state, every random stream, the record so far),
-written atomically after every epoch."""
+written atomically after every epoch; and, for runs with a validation split,
+the model of the best validation epoch (``model_best.pt``), which evaluations
+after training (``cli.py robustness``) use beside the last epoch's."""
 import os
 import random
 import zipfile
@@ -10,7 +12,7 @@ import torch
 
 from .errors import RunError
 from .io import atomic_path
-from .records import CHECKPOINT_NAME
+from .records import BEST_MODEL_NAME, CHECKPOINT_NAME
 
 
 def checkpoint_path(run_dir):
@@ -31,9 +33,29 @@ def verify_checkpoint(path):
                        f"run folder away and run again")
 
 
+def best_model_path(run_dir):
+    return os.path.join(run_dir, BEST_MODEL_NAME)
+
+
 def save_checkpoint(run_dir, state):
     """Write, verify, then atomically put in place: a bad write never replaces a good checkpoint."""
-    path = checkpoint_path(run_dir)
+    save_verified(checkpoint_path(run_dir), state)
+
+
+def save_best_model(run_dir, model, record):
+    """The model of the epoch ``record`` just ended, as the best-validation
+    model: its state dict (forward weights and the feedback buffers a rule
+    keeps on the layers; nothing of the optimiser), the epoch and its errors.
+    Written before the epoch's checkpoint, so the record on disk never names a
+    best epoch whose model is missing; a resumed run redoes that epoch exactly."""
+    summary = record["summary"]
+    save_verified(best_model_path(run_dir), {
+        "model": model.state_dict(), "epoch": summary["best_val_epoch"],
+        "val_error": record["curves"]["val_error"][-1], "test_error": summary["test_error_at_best_val"],
+        "config": record["config"]})
+
+
+def save_verified(path, state):
     with atomic_path(path) as tmp:
         with open(tmp, "wb", buffering=0) as handle:
             sink = ErrorKeepingFile(handle)

@@ -42,6 +42,7 @@ from .errors import RecordError
 SCHEMA = "biobench.run/1"
 RECORD_NAME = "record.json"
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_MODEL_NAME = "model_best.pt"  # the best-validation model, with a validation split only
 SEARCH_NAME = "search.json"  # a search's own record (benchmark.search)
 SEARCH_TRIALS = "trials"  # the folder of a search's trial runs
 SEARCH_SCHEMA = "biobench.search/1"

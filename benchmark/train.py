@@ -20,7 +20,7 @@ from models.networks import INPUT_SHAPES
 from . import records
 from .alignment import alignment_metrics
 from .board import Board
-from .checkpoints import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .checkpoints import load_checkpoint, restore_training_state, save_best_model, save_checkpoint, training_state
 from .config import learning_rate
 from .data import Normalizer, load_dataset, random_crop_flip, training_splits
 from .early_stopping import early_stop, fits_before
@@ -179,7 +179,8 @@ def schedule_phase(rule):
 class Trainer:
     """Trains one run. ``prepare()`` loads data, builds model and rule (writes nothing);
     ``run(run_dir)`` trains, writing ``record.json`` and ``checkpoint.pt`` atomically
-    every epoch; ``train_epoch`` is one pass over the training set (``bench`` times it)."""
+    every epoch (and ``model_best.pt`` whenever the validation error improves);
+    ``train_epoch`` is one pass over the training set (``bench`` times it)."""
 
     def __init__(self, config, data_dir=None, device="auto", progress=True, echo=None, dataset=None,
                  epoch_lines=None, tensorboard=None, deadline=None, epoch_estimate=None):
@@ -274,6 +275,8 @@ class Trainer:
             stop = early_stop(record["curves"], self.config.patience)
             if stop:
                 record["early_stop"] = stop
+            if self.val is not None and record["summary"]["best_val_epoch"] == epoch:
+                save_best_model(run_dir, self.model, record)
             # The checkpoint first: the record on disk never claims an epoch the checkpoint lacks.
             save_checkpoint(run_dir, training_state(self.config, self.model, self.optimizer, self.rule,
                                                     self.generators, record))

@@ -6,6 +6,7 @@ it runs the exact (BP) computation; with a rule attached, the rule supplies
 the backward operand ``B`` (or the DFA route) for every training forward.
 """
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -107,3 +108,19 @@ class Conv2d(FeedbackLayer, nn.Conv2d):
 def feedback_layers(model):
     """The model's learnable layers in forward order (module registration order)."""
     return [m for m in model.modules() if isinstance(m, FeedbackLayer)]
+
+
+@contextmanager
+def detached_rules(model):
+    """Every learnable layer of ``model`` (a module, or a list of layers) runs
+    exactly (BP's forward and backward) inside the block, whatever rule is
+    attached; restored after."""
+    layers = feedback_layers(model) if isinstance(model, nn.Module) else list(model)
+    saved = [layer.rule for layer in layers]
+    for layer in layers:
+        layer.rule = None
+    try:
+        yield
+    finally:
+        for layer, previous in zip(layers, saved):
+            layer.rule = previous

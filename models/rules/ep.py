@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ..chain import RESHAPES, run_prefix, split_chain
+from ..layers import detached_rules
 from .base import LearningRule, uniform_like_weight
 
 # Works this module's rules cite (BibTeX fields).
@@ -265,9 +266,94 @@ class EquilibriumPropagation(LearningRule):
                 for n, f, a in zip(nudged, free, after)]
         return rows + [{"nudge_distance": None, "free_residual": None}]
 
+    # adversarial attacks (benchmark.robustness) ----------------------------------------
+    # The eval-mode prediction is computed without a graph (relax detaches every
+    # step), so an attack cannot differentiate model(x). These two methods give
+    # it the exact input gradient of that prediction and EP's own estimate of it.
+    def _exact_drive(self, index, states, s0):
+        """Layer ``index``'s drive from below, by the layer's exact op (its
+        derivative is then the true one; the value is the same)."""
+        below = s0 if index == 0 else reshape(self.hidden[index - 1], states[index - 1])
+        with detached_rules([self.hidden[index].layer]):
+            return self.hidden[index].layer(below)
+
+    def _pull_back(self, segment_layers, state, cotangent, create_graph):
+        """``cotangent`` sent down through ``segment_layers`` by the rule's
+        backward (W^T or B^T), as the state below sees it: dPhi/ds's term from
+        above, or the nudge's. Linear in ``cotangent``, with its graph kept
+        when ``create_graph``."""
+        below = state.detach().requires_grad_()
+        with torch.enable_grad():
+            out = segment_layers(below)
+            (pulled,) = torch.autograd.grad(out, below, cotangent, create_graph=create_graph)
+        return pulled
+
+    def unrolled_relax(self, s0, states, steps, beta=0.0, cotangent=None, differentiable=False):
+        """:meth:`relax` written out step by step: ``s_n <- sigma(drive_n +
+        feedback_n)``, the drive by the layer's exact op, the feedback from
+        s_{n+1} through the rule's backward operand, and for ``beta`` the nudge
+        of the linear cost ``<cotangent, logits>`` on s_N (through the
+        read-out's backward, as the CE nudge in ``phi``). With
+        ``differentiable`` the graph from ``s0`` through every step is kept."""
+        count = len(states)
+        if self.options["update_order"] == "synchronous":
+            groups = [range(count)]
+        else:
+            groups = [range(0, count, 2), range(1, count, 2)]
+        with self.dynamics():
+            drive0 = self._exact_drive(0, states, s0)
+            for _ in range(steps):
+                for group in groups:
+                    new = list(states)
+                    for i in group:
+                        pre = drive0 if i == 0 else self._exact_drive(i, states, s0)
+                        if i + 1 < count:
+                            above = self.hidden[i + 1].layer
+                            below = reshape(self.hidden[i], states[i])
+                            pre = pre + self._pull_back(above, below, states[i + 1], differentiable).view_as(pre)
+                        elif beta:
+                            below = reshape(self.hidden[i], states[i])
+                            nudge = self._pull_back(self.readout, below, cotangent, differentiable)
+                            pre = pre - beta * nudge.view_as(pre)
+                        new[i] = self.hidden[i].activation(pre)
+                    states = new if differentiable else [s.detach() for s in new]
+        return states
+
+    def differentiable_forward(self, x):
+        """The eval-mode logits of ``x`` (free phase from zero states, then the
+        read-out) with autograd's graph kept from ``x``: its input gradient is
+        the exact gradient of what the network computes at test time."""
+        s0 = run_prefix(self.prefix, x)
+        states = self.unrolled_relax(s0, self.initial_states(s0), self.options["free_steps"], differentiable=True)
+        with detached_rules([self.readout.layer]):
+            return self.readout(reshape(self.hidden[-1], states[-1]))
+
+    def estimate_input_gradient(self, x, cotangent):
+        """EP's own estimate of ``cotangent``^T d logits / dx: the input treated
+        like a parameter of Phi (it enters only layer 1's drive), so
+        dC/ds_0 ~ -(Phi_{s_0}(s^{b1}) - Phi_{s_0}(s^{b2})) / (b1 - b2) with the
+        linear cost C = <cotangent, logits> nudging the read-out (both phases
+        as the rule's nudging option says; random-sign: +beta, one-sided)."""
+        with torch.no_grad():
+            s0 = run_prefix(self.prefix, x)
+        free = self.unrolled_relax(s0, self.initial_states(s0), self.options["free_steps"])
+        beta, steps = self.options["beta"], self.options["nudged_steps"]
+        first = self.unrolled_relax(s0, free, steps, beta, cotangent)
+        if self.options["nudging"] == "symmetric":
+            second, beta_2 = self.unrolled_relax(s0, free, steps, -beta, cotangent), -beta
+        else:
+            second, beta_2 = free, 0.0
+        # dPhi/ds_0 = layer 1's backward (exact: it has no rule) applied to s_1
+        grad_s0 = self._pull_back(self.hidden[0].layer, s0, first[0] - second[0], False) / -(beta - beta_2)
+        inputs = x.detach().requires_grad_()
+        with torch.enable_grad():
+            (grad_x,) = torch.autograd.grad(run_prefix(self.prefix, inputs), inputs, grad_s0)
+        return grad_x
+
     def describe(self):
         return {"name": self.name, "options": dict(self.options),
                 "first_layer": "EP update; s_0 (the input) is clamped",
                 "output_layer": ("read-out outside the dynamics: dLoss/dW_out at the nudged fixed point "
                                  "(mean over +-beta when symmetric)"),
                 "prediction": "read-out of the free fixed point, in training and in evaluation (eval-mode forward)"}
+

@@ -1,0 +1,692 @@
+"""``cli.py robustness``: adversarial and corruption error of finished runs.
+
+Every attack works on pixels in [0, 1], before the suite's normalisation
+(:class:`AttackedModel` applies it inside the model), under an L-infinity
+budget ``eps``. Attacks come from torchattacks (FGSM; PGD, Madry et al. 2018);
+what changes between the columns is only *which gradient* the attack follows:
+
+* ``true``: the network's exact input gradient, whatever rule trained it
+  (every layer's rule detached, as :func:`benchmark.alignment.exact_gradients`
+  does; for EP, whose eval-mode forward relaxes without a graph, autograd
+  through the unrolled free phase);
+* ``rule``: the rule's own backward path with the rule attached (FA's B, DFA's
+  e @ B_l, sign rules, KP's B, DRTP's projected target, pc-rf's B; EP's
+  two-phase estimate). The first layer never has a rule, so the signal reaches
+  the pixels through W_1^T from layer 1's output. Rules whose layers all send
+  the exact gradient down (bp, pc, TP, PEPITA, FF) have no such column;
+* ``transfer``: examples made on the BP run of the same dataset, architecture
+  and seed (its true gradient) and evaluated on the target network, whose own
+  gradient is never computed.
+
+Corruptions (Gaussian noise, Gaussian blur, contrast; severities 1-5 with
+CIFAR-10-C's parameters, Hendrycks & Dietterich 2019) use torchvision's
+functional transforms. Results go into each run folder as ``robustness.json``
+(atomic); finished parts of an interrupted evaluation wait in
+``robustness.partial.json`` and are reused by the same command.
+"""
+import hashlib
+import json
+import math
+import os
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, RecordError, RunError, RunInterrupted
+from .io import write_json
+from .records import BEST_MODEL_NAME, CHECKPOINT_NAME, code_version, find_records, load_record, versions
+
+SCHEMA = "biobench.robustness/1"
+RESULT_NAME = "robustness.json"
+PARTIAL_NAME = "robustness.partial.json"
+ATTACKS = ("fgsm", "pgd")
+GRADIENTS = ("true", "rule", "transfer")
+STATES = ("final", "best")
+# Hendrycks & Dietterich 2019, CIFAR-10-C (32 x 32 images, so also MNIST's
+# 28 x 28; ImageNet-C's blur would wipe a digit out): noise std, blur sigma,
+# contrast factor, for severities 1-5.
+CORRUPTIONS = {"gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10), "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),
+               "contrast": (0.75, 0.5, 0.4, 0.3, 0.15)}
+# Datasets whose images are 8-bit pixels (bounds [0, 1] after /255), with their
+# default eps lists and PGD settings. MNIST: Madry et al. 2018's eps 0.3, 40
+# steps of 0.01 with a random start; CIFAR-10: their step 2/255 with 10 steps
+# (they trained with 7 and attacked with 20), eps up to 16/255.
+MNIST_DEFAULTS = {"eps": [0.0, 0.05, 0.1, 0.2, 0.3], "pgd_steps": 40, "pgd_step": 0.01}
+CIFAR_DEFAULTS = {"eps": [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "pgd_steps": 10, "pgd_step": 2 / 255}
+PIXEL_DATASETS = {"mnist": MNIST_DEFAULTS, "fashion-mnist": MNIST_DEFAULTS, "cifar10": CIFAR_DEFAULTS,
+                  "cifar10-jpeg": CIFAR_DEFAULTS,
+                  "imagefolder": {"eps": [0.0, 1 / 255, 2 / 255, 4 / 255], "pgd_steps": 10, "pgd_step": 1 / 255}}
+
+
+# options ----------------------------------------------------------------------------
+def parse_eps(text):
+    """``"0,0.1,8/255"`` -> sorted distinct floats in [0, 1]; ConfigError naming a bad one."""
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            top, _, bottom = part.partition("/")
+            value = float(top) / (float(bottom) if bottom else 1.0)
+        except (ValueError, ZeroDivisionError):
+            value = math.nan
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ConfigError(f"--eps {part!r} is not allowed: each eps must be a number in [0, 1] (pixel units, "
+                              f"e.g. 0.1 or 8/255)")
+        values.append(value)
+    return sorted(set(values))
+
+
+def parse_names(text, allowed, flag):
+    """A comma-separated subset of ``allowed`` (``none``: empty); ConfigError naming a bad one."""
+    if str(text).strip() == "none":
+        return ()
+    names = [part.strip() for part in str(text).split(",") if part.strip()]
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(f"{flag} {name!r} is not known; allowed: {', '.join(allowed)} (comma-separated)")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass
+class Settings:
+    """What the user chose; :meth:`resolved` fills the dataset's defaults."""
+    eps: list = None  # None: the dataset's
+    attacks: tuple = ATTACKS
+    gradients: tuple = GRADIENTS
+    corruptions: tuple = tuple(CORRUPTIONS)
+    pgd_steps: int = None
+    pgd_step: float = None
+    random_start: bool = True
+    test_subset: int = 1000  # 0: the whole test set
+    batch_size: int = 1000  # images per attack batch
+    states: tuple = STATES
+
+    def resolved(self, dataset):
+        """The settings a run of ``dataset`` is evaluated with (what robustness.json records)."""
+        if dataset not in PIXEL_DATASETS:
+            raise ConfigError(f"dataset {dataset!r} has no known pixel bounds, so eps means nothing for it; "
+                              f"robustness knows: {', '.join(PIXEL_DATASETS)}")
+        defaults = PIXEL_DATASETS[dataset]
+        eps = self.eps if self.eps is not None else defaults["eps"]
+        return {"norm": "Linf", "pixel_range": [0.0, 1.0], "eps": [float(e) for e in eps],
+                "attacks": list(self.attacks), "gradients": list(self.gradients),
+                "pgd": {"steps": self.pgd_steps or defaults["pgd_steps"],
+                        "step_size": self.pgd_step or defaults["pgd_step"], "random_start": self.random_start},
+                "corruptions": {name: list(CORRUPTIONS[name]) for name in self.corruptions},
+                "test_subset": self.test_subset, "subset_seed": 0, "batch_size": self.batch_size,
+                "states": list(self.states)}
+
+
+def library_versions():
+    info = versions()
+    try:
+        import torchattacks
+        info["torchattacks"] = torchattacks.__version__
+    except ImportError:
+        info["torchattacks"] = None
+    return info
+
+
+def check_attack_library():
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        raise ConfigError("robustness needs torchattacks: pip install -e \".[robustness]\"") from None
+
+
+# the runs ---------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One run to evaluate: its folder, record, the model files it keeps and its BP transfer source."""
+    run_dir: str
+    record: dict = field(repr=False)
+    models: dict  # state -> file name in run_dir
+    source: str = None  # run folder of the BP network the transfer examples come from
+    notes: list = field(default_factory=list)
+
+    @property
+    def name(self):
+        return os.path.basename(self.run_dir)
+
+
+def _source_key(config):
+    """What a BP transfer source shares with its targets (the data, architecture and seed)."""
+    return (config["dataset"], config["arch"], config["seed"], config.get("train_subset") or 0,
+            config.get("val_split") or 0.0)
+
+
+def plan(roots, settings, warn=print):
+    """Every complete run under ``roots`` as a :class:`Job`, checked before
+    anything is written: ConfigError (one line) for a run folder without a
+    kept model or a dataset without pixel bounds. Unfinished and diverged runs
+    are left out (``warn`` says how many); so are unreadable records."""
+    jobs, skipped = [], {}
+    for root in roots:
+        for path in find_records(root):
+            try:
+                record = load_record(path)
+            except RecordError as exc:
+                warn(f"warning: skipped {exc}")
+                continue
+            if record["status"] != "complete":
+                skipped[record["status"]] = skipped.get(record["status"], 0) + 1
+                continue
+            run_dir = os.path.dirname(path)
+            settings.resolved(record["config"]["dataset"])  # raises for a dataset without pixel bounds
+            jobs.append(Job(run_dir, record, kept_models(run_dir, record, settings.states)))
+    for status, count in sorted(skipped.items()):
+        warn(f"robustness: {count} {status} run(s) left out (only complete runs are evaluated)")
+    seen, unique = set(), []
+    for job in jobs:  # overlapping roots name a folder twice
+        real = os.path.realpath(job.run_dir)
+        if real not in seen:
+            seen.add(real)
+            unique.append(job)
+    if "transfer" in settings.gradients:
+        assign_sources(unique)
+    return unique
+
+
+def kept_models(run_dir, record, states):
+    """``{state: model file}``: ``final`` (the last epoch's checkpoint.pt, which
+    every run keeps) and ``best`` (model_best.pt, kept when the run had a
+    validation split and was trained by a biobench that keeps it)."""
+    models = {}
+    if "final" in states:
+        if not os.path.isfile(os.path.join(run_dir, CHECKPOINT_NAME)):
+            raise ConfigError(f"run folder {run_dir} keeps no model ({CHECKPOINT_NAME} is missing; results "
+                              f"committed without their git-ignored checkpoints need retraining)")
+        models["final"] = CHECKPOINT_NAME
+    if "best" in states and record["summary"].get("best_val_epoch") is not None:
+        if os.path.isfile(os.path.join(run_dir, BEST_MODEL_NAME)):
+            models["best"] = BEST_MODEL_NAME
+    if not models:
+        raise ConfigError(f"run folder {run_dir} keeps no model for --states {','.join(states)} "
+                          f"(no validation split, so no {BEST_MODEL_NAME})")
+    return models
+
+
+def assign_sources(jobs):
+    """Each job's BP transfer source: the BP run with the same dataset,
+    architecture, seed, training subset and validation split, preferring the
+    target's weight decay, then none."""
+    bp = {}
+    for job in jobs:
+        config = job.record["config"]
+        if config["algo"] == "bp":
+            bp.setdefault(_source_key(config), []).append(job)
+    for job in jobs:
+        config = job.record["config"]
+        if config["algo"] == "bp":
+            continue
+        candidates = bp.get(_source_key(config), [])
+        decay = config.get("weight_decay") or 0.0
+        ranked = sorted(candidates, key=lambda c: ((c.record["config"].get("weight_decay") or 0.0) != decay,
+                                                   (c.record["config"].get("weight_decay") or 0.0) != 0.0, c.name))
+        if ranked:
+            job.source = ranked[0].run_dir
+        else:
+            job.notes.append("transfer: no BP run of the same dataset, architecture and seed under --runs")
+
+
+_DIGESTS = {}
+
+
+def file_digest(path):
+    """sha256 of a model file, read once per process while its size and mtime stay."""
+    info = os.stat(path)
+    key = (os.path.realpath(path), info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def job_status(job, settings):
+    """``done`` when the run's robustness.json has these settings and models, else ``todo``."""
+    path = os.path.join(job.run_dir, RESULT_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            done = json.load(handle)
+    except (OSError, ValueError):
+        return "todo"
+    return "done" if done.get("fingerprint") == fingerprint(job, settings) else "todo"
+
+
+def fingerprint(job, settings):
+    """What the numbers depend on: the settings, each model file and the transfer source's."""
+    parts = {"settings": settings.resolved(job.record["config"]["dataset"]),
+             "models": {state: file_digest(os.path.join(job.run_dir, name)) for state, name in job.models.items()}}
+    if job.source:
+        source_models = kept_models(job.source, load_record(os.path.join(job.source, "record.json")), STATES)
+        parts["source"] = {state: file_digest(os.path.join(job.source, name)) for state, name in source_models.items()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# models --------------------------------------------------------------------------------------
+_DATA_CACHE = {}
+
+
+def dataset_of(name, data_dir):
+    """The dataset, loaded once per process."""
+    from .data import load_dataset
+    key = (name, os.path.abspath(data_dir))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_dataset(name, data_dir)
+    return _DATA_CACHE[key]
+
+
+def load_model(run_dir, record, state, data, device):
+    """``(model, rule, epoch)``: the run's network built by the trainer's own
+    path (``build_model`` with the record's config, so the rule is attached
+    exactly as in training) with the ``state``'s weights, in eval mode."""
+    import torch
+
+    from .checkpoints import verify_checkpoint
+    from .config import RunConfig
+    from .train import build_model, seed_everything
+    config = RunConfig.from_record(record["config"])
+    path = os.path.join(run_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
+    verify_checkpoint(path)
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise RunError(f"cannot read {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if state == "final":
+        epoch = saved["record"]["summary"]["epochs_done"]
+        expected = record["summary"]["epochs_done"]
+    else:
+        epoch, expected = saved["epoch"], record["summary"]["best_val_epoch"]
+    if epoch != expected:
+        raise RunError(f"{path} holds epoch {epoch}, but the record says {expected}; the folder is inconsistent")
+    seed_everything(config.seed)
+    model, rule, _ = build_model(config, data, device)
+    model.load_state_dict(saved["model"])
+    if state == "final":
+        rule.load_state_dict(saved["rule_state"])
+    model.eval()
+    return model, rule, epoch
+
+
+def attacked_model(model, rule, data, path):
+    """The module an attack differentiates: pixels in [0, 1] -> logits, the
+    suite's normalisation inside (the same arithmetic as ``data.Normalizer``
+    on the 8-bit images, so eps = 0 gives the trainer's logits bit for bit),
+    and autograd along ``path`` (``true`` or ``rule``)."""
+    import torch
+    from torch import nn
+
+    from models.layers import detached_rules
+
+    class Estimated(torch.autograd.Function):
+        """EP's forward (eval mode: the relaxed read-out) with EP's own gradient estimate as backward."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            with torch.no_grad():
+                return model(x)
+
+        @staticmethod
+        def backward(ctx, grad_logits):
+            (x,) = ctx.saved_tensors
+            return rule.estimate_input_gradient(x, grad_logits)
+
+    class Attacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.register_buffer("scale", (1.0 / (255.0 * data.std)).view(1, -1, 1, 1).clone())
+            self.register_buffer("shift", (data.mean / data.std).view(1, -1, 1, 1).clone())
+            self.labels = None  # the batch's labels, for a rule whose signal is the target (DRTP)
+
+        def forward(self, pixels):
+            x = torch.addcmul(-self.shift, pixels * 255, self.scale)
+            if path == "true":
+                if hasattr(rule, "differentiable_forward"):
+                    return rule.differentiable_forward(x)
+                with detached_rules(self.model):
+                    return self.model(x)
+            if hasattr(rule, "estimate_input_gradient"):
+                return Estimated.apply(x)
+            logits = self.model(x)
+            if hasattr(rule, "project_target"):
+                rule.project_target(self.labels, logits)
+            return logits
+
+    device = next(model.parameters()).device
+    return Attacked().to(device).eval()
+
+
+def rule_gradient(model, rule):
+    """``(applicable, what it is)`` of the rule-gradient attack on ``model``."""
+    from models.layers import feedback_layers
+    if hasattr(rule, "estimate_input_gradient"):
+        return True, (f"{rule.name}'s own estimate: the nudged phases' contrast with respect to the input (the "
+                      f"input treated as a parameter of Phi), the cost linearised at the free fixed point")
+    with_rule = [layer for layer in feedback_layers(model) if layer.rule is not None]
+    if not with_rule:
+        return False, (f"{rule.name}: every layer's backward is exact (no layer carries a rule signal down), so "
+                       f"a rule-gradient attack is the true-gradient one; left out")
+    operands = [layer.rule.backward_operand(layer, layer.weight) for layer in with_rule]
+    if all(b is layer.weight and route is None for layer, (b, route) in zip(with_rule, operands)):
+        return False, f"{rule.name}: its layers send the error down through W itself, as BP; left out"
+    return True, (f"autograd with {rule.name} attached: each layer but the first sends its signal down by the "
+                  f"rule's backward operand (B, e @ B_l or the projected target); the first layer, which has no "
+                  f"rule, reaches the pixels through W_1^T")
+
+
+@contextmanager
+def frozen(model):
+    """Parameters out of autograd while attacking: the attacks need the input
+    gradient only, and the layers then skip their weight gradients."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def unit_seed(seed, unit):
+    return zlib.crc32(f"{seed}/{unit}".encode())
+
+
+def reseed(rule, seed):
+    """The global stream (PGD's random start, the noise) and the rule's own
+    (brSF's magnitudes) start from ``seed``: each unit of work gives the same
+    numbers whether it runs first or after a resume."""
+    import torch
+    torch.manual_seed(seed)
+    generator = getattr(rule, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+
+
+def make_attack(name, module, eps, pgd):
+    import torchattacks
+    if name == "fgsm":
+        return torchattacks.FGSM(module, eps=eps)
+    return torchattacks.PGD(module, eps=eps, alpha=pgd["step_size"], steps=pgd["steps"],
+                            random_start=pgd["random_start"])
+
+
+def adversarial(module, pixels, labels, attack, eps, pgd, batch_size):
+    """Adversarial pixels for every image, ``batch_size`` at a time; the
+    images themselves at eps 0 (what both attacks return there)."""
+    import torch
+    if eps == 0:
+        return pixels.clone()
+    out = []
+    for start in range(0, len(labels), batch_size):
+        x, y = pixels[start:start + batch_size], labels[start:start + batch_size]
+        module.labels = y
+        out.append(make_attack(attack, module, eps, pgd)(x, y))
+    return torch.cat(out)
+
+
+def pixel_error(model, data, pixels, labels, batch_size):
+    """Test error (%) of ``model`` (eval mode: EP relaxes) on pixels in [0, 1]."""
+    import torch
+    scale = (1.0 / (255.0 * data.std)).view(1, -1, 1, 1).to(pixels.device)
+    shift = (data.mean / data.std).view(1, -1, 1, 1).to(pixels.device)
+    wrong = 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            x = torch.addcmul(-shift, pixels[start:start + batch_size] * 255, scale)
+            wrong += int((model(x).argmax(1) != labels[start:start + batch_size]).sum())
+    return 100.0 * wrong / max(len(labels), 1)
+
+
+def corrupt(pixels, name, level):
+    """``pixels`` [N, C, H, W] in [0, 1] corrupted by torchvision's functional
+    transforms: Gaussian noise of std ``level`` (clipped), Gaussian blur of
+    sigma ``level`` (kernel radius int(4 sigma + 0.5), as scipy's and
+    scikit-image's truncate=4; reflect padding), or contrast ``level`` (blend
+    with each image's mean grey)."""
+    from torchvision.transforms.v2 import functional as TF
+    if name == "gaussian_noise":
+        return TF.gaussian_noise(pixels, mean=0.0, sigma=level, clip=True)
+    if name == "gaussian_blur":
+        radius = int(4 * level + 0.5)
+        return TF.gaussian_blur(pixels, kernel_size=[2 * radius + 1] * 2, sigma=[level, level]).clamp(0, 1)
+    return TF.adjust_contrast(pixels, level).clamp(0, 1)
+
+
+# one run ------------------------------------------------------------------------------------------
+class Evaluation:
+    """Evaluates one job, unit by unit, keeping finished units in the partial file."""
+
+    def __init__(self, job, settings, data_dir, device, echo=None):
+        self.job, self.data_dir, self.device = job, data_dir, device
+        self.settings = settings.resolved(job.record["config"]["dataset"])
+        self.key = fingerprint(job, settings)
+        self.echo = echo or (lambda message: None)
+        self.partial_path = os.path.join(job.run_dir, PARTIAL_NAME)
+        self.done = self._load_partial()
+
+    def _load_partial(self):
+        try:
+            with open(self.partial_path, encoding="utf-8") as handle:
+                partial = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return partial.get("units", {}) if partial.get("fingerprint") == self.key else {}
+
+    def _unit(self, unit, compute):
+        """The unit's number: from a finished earlier attempt, else computed and kept."""
+        if unit not in self.done:
+            started = time.time()
+            self.done[unit] = {"error": compute(), "seconds": round(time.time() - started, 3)}
+            write_json(self.partial_path, {"fingerprint": self.key, "units": self.done})
+        return self.done[unit]["error"]
+
+    def run(self):
+        import torch
+
+        from .data import Normalizer, Split, stratified_subset
+        from .train import error_and_loss
+        started = time.time()
+        job, s = self.job, self.settings
+        record, config = job.record, job.record["config"]
+        data = dataset_of(config["dataset"], self.data_dir)
+        if data.test.images.dtype != torch.uint8:
+            raise RunError(f"dataset {config['dataset']} does not hold 8-bit images, so it has no pixel bounds")
+        test = data.test
+        if s["test_subset"] and s["test_subset"] < len(test):
+            test = test.subset(stratified_subset(test.labels, s["test_subset"], seed=s["subset_seed"]))
+        test = Split(test.images.to(self.device), test.labels.to(self.device))
+        pixels, labels = test.images.float().div(255), test.labels
+        eval_batch = config.get("eval_batch_size", 1000)
+        result = {"schema": SCHEMA, "run_id": job.name, "fingerprint": self.key,
+                  "config": {k: config[k] for k in ("dataset", "arch", "algo", "seed")},
+                  "settings": s, "test_images": len(labels), "attack_library": "torchattacks",
+                  "versions": library_versions(), "code": code_version(), "states": {}, "notes": list(job.notes)}
+        for state, file_name in job.models.items():
+            model, rule, epoch = load_model(job.run_dir, record, state, data, self.device)
+            clean = error_and_loss(model, test, Normalizer(data.mean, data.std, self.device), eval_batch)[0]
+            model.eval()
+            applicable, rule_text = rule_gradient(model, rule)
+            entry = {"model_file": file_name, "epoch": epoch,
+                     "sha256": file_digest(os.path.join(job.run_dir, file_name)), "clean_error": clean,
+                     "gradients": {"true": "exact input gradient of the eval-mode network (autograd, every rule "
+                                           "detached; EP: through the unrolled free phase)",
+                                   "rule": rule_text if applicable else None},
+                     "attacks": [], "corruptions": []}
+            if "rule" in s["gradients"] and not applicable:
+                entry["rule_gradient_left_out"] = rule_text
+            paths = [g for g in ("true", "rule") if g in s["gradients"] and (g == "true" or applicable)]
+            with frozen(model):
+                for gradient in paths:
+                    module = attacked_model(model, rule, data, gradient)
+                    for attack in s["attacks"]:
+                        for eps in s["eps"]:
+                            unit = f"{state}/{attack}/{gradient}/{eps!r}"
+
+                            def compute(attack=attack, eps=eps, module=module, unit=unit):
+                                reseed(rule, unit_seed(config["seed"], unit))
+                                adv = adversarial(module, pixels, labels, attack, eps, s["pgd"], s["batch_size"])
+                                return pixel_error(model, data, adv, labels, eval_batch)
+                            error = clean if eps == 0 else self._unit(unit, compute)
+                            entry["attacks"].append({"attack": attack, "gradient": gradient, "eps": eps,
+                                                     "error": error})
+                if "transfer" in s["gradients"] and job.source:
+                    entry["transfer_source"] = self._transfer(entry, state, model, data, pixels, labels, eval_batch,
+                                                              clean)
+            for name, levels in s["corruptions"].items():
+                for severity, level in enumerate(levels, start=1):
+                    unit = f"{state}/corruption/{name}/{severity}"
+
+                    def compute(name=name, level=level, unit=unit):
+                        reseed(rule, unit_seed(config["seed"], unit))
+                        return pixel_error(model, data, corrupt(pixels, name, level), labels, eval_batch)
+                    entry["corruptions"].append({"corruption": name, "severity": severity, "level": level,
+                                                 "error": self._unit(unit, compute)})
+            result["states"][state] = entry
+        result["timing"] = {"seconds": round(time.time() - started, 1),
+                            "unit_seconds": round(sum(u["seconds"] for u in self.done.values()), 1),
+                            "device": str(self.device), "torch_threads": torch.get_num_threads()}
+        write_json(os.path.join(job.run_dir, RESULT_NAME), result)
+        try:
+            os.unlink(self.partial_path)
+        except FileNotFoundError:
+            pass
+        return result
+
+    def _transfer(self, entry, state, model, data, pixels, labels, eval_batch, clean):
+        """Errors of ``model`` on the BP source's adversarial examples; returns the source's description."""
+        source_dir = self.job.source
+        source_record = load_record(os.path.join(source_dir, "record.json"))
+        source_models = kept_models(source_dir, source_record, STATES)
+        source_state = state if state in source_models else "final"
+        for attack in self.settings["attacks"]:
+            for eps in self.settings["eps"]:
+                unit = f"{state}/{attack}/transfer/{eps!r}"
+
+                def compute(attack=attack, eps=eps):
+                    adv = source_examples(source_dir, source_record, source_state, attack, eps, self.settings,
+                                          self.data_dir, self.device, pixels, labels)
+                    return pixel_error(model, data, adv, labels, eval_batch)
+                error = clean if eps == 0 else self._unit(unit, compute)
+                entry["attacks"].append({"attack": attack, "gradient": "transfer", "eps": eps, "error": error})
+        return {"run_id": os.path.basename(source_dir), "state": source_state,
+                "model_file": source_models[source_state],
+                "sha256": file_digest(os.path.join(source_dir, source_models[source_state]))}
+
+
+_SOURCE_CACHE = {}
+
+
+def source_examples(source_dir, record, state, attack, eps, settings, data_dir, device, pixels, labels):
+    """The BP source's true-gradient adversarial examples, made once per
+    process (every target of one source reuses them) with the seed of the
+    source's own true-gradient unit: they are the examples its own white-box
+    column was measured on."""
+    key = (os.path.realpath(source_dir), state, attack, eps, json.dumps(settings, sort_keys=True))
+    if key not in _SOURCE_CACHE:
+        if len(_SOURCE_CACHE) > 64:
+            _SOURCE_CACHE.clear()
+        data = dataset_of(record["config"]["dataset"], data_dir)
+        model, rule, _ = load_model(source_dir, record, state, data, device)
+        with frozen(model):
+            reseed(rule, unit_seed(record["config"]["seed"], f"{state}/{attack}/true/{eps!r}"))
+            module = attacked_model(model, rule, data, "true")
+            _SOURCE_CACHE[key] = adversarial(module, pixels, labels, attack, eps, settings["pgd"],
+                                             settings["batch_size"])
+    return _SOURCE_CACHE[key]
+
+
+# many runs -----------------------------------------------------------------------------------------
+def evaluate_job(job, settings, data_dir, device, threads=None):
+    """Evaluate one job in this process (a worker's task); returns (name, status, message)."""
+    import torch
+
+    from .locks import RunLock
+    from .train import resolve_device
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    lock = RunLock(job.run_dir)
+    if not lock.acquire():
+        return job.name, "busy", "skipped (another process holds the run folder)"
+    try:
+        started = time.time()
+        result = Evaluation(job, settings, data_dir, resolve_device(device)).run()
+        return job.name, "evaluated", f"{summary_line(result)} ({time.time() - started:.0f}s)"
+    except (KeyboardInterrupt, RunInterrupted):
+        raise
+    except Exception as exc:  # one failing run must not stop the others
+        return job.name, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        lock.release()
+        torch.set_num_threads(previous)
+
+
+def summary_line(result):
+    """Clean error and the largest eps's PGD errors of a result, in one line."""
+    parts = []
+    for state, entry in result["states"].items():
+        largest = max(result["settings"]["eps"])
+        worst = {row["gradient"]: row["error"] for row in entry["attacks"]
+                 if row["eps"] == largest and row["attack"] == result["settings"]["attacks"][-1]}
+        text = ", ".join(f"{g} {e:.1f}%" for g, e in worst.items())
+        parts.append(f"{state}: clean {entry['clean_error']:.2f}%"
+                     + (f", {result['settings']['attacks'][-1]} eps {largest:g}: {text}" if text else ""))
+    return "; ".join(parts)
+
+
+def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None, echo=print):
+    """Evaluate every job not done yet; returns ``{status: count}``. BP runs
+    go first and each source's targets follow it, so a worker that made a
+    source's examples reuses them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from .grid import forget_pool_wakeups
+    todo = [job for job in jobs if job_status(job, settings) == "todo"]
+    todo.sort(key=lambda j: (j.record["config"]["algo"] != "bp", j.source or j.run_dir, j.run_dir))
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs_count)
+    echo(f"robustness: {len(jobs)} run(s), {len(jobs) - len(todo)} already evaluated, {len(todo)} to evaluate "
+         f"({jobs_count} job(s) x {threads} thread(s))")
+    counts, started = {}, time.time()
+
+    def report(done, result):
+        name, status, message = result
+        counts[status] = counts.get(status, 0) + 1
+        elapsed = time.time() - started
+        eta = elapsed / done * (len(todo) - done)
+        echo(f"[{done}/{len(todo)}] {name}: {status}: {message}  (elapsed {elapsed / 60:.1f} min, "
+             f"ETA {eta / 60:.1f} min)")
+
+    args = [(job, settings, data_dir, device, threads) for job in todo]
+    try:
+        if jobs_count == 1:
+            for done, arg in enumerate(args, 1):
+                report(done, evaluate_job(*arg))
+            return counts
+        pool = ProcessPoolExecutor(max_workers=jobs_count)
+        try:
+            futures = [pool.submit(evaluate_job, *arg) for arg in args]
+            for done, future in enumerate(as_completed(futures), 1):
+                report(done, future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in multiprocessing.active_children():
+                worker.terminate()
+            pool.shutdown(wait=True)
+            forget_pool_wakeups()
+            raise
+        pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        raise RunInterrupted("robustness interrupted; rerun the same command to go on (finished attacks of the "
+                             "interrupted runs are kept in their robustness.partial.json)") from None
+    return counts
+
