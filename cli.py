@@ -548,7 +548,11 @@ metric_option = click.option("--metric", type=click.Choice(["best", "final", "va
 
 @cli.command()
 @runs_option
-@metric_option
+@click.option("--metric", type=click.Choice(["best", "final", "val", "robust", "robust-best"]), default="best",
+              show_default=True,
+              help="best: best test error over epochs (paper); final: last epoch; val: test error at the best "
+                   "validation epoch; robust / robust-best: adversarial and corruption error of the final / "
+                   "best-validation models (cli.py robustness).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Seeds expected per cell (cells with fewer are flagged); default: the most any cell has.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -561,6 +565,20 @@ def table(runs, metric, seeds, out, fmt, strict):
     """Build the results and parameter-count tables from run records."""
     from benchmark import tables
     from benchmark.io import write_text
+    if metric in tables.ROBUST_METRICS:
+        state = tables.ROBUST_METRICS[metric]
+        runs_table, _, bad = _load_summary(runs, "best", seeds, strict)
+        summary = tables.robustness_summary(tables.load_robustness(runs_table), state)
+        if summary.empty:
+            raise ResultsMissing(f"no robustness results of {state} models under {', '.join(runs)} (run: python "
+                                 f"cli.py robustness --runs {' '.join(runs)})")
+        text = tables.robustness_csv(summary) if fmt == "csv" else tables.robustness_markdown(summary, state)
+        if out:
+            check_out_dir(out)
+            write_text(os.path.join(out, f"robustness_{state}.md"), tables.robustness_markdown(summary, state))
+            write_text(os.path.join(out, f"robustness_{state}.csv"), tables.robustness_csv(summary))
+        click.echo(text, nl=False)
+        return
     _, summary, bad = _load_summary(runs, metric, seeds, strict)
     texts = {"markdown": tables.to_markdown(summary, metric), "csv": tables.to_csv(summary),
              "latex": tables.to_latex(summary, metric)}

@@ -12,7 +12,17 @@ from models import RULES  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 from .records import load_record  # noqa: E402
-from .tables import ARCH_ORDER, BIOTORCH_ARCHS, DATASET_TITLES, METRICS, RULE_ORDER, arch_title  # noqa: E402
+from .tables import (  # noqa: E402
+    ARCH_ORDER,
+    BIOTORCH_ARCHS,
+    DATASET_TITLES,
+    GRADIENT_TITLES,
+    METRICS,
+    RULE_ORDER,
+    arch_title,
+    load_robustness,
+    robustness_summary,
+)
 
 ARCH_MARKERS = {"fc": "o", "lc": "s", "conv": "^"}
 UNKNOWN_RULE_COLOUR = "#7f7f7f"
@@ -345,8 +355,48 @@ def search_plot(searches, out_dir):
     return paths
 
 
+def robustness_plot(runs, out_dir):
+    """Test error against eps, one line per rule (mean ± std over seeds), one
+    panel per architecture (columns) and attack x gradient (rows); one figure
+    per dataset and kept model state. Nothing without robustness results."""
+    rows = load_robustness(runs)
+    paths = []
+    for state in ("final", "best"):
+        summary = robustness_summary(rows[rows.kind == "attack"], state)
+        for dataset in dict.fromkeys(summary.dataset):
+            part = summary[summary.dataset == dataset]
+            archs = _ordered(set(part.arch), ARCH_ORDER)
+            kinds = list(dict.fromkeys(zip(part.attack, part.gradient)))
+            fig, axes = plt.subplots(len(kinds), len(archs), figsize=(4.2 * len(archs), 3.2 * len(kinds)),
+                                     squeeze=False, sharey=True)
+            labels = _ordered_labels(part.label)
+            for i, (attack, gradient) in enumerate(kinds):
+                for j, arch in enumerate(archs):
+                    ax = axes[i][j]
+                    cell = part[(part.attack == attack) & (part.gradient == gradient) & (part.arch == arch)]
+                    for label in labels:
+                        line = cell[cell.label == label].sort_values("eps")
+                        if line.empty:
+                            continue
+                        ax.errorbar(line.eps, line["mean"], yerr=line["std"].fillna(0), label=label,
+                                    color=colour(label), linestyle=LINESTYLES[variant_index(label, labels)],
+                                    marker="o", markersize=3, capsize=2, linewidth=1.2)
+                    ax.set_title(f"{arch_title(arch)}: {attack.upper()}, {GRADIENT_TITLES.get(gradient, gradient)}",
+                                 fontsize=9)
+                    if i == len(kinds) - 1:
+                        ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
+                    ax.set_ylim(0, 100)
+                    ax.grid(alpha=0.3)
+                axes[i][0].set_ylabel("test error (%)")
+            fig.suptitle(f"{DATASET_TITLES.get(dataset, dataset)}: adversarial error of the {state} models")
+            fig.tight_layout(rect=(0, 0, 0.82, 0.97))
+            _figure_legend(fig, axes, loc="center right")
+            paths += save(fig, out_dir, f"robustness_{state}_{dataset}")
+    return paths
+
+
 def all_plots(runs, summary, metric, out_dir, searches=()):
     """Every plot the records (and searches) allow; returns the file paths."""
     return (bar_plot(summary, out_dir, metric) + curve_plot(runs, out_dir) + alignment_plot(runs, out_dir)
             + target_propagation_plot(runs, out_dir) + params_plot(summary, out_dir, metric)
-            + search_plot(searches, out_dir))
+            + search_plot(searches, out_dir) + robustness_plot(runs, out_dir))

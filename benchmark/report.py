@@ -94,6 +94,9 @@ def render(runs, summary, metric, searches, title):
     chosen = tables.chosen_table(searches)
     problems = [{"status": r.status, "run": os.path.basename(os.path.dirname(r.path)), "epochs": r.epochs_done,
                  "path": r.path} for _, r in runs[runs.status != "complete"].iterrows()]
+    robust = tables.load_robustness(runs)
+    robustness = [(heading, blocks) for state in ("final", "best")
+                  for heading, blocks in tables.robustness_blocks(tables.robustness_summary(robust, state), state)]
     devices, versions, code = _provenance(runs)
     environment = jinja2.Environment(loader=jinja2.PackageLoader("benchmark", "templates"),
                                      autoescape=True, undefined=jinja2.StrictUndefined)
@@ -104,4 +107,5 @@ def render(runs, summary, metric, searches, title):
         columns=[tables.column_title(d, a) for d, a in columns], results=results,
         params=params, chosen=[tables.chosen_cells(row) for _, row in chosen.iterrows()] if not chosen.empty else [],
         chosen_titles=[title for _, title in tables.CHOSEN_COLUMNS], plots=_plots(runs, summary, metric, searches),
-        problems=problems, devices=devices, versions=versions, code=code, commands=commands(runs))
+        problems=problems, robustness=robustness, robustness_note=tables.ROBUSTNESS_FOOTER,
+        devices=devices, versions=versions, code=code, commands=commands(runs))

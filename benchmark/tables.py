@@ -397,3 +397,121 @@ def chosen_latex(table):
     lines += [" & ".join(latex_escape(c) for c in chosen_cells(row)) + r" \\" for _, row in table.iterrows()]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
+
+
+# robustness (cli.py robustness writes robustness.json into each run folder) ----------------------------
+ROBUST_METRICS = {"robust": "final", "robust-best": "best"}
+GRADIENT_TITLES = {"true": "true gradient", "rule": "rule gradient", "transfer": "transfer from BP"}
+CORRUPTION_TITLES = {"gaussian_noise": "noise", "gaussian_blur": "blur", "contrast": "contrast"}
+
+
+def load_robustness(runs):
+    """One row per number of every robustness.json beside the records of
+    ``runs`` (a :func:`load_runs` table): ``kind`` ``attack`` (attack,
+    gradient, eps) or ``corruption`` (corruption, severity), with the run's
+    dataset, arch, rule, label and seed."""
+    rows = []
+    for _, run in runs.iterrows():
+        path = os.path.join(os.path.dirname(run.path), "robustness.json")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                result = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        cell = {"dataset": run.dataset, "arch": run.arch, "rule": run.rule, "label": run.label, "seed": run.seed}
+        for state, entry in result.get("states", {}).items():
+            for row in entry.get("attacks", []):
+                rows.append({**cell, "state": state, "kind": "attack", "attack": row["attack"],
+                             "gradient": row["gradient"], "eps": row["eps"], "error": row["error"]})
+            for row in entry.get("corruptions", []):
+                rows.append({**cell, "state": state, "kind": "corruption", "attack": row["corruption"],
+                             "gradient": "", "eps": row["severity"], "error": row["error"]})
+    return pd.DataFrame(rows, columns=["dataset", "arch", "rule", "label", "seed", "state", "kind", "attack",
+                                       "gradient", "eps", "error"])
+
+
+def robustness_summary(rows, state="final"):
+    """Mean, sample std and number of seeds of each (dataset, arch, label,
+    kind, attack, gradient, eps) of the ``state`` models."""
+    part = rows[rows.state == state]
+    keys = ["dataset", "arch", "rule", "label", "kind", "attack", "gradient", "eps"]
+    if part.empty:
+        return pd.DataFrame(columns=keys + ["mean", "std", "n"])
+    grouped = part.groupby(keys, sort=False)["error"]
+    return grouped.agg(mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else float("nan"),
+                       n="count").reset_index()
+
+
+def _robust_cell(match):
+    if not len(match):
+        return ""
+    r = match.iloc[0]
+    return f"{r['mean']:.1f}" + (f" ± {r['std']:.1f}" if r["n"] > 1 else "") + f" ({r['n']})"
+
+
+def _robust_block(part, columns, column_key, title):
+    def rank(label):
+        rule = label.split(" ")[0]
+        return (RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER), label)
+    rows = [(label, [_robust_cell(part[(part.label == label) & column_key(key)]) for key, _ in columns])
+            for label in sorted(set(part.label), key=rank)]
+    return {"title": title, "columns": [text for _, text in columns], "rows": rows}
+
+
+ROBUSTNESS_FOOTER = ("Mean ± sample std over seeds (number of seeds); L-inf eps in pixel units [0, 1], eps 0 being the "
+                     "clean error on the same test images; the rule-gradient tables have no row for rules whose "
+                     "backward is exact (bp, pc, target propagation, PEPITA, FF).")
+
+
+def robustness_blocks(summary, state="final"):
+    """``[(heading, [block])]`` per dataset; a block is a table (``title``,
+    ``columns``, ``rows`` of ``(label, cells)``): one per (attack, gradient),
+    rows rules, columns architecture x eps; one of corruptions, each the
+    mean error over its severities."""
+    out = []
+    for dataset in dict.fromkeys(summary.dataset):
+        data = summary[summary.dataset == dataset]
+        archs = _robust_order(set(data.arch), ARCH_ORDER)
+        blocks = []
+        attacks = data[data.kind == "attack"]
+        for (attack, gradient), part in attacks.groupby(["attack", "gradient"], sort=False):
+            eps_values = sorted(set(part.eps))
+            columns = [((a, e), f"{arch_title(a)} ε={e:.3g}") for a in archs for e in eps_values]
+            blocks.append(_robust_block(part, columns, lambda key, p=part: (p.arch == key[0]) & (p.eps == key[1]),
+                                        f"{attack.upper()}, {GRADIENT_TITLES.get(gradient, gradient)}: "
+                                        f"test error (%)"))
+        corruptions = data[data.kind == "corruption"]
+        if not corruptions.empty:
+            means = corruptions.groupby(["dataset", "arch", "rule", "label", "attack"], sort=False).agg(
+                mean=("mean", "mean"), std=("std", "mean"), n=("n", "min")).reset_index()
+            names = list(dict.fromkeys(means.attack))
+            columns = [((a, c), f"{arch_title(a)} {CORRUPTION_TITLES.get(c, c)}") for a in archs for c in names]
+            blocks.append(_robust_block(means, columns,
+                                        lambda key, p=means: (p.arch == key[0]) & (p.attack == key[1]),
+                                        "Corruptions: test error (%), mean over severities 1-5"))
+        out.append((f"{DATASET_TITLES.get(dataset, dataset)}: {state} models", blocks))
+    return out
+
+
+def robustness_markdown(summary, state="final"):
+    """The robustness tables (:func:`robustness_blocks`) as Markdown."""
+    if summary.empty:
+        return "No robustness results (run: python cli.py robustness --runs DIR).\n"
+    lines = []
+    for heading, blocks in robustness_blocks(summary, state):
+        lines += [f"### {heading}", ""]
+        for block in blocks:
+            lines += [f"**{block['title']}**", "", "| rule | " + " | ".join(block["columns"]) + " |",
+                      "|---|" + "---|" * len(block["columns"])]
+            lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in block["rows"]]
+            lines.append("")
+    lines.append(ROBUSTNESS_FOOTER)
+    return "\n".join(lines) + "\n"
+
+
+def robustness_csv(summary):
+    return summary.rename(columns=OUTPUT_COLUMNS).to_csv(index=False, float_format="%.4f")
+
+
+def _robust_order(values, order):
+    return [v for v in order if v in values] + sorted(set(values) - set(order))
