@@ -408,8 +408,9 @@ CORRUPTION_TITLES = {"gaussian_noise": "noise", "gaussian_blur": "blur", "contra
 def load_robustness(runs):
     """One row per number of every robustness.json beside the records of
     ``runs`` (a :func:`load_runs` table): ``kind`` ``attack`` (attack,
-    gradient, eps) or ``corruption`` (corruption, severity), with the run's
-    dataset, arch, rule, label and seed."""
+    gradient, eps) or ``corruption`` (corruption, severity; severity 0 is
+    the run's mean over its severities), with the run's dataset, arch, rule,
+    label and seed."""
     rows = []
     for _, run in runs.iterrows():
         path = os.path.join(os.path.dirname(run.path), "robustness.json")
@@ -423,9 +424,14 @@ def load_robustness(runs):
             for row in entry.get("attacks", []):
                 rows.append({**cell, "state": state, "kind": "attack", "attack": row["attack"],
                              "gradient": row["gradient"], "eps": row["eps"], "error": row["error"]})
+            by_name = {}
             for row in entry.get("corruptions", []):
                 rows.append({**cell, "state": state, "kind": "corruption", "attack": row["corruption"],
                              "gradient": "", "eps": row["severity"], "error": row["error"]})
+                by_name.setdefault(row["corruption"], []).append(row["error"])
+            for name, errors in by_name.items():  # "severity 0": the run's mean over its severities
+                rows.append({**cell, "state": state, "kind": "corruption", "attack": name, "gradient": "",
+                             "eps": 0, "error": sum(errors) / len(errors)})
     return pd.DataFrame(rows, columns=["dataset", "arch", "rule", "label", "seed", "state", "kind", "attack",
                                        "gradient", "eps", "error"])
 
@@ -480,10 +486,8 @@ def robustness_blocks(summary, state="final"):
             blocks.append(_robust_block(part, columns, lambda key, p=part: (p.arch == key[0]) & (p.eps == key[1]),
                                         f"{attack.upper()}, {GRADIENT_TITLES.get(gradient, gradient)}: "
                                         f"test error (%)"))
-        corruptions = data[data.kind == "corruption"]
-        if not corruptions.empty:
-            means = corruptions.groupby(["dataset", "arch", "rule", "label", "attack"], sort=False).agg(
-                mean=("mean", "mean"), std=("std", "mean"), n=("n", "min")).reset_index()
+        means = data[(data.kind == "corruption") & (data.eps == 0)]
+        if not means.empty:
             names = list(dict.fromkeys(means.attack))
             columns = [((a, c), f"{arch_title(a)} {CORRUPTION_TITLES.get(c, c)}") for a in archs for c in names]
             blocks.append(_robust_block(means, columns,

@@ -1,0 +1,456 @@
+"""cli.py robustness: attacks in pixel space along the true, the rule's and a
+transfer gradient, corruptions, the kept models, files, tables; each checked
+against a reference computed another way (the records' own test errors, hand
+gradients, finite differences, scipy, torchattacks called directly)."""
+import json
+import os
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+
+from benchmark import robustness as rb
+from benchmark.config import RunConfig
+from benchmark.data import Normalizer, load_dataset, training_splits
+from benchmark.records import load_record
+from benchmark.runs import start_run
+from benchmark.train import build_model, error_and_loss
+from cli import cli
+from helpers import fake_record, make_tiny_mnist
+from models import build_network, make_rule
+from models.layers import Linear, feedback_layers
+
+torchattacks = pytest.importorskip("torchattacks")
+
+QUICK = dict(pgd_steps=3, corruptions=(), test_subset=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A data root and a folder with a BP and an FA run of the FC net (2 epochs, validation split)."""
+    base = tmp_path_factory.mktemp("robust")
+    data_dir = make_tiny_mnist(str(base / "data"), n_train=200, n_test=40)
+    out = str(base / "runs")
+    for rule in ("bp", "fa"):
+        start_run(dict(arch="fc", rule=rule, dataset="mnist", seed=0, epochs=2, val_split=0.2, lr=3e-3), {},
+                  data_dir, out, progress=False)
+    return data_dir, out
+
+
+@pytest.fixture
+def runs(trained, tmp_path):
+    """A private copy of the trained runs (tests write into run folders)."""
+    data_dir, out = trained
+    copy = str(tmp_path / "runs")
+    shutil.copytree(out, copy)
+    return data_dir, copy
+
+
+def folder_of(out, rule):
+    (name,) = [n for n in os.listdir(out) if f"-{rule}-" in n]
+    return os.path.join(out, name)
+
+
+def job_for(out, rule, settings):
+    (job,) = [j for j in rb.plan([out], settings, warn=lambda m: None) if f"-{rule}-" in j.name]
+    return job
+
+
+def loaded(run_dir, data_dir, file_name="checkpoint.pt"):
+    """The run's model built and loaded by hand (the trainer's build path), eval mode."""
+    record = load_record(os.path.join(run_dir, "record.json"))
+    data = load_dataset("mnist", data_dir)
+    model, rule, _ = build_model(RunConfig.from_record(record["config"]), data, "cpu")
+    model.load_state_dict(torch.load(os.path.join(run_dir, file_name), weights_only=False)["model"])
+    return model.eval(), rule, data, record
+
+
+def pixels_of(data):
+    return data.test.images.float().div(255), data.test.labels
+
+
+def run_cli(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def without_timing(result):
+    return {k: v for k, v in result.items() if k != "timing"}
+
+
+# bad input -----------------------------------------------------------------------------------
+def robustness_files(out):
+    return sorted(f for _, _, files in os.walk(out) for f in files if f.startswith("robustness"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--eps", "0,1.5"], "--eps '1.5' is not allowed"),
+    (["--eps", "0,-0.1"], "--eps '-0.1' is not allowed"),
+    (["--eps", "nan"], "--eps 'nan' is not allowed"),
+    (["--attacks", "fgsm,cw"], "--attacks 'cw' is not known; allowed: fgsm, pgd"),
+    (["--gradients", "exact"], "--gradients 'exact' is not known"),
+])
+def test_bad_options_are_one_line_exit_2_and_write_nothing(runs, args, words):
+    data_dir, out = runs
+    result = run_cli(["robustness", "--runs", out, "--data-dir", data_dir, *args])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and words in result.output, result.output
+    assert robustness_files(out) == []
+
+
+def test_a_run_without_its_model_stops_everything_before_any_write(runs):
+    data_dir, out = runs
+    os.unlink(os.path.join(folder_of(out, "fa"), "checkpoint.pt"))
+    result = run_cli(["robustness", "--runs", out, "--data-dir", data_dir, *QUICK_ARGS])
+    assert result.exit_code == 2
+    assert "keeps no model" in result.output and folder_of(out, "fa") in result.output
+    assert result.output.strip().count("\n") == 0
+    assert robustness_files(out) == []  # not even the BP run, which has its model
+
+
+def test_a_dataset_without_pixel_bounds_is_refused(runs):
+    data_dir, out = runs
+    path = os.path.join(folder_of(out, "fa"), "record.json")
+    record = json.load(open(path))
+    record["config"]["dataset"] = "my-sensors"
+    json.dump(record, open(path, "w"))
+    result = run_cli(["robustness", "--runs", out, "--data-dir", data_dir, *QUICK_ARGS])
+    assert result.exit_code == 2 and "'my-sensors' has no known pixel bounds" in result.output
+    assert robustness_files(out) == []
+
+
+QUICK_ARGS = ["--pgd-steps", "3", "--corruptions", "none", "--test-subset", "0"]
+
+
+# the attacks ------------------------------------------------------------------------------------
+PLAIN = SimpleNamespace(mean=torch.tensor([0.0]), std=torch.tensor([1.0]))  # the network sees the pixels
+
+
+def test_fgsm_on_a_linear_model_is_the_hand_computed_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), Linear(16, 3))
+    rule = make_rule("fa").attach(model, torch.Generator().manual_seed(1), (1, 4, 4))
+    pixels = torch.rand(6, 1, 4, 4) * 0.6 + 0.2
+    pixels[0, 0, 0, :2] = torch.tensor([0.0, 1.0])  # at the bounds: clipped
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    eps = 0.1
+    for path in ("true", "rule"):  # one layer: no rule on the first layer, so both are exact
+        adv = rb.adversarial(rb.attacked_model(model, rule, PLAIN, path), pixels, labels, "fgsm", eps, None, 4)
+        weight, bias = model[1].weight.detach(), model[1].bias.detach()
+        scale = float(1.0 / (255.0 * PLAIN.std))
+        logits = (pixels.flatten(1) * 255 * scale) @ weight.t() + bias
+        p = logits.softmax(1)
+        # d CE / d x = sum_k p_k w_k - w_y: the step moves every pixel against the label's weight
+        direction = (p @ weight - weight[labels]).sign().view_as(pixels)
+        assert torch.equal(adv, (pixels + eps * direction).clamp(0, 1))
+    # two classes: the step is -eps sign(w_y - w_other), Goodfellow et al.'s closed form
+    binary = nn.Sequential(nn.Flatten(), Linear(16, 2))
+    make_rule("bp").attach(binary, torch.Generator().manual_seed(1), (1, 4, 4))
+    w = binary[1].weight.detach()
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    adv = rb.adversarial(rb.attacked_model(binary, make_rule("bp"), PLAIN, "true"), pixels, labels, "fgsm", eps,
+                         None, 6)
+    assert not (binary(pixels).softmax(1) == 1).any()  # no sample saturated: the gradient is never 0
+    closed = -(w[labels] - w[1 - labels]).sign().view_as(pixels)
+    assert torch.equal(adv, (pixels + eps * closed).clamp(0, 1))
+
+
+def test_fgsm_error_on_a_binary_linear_model_never_falls_with_eps():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), Linear(16, 2))
+    rule = make_rule("bp").attach(model, torch.Generator().manual_seed(1), (1, 4, 4))
+    pixels, labels = torch.rand(200, 1, 4, 4), torch.randint(0, 2, (200,))
+    module = rb.attacked_model(model, rule, PLAIN, "true")
+    errors = [rb.pixel_error(model, PLAIN, rb.adversarial(module, pixels, labels, "fgsm", eps, None, 200), labels, 50)
+              for eps in [i / 50 for i in range(16)]]
+    assert errors == sorted(errors) and errors[-1] > errors[0]
+
+
+def test_eps_0_is_the_records_own_test_error_and_fgsm_error_grows_with_eps(runs):
+    data_dir, out = runs
+    settings = rb.Settings(gradients=("true",), **QUICK)
+    for rule in ("bp", "fa"):
+        job = job_for(out, rule, settings)
+        result = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+        summary = job.record["summary"]
+        # the trainer measured these on the same (whole) test set during training
+        expected = {"final": summary["final_test_error"], "best": summary["test_error_at_best_val"]}
+        for state, entry in result["states"].items():
+            assert entry["clean_error"] == expected[state]
+            assert [r["error"] for r in entry["attacks"] if r["eps"] == 0] == [expected[state]] * 2
+    # at eps 0 both library attacks return the images bit for bit (what the eps-0 shortcut relies on)
+    model, rule, data, _ = loaded(folder_of(out, "fa"), data_dir)
+    pixels, labels = pixels_of(data)
+    module = rb.attacked_model(model, rule, data, "true")
+    for attack in (torchattacks.FGSM(module, eps=0.0), torchattacks.PGD(module, eps=0.0, alpha=0.01, steps=3)):
+        assert torch.equal(attack(pixels, labels), pixels)
+    errors = [rb.pixel_error(model, data, rb.adversarial(module, pixels, labels, "fgsm", eps, None, 40), labels, 40)
+              for eps in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]
+    assert errors == sorted(errors) and errors[-1] > errors[0]
+
+
+def input_gradient(module, pixels, labels):
+    pixels = pixels.clone().requires_grad_()
+    module.labels = labels
+    (grad,) = torch.autograd.grad(F.cross_entropy(module(pixels), labels), pixels)
+    return grad
+
+
+def test_true_gradient_of_an_fa_net_is_autograd_on_a_plain_bp_net_and_the_rule_gradient_is_not():
+    torch.manual_seed(0)
+    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
+    fa_net = build_network("fc", "mnist", 10)
+    rule = make_rule("fa").attach(fa_net, torch.Generator().manual_seed(1), (1, 28, 28))
+    fa_net.eval()
+    plain = build_network("fc", "mnist", 10).eval()  # no rule ever attached: PyTorch's own autograd
+    missing, extra = plain.load_state_dict(fa_net.state_dict(), strict=False)
+    assert not missing and all(k.endswith("feedback_weight") for k in extra)
+    pixels, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    reference = pixels.clone().requires_grad_()
+    loss = F.cross_entropy(plain((reference - data.mean) / data.std), labels)
+    (expected,) = torch.autograd.grad(loss, reference)
+    with rb.frozen(fa_net):
+        true = input_gradient(rb.attacked_model(fa_net, rule, data, "true"), pixels, labels)
+        along_rule = input_gradient(rb.attacked_model(fa_net, rule, data, "rule"), pixels, labels)
+        torch.testing.assert_close(true, expected, rtol=1e-4, atol=1e-7)
+        cosine = F.cosine_similarity(along_rule.flatten(), true.flatten(), dim=0)
+        assert cosine < 0.9
+        for layer in feedback_layers(fa_net)[1:]:  # B = W: the rule's path is BP's
+            layer.feedback_weight.copy_(layer.weight.detach())
+        torch.testing.assert_close(input_gradient(rb.attacked_model(fa_net, rule, data, "rule"), pixels, labels),
+                                   true, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name, applicable", [
+    ("bp", False), ("pc", False), ("dtp-par", False), ("ldrl", False), ("pepita", False), ("ff", False),
+    ("fa", True), ("dfa", True), ("drtp", True), ("usf", True), ("brsf", True), ("frsf", True), ("kp", True),
+    ("pc-rf", True), ("ep", True)])
+def test_which_rules_have_a_rule_gradient_column(name, applicable):
+    model = build_network("fc", "mnist", 10)
+    rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
+    assert rb.rule_gradient(model, rule)[0] is applicable
+
+
+@pytest.mark.parametrize("name", ["fa", "dfa", "drtp", "brsf", "ep", "ff"])
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_attacks_stay_in_pixel_space_within_eps(name, attack):
+    torch.manual_seed(0)
+    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
+    model = build_network("fc", "mnist", 10)
+    rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
+    model.eval()
+    pixels, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    pixels[:, :, :3] = torch.tensor([0.0, 1.0, 0.5]).view(1, 1, 3, 1)  # rows at the bounds
+    pgd = {"steps": 4, "step_size": 0.05, "random_start": True}
+    with rb.frozen(model):
+        for path in ("true", "rule") if rb.rule_gradient(model, rule)[0] else ("true",):
+            adv = rb.adversarial(rb.attacked_model(model, rule, data, path), pixels, labels, attack, 0.1, pgd, 5)
+            assert adv.min() >= 0 and adv.max() <= 1
+            assert (adv - pixels).abs().max() <= 0.1 + 1e-6
+            assert (adv != pixels).any()
+
+
+def test_transfer_examples_come_from_the_bp_net_and_never_touch_the_target(runs, monkeypatch):
+    data_dir, out = runs
+    settings = rb.Settings(gradients=("transfer",), attacks=("pgd",), eps=[0.0, 0.1], states=("final",), **QUICK)
+    job = job_for(out, "fa", settings)
+    assert job.source == folder_of(out, "bp")
+    attacked = []
+    real = rb.attacked_model
+
+    def spy(model, rule, data, path):
+        attacked.append(rule.name)
+        return real(model, rule, data, path)
+    monkeypatch.setattr(rb, "attacked_model", spy)
+    target_model_ids = []
+    real_load = rb.load_model
+
+    def load_spy(run_dir, *args):
+        loaded_model = real_load(run_dir, *args)
+        if run_dir == job.run_dir:
+            target_model_ids.append(loaded_model[0])
+            for p in loaded_model[0].parameters():  # any gradient through the target would land here
+                p.register_hook(lambda g: pytest.fail("a gradient reached the target network"))
+        return loaded_model
+    monkeypatch.setattr(rb, "load_model", load_spy)
+    result = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+    assert attacked == ["bp"] and len(target_model_ids) == 1
+    (row,) = [r for r in result["states"]["final"]["attacks"] if r["eps"] == 0.1]
+    # the same examples made by calling torchattacks directly on the BP network
+    bp_model, bp_rule, data, bp_record = loaded(folder_of(out, "bp"), data_dir)
+    fa_model, *_ = loaded(job.run_dir, data_dir)
+    pixels, labels = pixels_of(data)
+    normalise = Normalizer(data.mean, data.std, "cpu")
+
+    class Pixels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = bp_model
+
+        def forward(self, p):
+            return self.net(normalise(p * 255))
+    torch.manual_seed(rb.unit_seed(0, "final/pgd/true/0.1"))
+    adv = torchattacks.PGD(Pixels(), eps=0.1, alpha=0.01, steps=3, random_start=True)(pixels, labels)
+    with torch.no_grad():
+        wrong = (fa_model(normalise(adv * 255)).argmax(1) != labels).float().mean() * 100
+    assert row["error"] == pytest.approx(float(wrong))
+    assert result["states"]["final"]["transfer_source"]["run_id"] == os.path.basename(folder_of(out, "bp"))
+
+
+def test_resuming_an_interrupted_evaluation_gives_the_same_file(runs, tmp_path, monkeypatch):
+    data_dir, out = runs
+    other = str(tmp_path / "other")
+    shutil.copytree(out, other)
+    settings = rb.Settings(eps=[0.0, 0.1, 0.2], **dict(QUICK, corruptions=("gaussian_noise",)))
+    whole = rb.Evaluation(job_for(other, "fa", settings), settings, data_dir, torch.device("cpu")).run()
+    real, calls = rb.pixel_error, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(rb, "pixel_error", interrupted)
+    job = job_for(out, "fa", settings)
+    with pytest.raises(KeyboardInterrupt):
+        rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+    assert os.path.exists(os.path.join(job.run_dir, rb.PARTIAL_NAME))
+    assert not os.path.exists(os.path.join(job.run_dir, rb.RESULT_NAME))
+    monkeypatch.setattr(rb, "pixel_error", real)
+    resumed = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+    assert without_timing(resumed) == without_timing(whole)
+    assert json.load(open(os.path.join(job.run_dir, rb.RESULT_NAME)))["states"] == whole["states"]
+    assert not os.path.exists(os.path.join(job.run_dir, rb.PARTIAL_NAME))
+
+
+def test_cli_evaluates_every_run_in_parallel_skips_done_ones_and_tables_them(runs, tmp_path):
+    data_dir, out = runs
+    serial = str(tmp_path / "serial")
+    shutil.copytree(out, serial)
+    args = ["--data-dir", data_dir, "--pgd-steps", "2", "--corruptions", "contrast", "--eps", "0,0.1"]
+    result = run_cli(["robustness", "--runs", out, "--jobs", "2", "--threads", "1", *args])
+    assert result.exit_code == 0, result.output
+    assert "2 evaluated" in result.output
+    assert run_cli(["robustness", "--runs", serial, *args]).exit_code == 0
+    for rule in ("bp", "fa"):
+        parallel = json.load(open(os.path.join(folder_of(out, rule), rb.RESULT_NAME)))
+        alone = json.load(open(os.path.join(folder_of(serial, rule), rb.RESULT_NAME)))
+        assert parallel["states"] == alone["states"]
+        assert set(parallel["states"]) == {"final", "best"}
+    fa = json.load(open(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)))
+    assert {r["gradient"] for r in fa["states"]["final"]["attacks"]} == {"true", "rule", "transfer"}
+    bp = json.load(open(os.path.join(folder_of(out, "bp"), rb.RESULT_NAME)))
+    assert {r["gradient"] for r in bp["states"]["final"]["attacks"]} == {"true"}
+    assert "every layer's backward is exact" in bp["states"]["final"]["rule_gradient_left_out"]
+    again = run_cli(["robustness", "--runs", out, *args])
+    assert "2 already evaluated, 0 to evaluate" in again.output
+    table = run_cli(["table", "--runs", out, "--metric", "robust"])
+    assert table.exit_code == 0 and "PGD, rule gradient" in table.output
+
+
+# the kept models ---------------------------------------------------------------------------------
+def test_the_best_validation_model_is_kept_and_is_that_epochs(trained):
+    data_dir, out = trained
+    for rule in ("bp", "fa"):
+        run_dir = folder_of(out, rule)
+        record = load_record(os.path.join(run_dir, "record.json"))
+        best = torch.load(os.path.join(run_dir, "model_best.pt"), weights_only=True)
+        assert best["epoch"] == record["summary"]["best_val_epoch"]
+        model, _, data, _ = loaded(run_dir, data_dir, "model_best.pt")
+        _, val = training_splits(data, 0, 0.2)
+        error = error_and_loss(model, val, Normalizer(data.mean, data.std, "cpu"), 1000)[0]
+        assert error == record["curves"]["val_error"][best["epoch"] - 1]
+
+
+# equilibrium propagation ---------------------------------------------------------------------------
+def small_ep(feedback, order="synchronous"):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), Linear(12, 8), nn.Tanh(), Linear(8, 6), nn.Tanh(), Linear(6, 3))
+    rule = make_rule("ep", free_steps=60, nudged_steps=30, beta=0.01, feedback=feedback, update_order=order)
+    rule.attach(model, torch.Generator().manual_seed(1), (1, 3, 4))
+    return model.eval(), rule
+
+
+@pytest.mark.parametrize("order", ["synchronous", "alternating"])
+@pytest.mark.parametrize("feedback", ["symmetric", "random"])
+def test_ep_true_gradient_is_the_derivative_of_its_eval_forward(float64, feedback, order):
+    model, rule = small_ep(feedback, order)
+    x, y = torch.randn(5, 1, 3, 4), torch.tensor([0, 1, 2, 0, 1])
+    inputs = x.clone().requires_grad_()
+    logits = rule.differentiable_forward(inputs)
+    torch.testing.assert_close(logits.detach(), model(x), rtol=0, atol=1e-12)  # the eval forward (the hook)
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), inputs)
+    direction, h = torch.randn_like(x), 1e-5
+    with torch.no_grad():
+        finite = (F.cross_entropy(model(x + h * direction), y) - F.cross_entropy(model(x - h * direction), y)) / 2 / h
+    assert float((grad * direction).sum()) == pytest.approx(float(finite), rel=1e-5)
+
+
+@pytest.mark.parametrize("feedback, agrees", [("symmetric", True), ("random", False)])
+def test_ep_own_estimate_matches_the_true_gradient_only_with_symmetric_feedback(float64, feedback, agrees):
+    model, rule = small_ep(feedback)
+    x, y = torch.randn(5, 1, 3, 4), torch.tensor([0, 1, 2, 0, 1])
+    inputs = x.clone().requires_grad_()
+    (true,) = torch.autograd.grad(F.cross_entropy(rule.differentiable_forward(inputs), y), inputs)
+    with torch.no_grad():
+        logits = model(x)
+    estimate = rule.estimate_input_gradient(x, (logits.softmax(1) - F.one_hot(y, 3)) / 5)
+    cosine = float(F.cosine_similarity(estimate.flatten(), true.flatten(), dim=0))
+    assert (cosine > 0.999) is agrees
+    if agrees:
+        assert float(estimate.norm() / true.norm()) == pytest.approx(1.0, abs=0.01)
+
+
+# corruptions -------------------------------------------------------------------------------------
+def test_blur_is_scipys_gaussian_filter_and_contrast_the_hand_formula():
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    torch.manual_seed(0)
+    pixels = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    for sigma in rb.CORRUPTIONS["gaussian_blur"]:
+        ours = rb.corrupt(pixels, "gaussian_blur", sigma)
+        # torch's reflect padding is scipy's "mirror"; radius int(4 sigma + 0.5) is scipy's truncate=4
+        theirs = torch.from_numpy(scipy_ndimage.gaussian_filter(pixels.numpy(), sigma=(0, 0, sigma, sigma),
+                                                                mode="mirror", truncate=4.0))
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    for factor in rb.CORRUPTIONS["contrast"]:
+        mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
+        expected = ((pixels - mean) * factor + mean).clamp(0, 1)
+        torch.testing.assert_close(rb.corrupt(pixels, "contrast", factor), expected)
+
+
+def test_noise_has_the_severitys_std_and_stays_in_pixel_space():
+    grey = torch.full((20, 1, 28, 28), 0.5)
+    torch.manual_seed(0)
+    for sigma in rb.CORRUPTIONS["gaussian_noise"]:
+        noisy = rb.corrupt(grey, "gaussian_noise", sigma)
+        assert float((noisy - grey).std()) == pytest.approx(sigma, rel=0.03)
+    edge = rb.corrupt(torch.zeros(4, 1, 28, 28), "gaussian_noise", 0.1)
+    assert edge.min() == 0 and edge.max() <= 1 and (edge == 0).float().mean() > 0.4  # clipped below 0
+
+
+# tables -------------------------------------------------------------------------------------------
+def test_table_gives_mean_and_std_over_seeds(tmp_path):
+    from benchmark import tables
+    for seed, (true, rule_error) in enumerate([(40.0, 10.0), (60.0, 20.0)]):
+        for algo in ("bp", "fa"):
+            folder = tmp_path / f"mnist-lc-{algo}-seed{seed}"
+            folder.mkdir()
+            json.dump(fake_record("mnist", "lc", algo, seed, [5.0]), open(folder / "record.json", "w"))
+            attacks = [{"attack": "pgd", "gradient": "true", "eps": 0.1, "error": true}]
+            if algo == "fa":
+                attacks.append({"attack": "pgd", "gradient": "rule", "eps": 0.1, "error": rule_error})
+            json.dump({"states": {"final": {"attacks": attacks, "corruptions": [
+                {"corruption": "contrast", "severity": s, "error": float(s + 2 * seed)} for s in range(1, 6)]}}},
+                open(folder / "robustness.json", "w"))
+    runs, _ = tables.load_runs([str(tmp_path)])
+    summary = tables.robustness_summary(tables.load_robustness(runs), "final")
+    text = tables.robustness_markdown(summary)
+    true_block = text.split("**PGD, true gradient")[1].split("**")[1]
+    assert "| bp | 50.0 ± 14.1 (2) |" in true_block and "| fa | 50.0 ± 14.1 (2) |" in true_block
+    rule_block = text.split("**PGD, rule gradient")[1].split("**")[1]
+    assert "| fa | 15.0 ± 7.1 (2) |" in rule_block and "| bp |" not in rule_block
+    # each run's mean over severities 1-5 (3 and 5), then mean and std over seeds
+    assert "| bp | 4.0 ± 1.4 (2) |" in text.split("**Corruptions")[1]
