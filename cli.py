@@ -681,8 +681,9 @@ def report(runs, metric, out, title):
               help="Evaluate on N test images, class-stratified and the same for every run (0: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Images attacked at once (PGD runs batched).")
-@click.option("--states", "states_text", default="final,best", show_default=True,
-              help="Which kept models: final (last epoch) and best (best validation epoch, when kept).")
+@click.option("--states", "states_text", default="final", show_default=True,
+              help="Which kept models: final (last epoch), best (best validation epoch, where kept), or final,best "
+                   "(twice the time).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs evaluated in parallel worker processes.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -713,11 +714,11 @@ def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, p
     job_list = rb.plan(runs, settings, warn=lambda message: click.echo(message, err=True))
     if not job_list:
         raise ResultsMissing(f"no complete runs under {', '.join(runs)}")
-    counts = rb.run_all(job_list, settings, data_dir, device=device, jobs_count=jobs, threads=threads,
-                        echo=lambda message: click.echo(message, err=True))
+    counts, evaluated = rb.run_all(job_list, settings, data_dir, device=device, jobs_count=jobs, threads=threads,
+                                   echo=lambda message: click.echo(message, err=True))
     if board:
         from benchmark.board import write_robustness
-        mirrored = write_robustness(board, [job.run_dir for job in job_list])
+        mirrored = write_robustness(board, evaluated)
         click.echo(f"tensorboard: robustness scalars added to {mirrored} run(s) under {board}")
     click.echo("robustness finished: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
                                           or "nothing to do"))

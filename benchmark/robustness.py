@@ -100,7 +100,7 @@ class Settings:
     random_start: bool = True
     test_subset: int = 1000  # 0: the whole test set
     batch_size: int = 1000  # images per attack batch
-    states: tuple = STATES
+    states: tuple = ("final",)  # "best" too doubles the time
 
     def resolved(self, dataset):
         """The settings a run of ``dataset`` is evaluated with (what robustness.json records)."""
@@ -174,7 +174,15 @@ def plan(roots, settings, warn=print):
                 continue
             run_dir = os.path.dirname(path)
             settings.resolved(record["config"]["dataset"])  # raises for a dataset without pixel bounds
-            jobs.append(Job(run_dir, record, kept_models(run_dir, record, settings.states)))
+            models = kept_models(run_dir, record, settings.states)
+            if not models:
+                skipped["without a best-validation model"] = skipped.get("without a best-validation model", 0) + 1
+                continue
+            job = Job(run_dir, record, models)
+            if "best" in settings.states and "best" not in models:
+                job.notes.append(f"best: no {BEST_MODEL_NAME} (no validation split, or trained before biobench "
+                                 f"kept it)")
+            jobs.append(job)
     for status, count in sorted(skipped.items()):
         warn(f"robustness: {count} {status} run(s) left out (only complete runs are evaluated)")
     seen, unique = set(), []
@@ -191,7 +199,8 @@ def plan(roots, settings, warn=print):
 def kept_models(run_dir, record, states):
     """``{state: model file}``: ``final`` (the last epoch's checkpoint.pt, which
     every run keeps) and ``best`` (model_best.pt, kept when the run had a
-    validation split and was trained by a biobench that keeps it)."""
+    validation split and was trained by a biobench that keeps it); empty
+    when only ``best`` is asked for and the run has none."""
     models = {}
     if "final" in states:
         if not os.path.isfile(os.path.join(run_dir, CHECKPOINT_NAME)):
@@ -201,9 +210,6 @@ def kept_models(run_dir, record, states):
     if "best" in states and record["summary"].get("best_val_epoch") is not None:
         if os.path.isfile(os.path.join(run_dir, BEST_MODEL_NAME)):
             models["best"] = BEST_MODEL_NAME
-    if not models:
-        raise ConfigError(f"run folder {run_dir} keeps no model for --states {','.join(states)} "
-                          f"(no validation split, so no {BEST_MODEL_NAME})")
     return models
 
 
@@ -551,8 +557,13 @@ class Evaluation:
                     entry["corruptions"].append({"corruption": name, "severity": severity, "level": level,
                                                  "error": self._unit(unit, compute)})
             result["states"][state] = entry
+        by_kind = {}
+        for unit, done in self.done.items():  # "state/attack/gradient/eps" or "state/corruption/name/severity"
+            kind = unit.split("/")[1] if unit.split("/")[1] == "corruption" else unit.split("/")[2]
+            by_kind[kind] = round(by_kind.get(kind, 0.0) + done["seconds"], 1)
         result["timing"] = {"seconds": round(time.time() - started, 1),
                             "unit_seconds": round(sum(u["seconds"] for u in self.done.values()), 1),
+                            "seconds_by_kind": by_kind,
                             "device": str(self.device), "torch_threads": torch.get_num_threads()}
         write_json(os.path.join(job.run_dir, RESULT_NAME), result)
         try:
@@ -644,7 +655,8 @@ def summary_line(result):
 
 
 def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None, echo=print):
-    """Evaluate every job not done yet; returns ``{status: count}``. BP runs
+    """Evaluate every job not done yet; returns ``({status: count}, [run
+    folders evaluated now])``. BP runs
     go first and each source's targets follow it, so a worker that made a
     source's examples reuses them."""
     import multiprocessing
@@ -656,11 +668,14 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
     threads = threads or max(1, (os.cpu_count() or 1) // jobs_count)
     echo(f"robustness: {len(jobs)} run(s), {len(jobs) - len(todo)} already evaluated, {len(todo)} to evaluate "
          f"({jobs_count} job(s) x {threads} thread(s))")
-    counts, started = {}, time.time()
+    counts, started, evaluated = {}, time.time(), []
+    folders = {job.name: job.run_dir for job in todo}
 
     def report(done, result):
         name, status, message = result
         counts[status] = counts.get(status, 0) + 1
+        if status == "evaluated":
+            evaluated.append(folders[name])
         elapsed = time.time() - started
         eta = elapsed / done * (len(todo) - done)
         echo(f"[{done}/{len(todo)}] {name}: {status}: {message}  (elapsed {elapsed / 60:.1f} min, "
@@ -671,7 +686,7 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
         if jobs_count == 1:
             for done, arg in enumerate(args, 1):
                 report(done, evaluate_job(*arg))
-            return counts
+            return counts, evaluated
         pool = ProcessPoolExecutor(max_workers=jobs_count)
         try:
             futures = [pool.submit(evaluate_job, *arg) for arg in args]
@@ -688,5 +703,5 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
     except KeyboardInterrupt:
         raise RunInterrupted("robustness interrupted; rerun the same command to go on (finished attacks of the "
                              "interrupted runs are kept in their robustness.partial.json)") from None
-    return counts
+    return counts, evaluated
 

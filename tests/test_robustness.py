@@ -171,7 +171,7 @@ def test_fgsm_error_on_a_binary_linear_model_never_falls_with_eps():
 
 def test_eps_0_is_the_records_own_test_error_and_fgsm_error_grows_with_eps(runs):
     data_dir, out = runs
-    settings = rb.Settings(gradients=("true",), **QUICK)
+    settings = rb.Settings(gradients=("true",), states=rb.STATES, **QUICK)
     for rule in ("bp", "fa"):
         job = job_for(out, rule, settings)
         result = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
@@ -330,7 +330,8 @@ def test_cli_evaluates_every_run_in_parallel_skips_done_ones_and_tables_them(run
     data_dir, out = runs
     serial = str(tmp_path / "serial")
     shutil.copytree(out, serial)
-    args = ["--data-dir", data_dir, "--pgd-steps", "2", "--corruptions", "contrast", "--eps", "0,0.1"]
+    args = ["--data-dir", data_dir, "--pgd-steps", "2", "--corruptions", "contrast", "--eps", "0,0.1", "--states",
+            "final,best"]
     result = run_cli(["robustness", "--runs", out, "--jobs", "2", "--threads", "1", *args])
     assert result.exit_code == 0, result.output
     assert "2 evaluated" in result.output
