@@ -677,13 +677,17 @@ def report(runs, metric, out, title):
               help="PGD step in pixel units (default: MNIST 0.01, CIFAR-10 2/255).")
 @click.option("--random-start/--no-random-start", default=True, show_default=True,
               help="PGD starts at a uniform random point of the eps ball.")
-@click.option("--test-subset", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Evaluate on N test images, class-stratified and the same for every run (0: all).")
+@click.option("--test-subset", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Evaluate on N test images, class-stratified and the same for every run (0: all); the time "
+                   "is proportional to N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Images attacked at once (PGD runs batched).")
 @click.option("--states", "states_text", default="final", show_default=True,
               help="Which kept models: final (last epoch), best (best validation epoch, where kept), or final,best "
                    "(twice the time).")
+@click.option("--algos", "algos_text", default=None,
+              help="Evaluate only the runs of these rules, comma-separated (BP runs still serve as transfer "
+                   "sources), e.g. ep with a smaller --test-subset: EP relaxes at every gradient.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs evaluated in parallel worker processes.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -694,7 +698,7 @@ def report(runs, metric, out, title):
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
               help="Also add the results as scalars to each run's TensorBoard run in this folder, where it has one.")
 def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, pgd_steps, pgd_step, random_start,
-               test_subset, batch_size, states_text, jobs, threads, device, data_dir, tensorboard):
+               test_subset, batch_size, states_text, algos_text, jobs, threads, device, data_dir, tensorboard):
     """Adversarial error (FGSM, PGD; true-gradient, rule-gradient and transfer
     attacks) and corruption error of every complete run, into its run folder."""
     from benchmark import robustness as rb
@@ -704,7 +708,8 @@ def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, p
         gradients=rb.parse_names(gradients_text, rb.GRADIENTS, "--gradients"),
         corruptions=rb.parse_names(corruptions_text, tuple(rb.CORRUPTIONS), "--corruptions"),
         pgd_steps=pgd_steps, pgd_step=pgd_step, random_start=random_start, test_subset=test_subset,
-        batch_size=batch_size, states=rb.parse_names(states_text, rb.STATES, "--states"))
+        batch_size=batch_size, states=rb.parse_names(states_text, rb.STATES, "--states"),
+        rules=rb.parse_names(algos_text, tuple(rule_names()), "--algos") if algos_text else ())
     if not settings.states:
         raise ConfigError("--states none leaves nothing to evaluate; allowed: final, best")
     rb.check_attack_library()

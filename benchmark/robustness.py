@@ -98,9 +98,10 @@ class Settings:
     pgd_steps: int = None
     pgd_step: float = None
     random_start: bool = True
-    test_subset: int = 1000  # 0: the whole test set
+    test_subset: int = 500  # 0: the whole test set
     batch_size: int = 1000  # images per attack batch
     states: tuple = ("final",)  # "best" too doubles the time
+    rules: tuple = ()  # evaluate only runs of these rules (empty: all)
 
     def resolved(self, dataset):
         """The settings a run of ``dataset`` is evaluated with (what robustness.json records)."""
@@ -161,7 +162,7 @@ def plan(roots, settings, warn=print):
     anything is written: ConfigError (one line) for a run folder without a
     kept model or a dataset without pixel bounds. Unfinished and diverged runs
     are left out (``warn`` says how many); so are unreadable records."""
-    jobs, skipped = [], {}
+    jobs, skipped, sources = [], {}, []
     for root in roots:
         for path in find_records(root):
             try:
@@ -173,6 +174,10 @@ def plan(roots, settings, warn=print):
                 skipped[record["status"]] = skipped.get(record["status"], 0) + 1
                 continue
             run_dir = os.path.dirname(path)
+            if record["config"]["algo"] == "bp" and os.path.isfile(os.path.join(run_dir, CHECKPOINT_NAME)):
+                sources.append(Job(run_dir, record, {"final": CHECKPOINT_NAME}))
+            if settings.rules and record["config"]["algo"] not in settings.rules:
+                continue
             settings.resolved(record["config"]["dataset"])  # raises for a dataset without pixel bounds
             models = kept_models(run_dir, record, settings.states)
             if not models:
@@ -192,7 +197,7 @@ def plan(roots, settings, warn=print):
             seen.add(real)
             unique.append(job)
     if "transfer" in settings.gradients:
-        assign_sources(unique)
+        assign_sources(unique, sources)
     return unique
 
 
@@ -213,15 +218,14 @@ def kept_models(run_dir, record, states):
     return models
 
 
-def assign_sources(jobs):
-    """Each job's BP transfer source: the BP run with the same dataset,
+def assign_sources(jobs, sources):
+    """Each job's BP transfer source among ``sources`` (the complete BP runs
+    that keep a model, selected or not): the BP run with the same dataset,
     architecture, seed, training subset and validation split, preferring the
     target's weight decay, then none."""
     bp = {}
-    for job in jobs:
-        config = job.record["config"]
-        if config["algo"] == "bp":
-            bp.setdefault(_source_key(config), []).append(job)
+    for job in sources:
+        bp.setdefault(_source_key(job.record["config"]), []).append(job)
     for job in jobs:
         config = job.record["config"]
         if config["algo"] == "bp":
@@ -471,11 +475,10 @@ def corrupt(pixels, name, level):
 class Evaluation:
     """Evaluates one job, unit by unit, keeping finished units in the partial file."""
 
-    def __init__(self, job, settings, data_dir, device, echo=None):
+    def __init__(self, job, settings, data_dir, device):
         self.job, self.data_dir, self.device = job, data_dir, device
         self.settings = settings.resolved(job.record["config"]["dataset"])
         self.key = fingerprint(job, settings)
-        self.echo = echo or (lambda message: None)
         self.partial_path = os.path.join(job.run_dir, PARTIAL_NAME)
         self.done = self._load_partial()
 
@@ -594,6 +597,7 @@ class Evaluation:
 
 
 _SOURCE_CACHE = {}
+_SOURCE_MODEL = {}
 
 
 def source_examples(source_dir, record, state, attack, eps, settings, data_dir, device, pixels, labels):
@@ -601,12 +605,17 @@ def source_examples(source_dir, record, state, attack, eps, settings, data_dir, 
     process (every target of one source reuses them) with the seed of the
     source's own true-gradient unit: they are the examples its own white-box
     column was measured on."""
-    key = (os.path.realpath(source_dir), state, attack, eps, json.dumps(settings, sort_keys=True))
+    key = (os.path.realpath(source_dir), state, attack, eps, json.dumps(settings, sort_keys=True),
+           file_digest(os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)))
     if key not in _SOURCE_CACHE:
         if len(_SOURCE_CACHE) > 64:
             _SOURCE_CACHE.clear()
         data = dataset_of(record["config"]["dataset"], data_dir)
-        model, rule, _ = load_model(source_dir, record, state, data, device)
+        model_file = os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
+        model_key = (os.path.realpath(source_dir), state, file_digest(model_file))
+        if _SOURCE_MODEL.get("key") != model_key:  # the last source's model, built once for all its examples
+            _SOURCE_MODEL.update(key=model_key, loaded=load_model(source_dir, record, state, data, device))
+        model, rule, _ = _SOURCE_MODEL["loaded"]
         with frozen(model):
             reseed(rule, unit_seed(record["config"]["seed"], f"{state}/{attack}/true/{eps!r}"))
             module = attacked_model(model, rule, data, "true")
