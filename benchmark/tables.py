@@ -419,7 +419,12 @@ def load_robustness(runs):
                 result = json.load(handle)
         except (OSError, ValueError):
             continue
-        cell = {"dataset": run.dataset, "arch": run.arch, "rule": run.rule, "label": run.label, "seed": run.seed}
+        settings = result.get("settings", {})
+        pgd = settings.get("pgd", {})
+        protocol = (f"{result.get('test_images', '?')} images, PGD {pgd.get('steps', '?')} x "
+                    f"{pgd.get('step_size', 0):.3g}" + ("" if pgd.get("random_start", True) else ", no random start"))
+        cell = {"dataset": run.dataset, "arch": run.arch, "rule": run.rule, "label": run.label, "seed": run.seed,
+                "protocol": protocol}
         for state, entry in result.get("states", {}).items():
             for row in entry.get("attacks", []):
                 rows.append({**cell, "state": state, "kind": "attack", "attack": row["attack"],
@@ -432,8 +437,14 @@ def load_robustness(runs):
             for name, errors in by_name.items():  # "severity 0": the run's mean over its severities
                 rows.append({**cell, "state": state, "kind": "corruption", "attack": name, "gradient": "",
                              "eps": 0, "error": sum(errors) / len(errors)})
-    return pd.DataFrame(rows, columns=["dataset", "arch", "rule", "label", "seed", "state", "kind", "attack",
-                                       "gradient", "eps", "error"])
+    table = pd.DataFrame(rows, columns=["dataset", "arch", "rule", "label", "seed", "protocol", "state", "kind",
+                                        "attack", "gradient", "eps", "error"])
+    # Runs evaluated with another protocol than most (fewer images, fewer PGD steps: EP's) are rows of their own.
+    for dataset, part in table.groupby("dataset"):
+        usual = part.protocol.mode().iloc[0]
+        other = (table.dataset == dataset) & (table.protocol != usual)
+        table.loc[other, "label"] = table.loc[other, "label"] + " [" + table.loc[other, "protocol"] + "]"
+    return table
 
 
 def robustness_summary(rows, state="final"):

@@ -464,3 +464,18 @@ def test_algos_selects_runs_but_bp_still_serves_as_the_transfer_source(runs):
     assert "-fa-" in job.name and job.source == folder_of(out, "bp")
     with pytest.raises(rb.ConfigError, match="--algos 'fb' is not known"):
         rb.parse_names("fa,fb", ("fa", "bp"), "--algos")
+
+
+def test_runs_evaluated_with_another_protocol_are_rows_of_their_own(tmp_path):
+    from benchmark import tables
+    for algo, images, error in (("bp", 500, 30.0), ("fa", 500, 20.0), ("ep", 100, 10.0)):
+        folder = tmp_path / f"mnist-fc-{algo}"
+        folder.mkdir()
+        json.dump(fake_record("mnist", "fc", algo, 0, [5.0]), open(folder / "record.json", "w"))
+        json.dump({"test_images": images, "settings": {"pgd": {"steps": 40, "step_size": 0.01, "random_start": True}},
+                   "states": {"final": {"attacks": [{"attack": "pgd", "gradient": "true", "eps": 0.1,
+                                                     "error": error}], "corruptions": []}}},
+                  open(folder / "robustness.json", "w"))
+    runs, _ = tables.load_runs([str(tmp_path)])
+    text = tables.robustness_markdown(tables.robustness_summary(tables.load_robustness(runs)))
+    assert "| ep [100 images, PGD 40 x 0.01] | 10.0 (1) |" in text and "| fa | 20.0 (1) |" in text
