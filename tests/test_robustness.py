@@ -352,6 +352,10 @@ def test_cli_evaluates_every_run_in_parallel_skips_done_ones_and_tables_them(run
     assert "2 already evaluated, 0 to evaluate" in again.output
     table = run_cli(["table", "--runs", out, "--metric", "robust"])
     assert table.exit_code == 0 and "PGD, rule gradient" in table.output
+    report = str(tmp_path / "report.html")
+    assert run_cli(["report", "--runs", out, "--out", report]).exit_code == 0
+    html = open(report).read()
+    assert "<h2>Robustness</h2>" in html and 'alt="robustness final mnist"' in html
 
 
 # the kept models ---------------------------------------------------------------------------------
@@ -480,3 +484,22 @@ def test_runs_evaluated_with_another_protocol_are_rows_of_their_own(tmp_path):
     runs, _ = tables.load_runs([str(tmp_path)])
     text = tables.robustness_markdown(tables.robustness_summary(tables.load_robustness(runs)))
     assert "| ep [100 images, PGD 40 x 0.01] | 10.0 (1) |" in text and "| fa | 20.0 (1) |" in text
+
+
+def test_tensorboard_gets_the_results_of_runs_it_already_mirrors(runs, tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from benchmark.board import write_robustness
+    data_dir, out = runs
+    settings = rb.Settings(gradients=("true",), eps=[0.0, 0.1], **QUICK)
+    for rule in ("bp", "fa"):
+        rb.Evaluation(job_for(out, rule, settings), settings, data_dir, torch.device("cpu")).run()
+    board = tmp_path / "board"
+    (board / os.path.basename(folder_of(out, "fa"))).mkdir(parents=True)  # only fa has a TensorBoard run
+    assert write_robustness(str(board), [folder_of(out, "bp"), folder_of(out, "fa")]) == 1
+    assert os.listdir(board) == [os.path.basename(folder_of(out, "fa"))]
+    events = event_accumulator.EventAccumulator(str(board / os.listdir(board)[0]))
+    events.Reload()
+    result = json.load(open(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)))
+    (expected,) = [r["error"] for r in result["states"]["final"]["attacks"] if r["attack"] == "pgd" and r["eps"] == 0.1]
+    points = {e.step: e.value for e in events.Scalars("robustness_final/pgd_true")}
+    assert points[100] == pytest.approx(expected)
