@@ -21,7 +21,6 @@ The inverses are the rule's parameters, never the model's: they live in
 ``self.feedback`` (with AO-SDTP's fixed auxiliary weights), have their own
 Adam optimiser and are saved through ``state_dict``.
 """
-import math
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +75,6 @@ class TargetPropagation(LearningRule):
 
     def __init__(self, **options):
         super().__init__(**options)
-        for key in self.positive_options:
-            value = self.options[key]
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"rule {self.name!r} option {key}={value!r} must be finite and > 0")
         if not 0 <= self.options["inverse_beta2"] < 1:
             raise ValueError(f"rule {self.name!r} option inverse_beta2={self.options['inverse_beta2']!r} "
                              f"must be in [0, 1)")
