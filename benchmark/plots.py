@@ -281,6 +281,61 @@ def target_propagation_plot(runs, out_dir):
     return paths
 
 
+# What the energy-based and forward-only rules record per layer, beside the update angle.
+FAMILY_PANELS = (("energy_before", "PC: energy at the\nfeed-forward pass", "log"),
+                 ("energy_after", "PC: energy after\ninference", "log"),
+                 ("nudge_distance", "EP: ||nudged - free||\nfixed point, per sample", "log"),
+                 ("free_residual", "EP: free phase's distance\nfrom a fixed point", "log"),
+                 ("goodness_positive", "FF: mean square activity,\npositive data", "linear"),
+                 ("goodness_negative", "FF: mean square activity,\nnegative data", "linear"))
+
+
+def family_metrics_plot(runs, out_dir):
+    """Per layer over epochs, for rules that record metrics of their own (PC,
+    EP, FF): each metric as a row of panels (mean over seeds)."""
+    records = _load_curves(runs)
+    paths = []
+    for dataset, arch in dict.fromkeys((d, a) for d, a, _ in records):
+        labels = [r for r in _ordered_labels({r for d, a, r in records if (d, a) == (dataset, arch)})]
+        present = [(key, label, scale) for key, label, scale in FAMILY_PANELS
+                   if any(key in layer for r in labels for run in records[(dataset, arch, r)]
+                          for epoch in run["alignment"] for layer in epoch["layers"])]
+        rules = [r for r in labels if any(key in layer for key, _, _ in present
+                                          for run in records[(dataset, arch, r)] for epoch in run["alignment"]
+                                          for layer in epoch["layers"])]
+        if not rules:
+            continue
+        fig, axes, n_layers = _per_layer_panels(records, dataset, arch, rules, [k for k, _, _ in present],
+                                                2.3 * len(present) + 1)
+        for layer in range(n_layers):
+            axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
+            for row, (key, label, scale) in enumerate(present):
+                ax = axes[row][layer]
+                ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+                ax.grid(alpha=0.3, which="both")
+                if ax.lines and all((line.get_ydata() == 0).all() for line in ax.lines):
+                    for line in list(ax.lines):
+                        line.remove()
+                    ax.text(0.5, 0.5, "0 at every epoch\n(PC: nodes start at\nthe feed-forward pass)"
+                            if key == "energy_before" else "0 at every epoch", ha="center", va="center",
+                            transform=ax.transAxes, fontsize=9)
+                elif scale == "log" and ax.lines:
+                    ax.set_yscale("log")
+                elif not ax.lines:
+                    ax.text(0.5, 0.5, "not recorded\nfor this layer", ha="center", va="center",
+                            transform=ax.transAxes, fontsize=9)
+                    ax.set_xticks([])
+                if layer == 0:
+                    ax.set_ylabel(label)
+        _figure_legend(fig, axes)
+        fig.suptitle(f"Rule metrics, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} "
+                     f"(fixed probe batch, mean over seeds)", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 0.9, 0.96))
+        paths += save(fig, out_dir, f"rule_metrics_{dataset}_{arch}")
+    return paths
+
+
 def params_plot(summary, out_dir, metric="best"):
     """Forward parameters (log x) vs test error, one marker per (arch, rule)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -348,5 +403,6 @@ def search_plot(searches, out_dir):
 def all_plots(runs, summary, metric, out_dir, searches=()):
     """Every plot the records (and searches) allow; returns the file paths."""
     return (bar_plot(summary, out_dir, metric) + curve_plot(runs, out_dir) + alignment_plot(runs, out_dir)
-            + target_propagation_plot(runs, out_dir) + params_plot(summary, out_dir, metric)
+            + target_propagation_plot(runs, out_dir) + family_metrics_plot(runs, out_dir)
+            + params_plot(summary, out_dir, metric)
             + search_plot(searches, out_dir))
