@@ -350,10 +350,10 @@ class SimplifiedDTP(TargetPropagation):
     output_inverse = True
     citations = {"bartunov2018": BARTUNOV2018}
     defaults = {**TargetPropagation.defaults, "sigma": 0.3}
-    # A reading of Table 5 reports MNIST FC SDTP sigmas too (0.214 parallel, 0.118
-    # alternating; not checked here); 0.3 stays: the committed results used it.
+    # Table 5's MNIST SDTP sigmas (FC 0.214 parallel, 0.118 alternating; LC 0.062,
+    # 0.135) differ per net and schedule; 0.3 stays: the committed results used it.
     option_sources = {**TargetPropagation.option_sources,
-                      "sigma": "Bartunov et al. Table 5, CIFAR-10 LC SDTP parallel (0.30), not an MNIST value"}
+                      "sigma": "Bartunov et al. Table 5, CIFAR-10 LC SDTP parallel (0.30), not its MNIST values"}
 
     def penultimate_target(self, hs, y):
         top = len(self.segments)
