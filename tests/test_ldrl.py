@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import attach_tp_rule, chain_batch
 from models import Linear, make_rule
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -30,17 +31,11 @@ def small_net(seed=0):
 
 
 def attach(model, **options):
-    rule = make_rule("ldrl", **options).attach(model, torch.Generator().manual_seed(1), (WIDTHS[0],))
-    rule.moved_to("cpu")
-    with torch.no_grad():
-        for inverse in rule.feedback.inverses.values():
-            inverse.bias.normal_()  # inverses start with zero biases; make them count
-    return rule
+    return attach_tp_rule("ldrl", model, WIDTHS[0], **options)
 
 
 def batch():
-    g = torch.Generator().manual_seed(5)
-    return torch.randn(6, WIDTHS[0], generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+    return chain_batch(WIDTHS[0])
 
 
 def recorded_noise(rule):

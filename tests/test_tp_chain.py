@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import Linear, make_rule
+from helpers import attach_tp_rule, chain_batch
+from models import Linear
 
 # Different activations per hidden layer, so using the wrong layer's
 # activation inside an inverse changes the numbers.
@@ -35,17 +36,11 @@ def deep_net(seed=0):
 
 
 def attach(name, model, seed=1, **options):
-    rule = make_rule(name, **options).attach(model, torch.Generator().manual_seed(seed), (WIDTHS[0],))
-    rule.moved_to("cpu")
-    with torch.no_grad():
-        for inverse in rule.feedback.inverses.values():
-            inverse.bias.normal_()  # inverses start with zero biases; make them count
-    return rule
+    return attach_tp_rule(name, model, WIDTHS[0], seed, **options)
 
 
 def batch():
-    g = torch.Generator().manual_seed(5)
-    return torch.randn(6, WIDTHS[0], generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+    return chain_batch(WIDTHS[0])
 
 
 def weights(model):
