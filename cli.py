@@ -413,6 +413,9 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
     else:
         click.echo("grid finished: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) if counts
                    else "grid finished: nothing to do")
+    if counts.get("stale"):
+        click.echo(f"{counts['stale']} cell(s) not run: their records ran with rule defaults that have changed "
+                   f"since (see their lines above)", err=True)
     if counts.get("failed"):
         raise GridFailed(f"{counts['failed']} cell(s) failed; see error.txt in their run folders"
                          + (" and the Slurm logs" if executor.name == "slurm" else ""))

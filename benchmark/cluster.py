@@ -102,7 +102,7 @@ def submit(cells, out, data_dir, device, threads, options, echo=print, tensorboa
     out, data_dir = os.path.abspath(out), os.path.abspath(data_dir)
     os.makedirs(out, exist_ok=True)
     queued = submitted_elsewhere(out)
-    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs) not in TERMINAL
+    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs, c) not in TERMINAL
             and c.run_name() not in queued]
     skipped = len(cells) - len(todo)
     if not todo:

@@ -57,11 +57,28 @@ def grid_cells(datasets, archs, rules, seeds, options, rule_options=None):
             for d in datasets for a in archs for r in rules for wd in decays[r] for s in seeds]
 
 
-def cell_state(run_dir, epochs):
-    """complete | diverged | resumable | missing, for a cell wanting ``epochs``.
+def stale_rule_options(record, config):
+    """``{option: (value the record ran with, value now)}`` where a rule
+    default changed since the record was made: the folder name hashes only
+    the options a run was given, so the old record would otherwise pass for
+    the current rule's. Options the record does not name are not compared."""
+    recorded = ((record or {}).get("rule") or {}).get("options") or {}
+    if not recorded:
+        return {}
+    from models import make_rule
+    current = make_rule(config.rule, **config.rule_options).options
+    return {key: (recorded[key], value) for key, value in current.items()
+            if key in recorded and recorded[key] != value}
+
+
+def cell_state(run_dir, epochs, config=None):
+    """complete | diverged | resumable | missing, for a cell wanting ``epochs``
+    (with ``config``: stale when its record ran with other rule defaults).
     A complete run with fewer epochs is resumable (the grid extends it) unless
     it stopped early."""
     record = read_record(run_dir)
+    if config is not None and stale_rule_options(record, config):
+        return "stale"
     if record is not None:
         status = record["status"]
         if status == "diverged" or (status == "complete" and (
@@ -92,7 +109,12 @@ def run_cell(config_dict, out, data_dir, device, threads, epoch_lines=False, not
 
 def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorboard, deadline=None):
     run_dir = os.path.join(out, config.run_name())
-    state = cell_state(run_dir, config.epochs)
+    state = cell_state(run_dir, config.epochs, config)
+    if state == "stale":
+        changed = stale_rule_options(read_record(run_dir), config)
+        return config.run_name(), "stale", ("not run: its record ran with " + ", ".join(
+            f"{key}={then!r} (now {now!r})" for key, (then, now) in changed.items())
+            + f"; move {run_dir} away to rerun it with the current defaults")
     if state in TERMINAL:
         return config.run_name(), state, "skipped (already done)"
     estimate = epoch_estimate(out, config) if deadline is not None else None
@@ -138,7 +160,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
     processes, each with ``threads`` torch threads (default ``cores // jobs``)."""
     os.makedirs(out, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs) not in TERMINAL]
+    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs, c) not in TERMINAL]
     echo(f"grid: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
          f"({jobs} job(s) x {threads} thread(s))")
     counts = {}

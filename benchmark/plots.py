@@ -227,12 +227,18 @@ def alignment_plot(runs, out_dir):
                          va="center", transform=axes[1][-1].transAxes, fontsize=9)
         axes[0][0].set_ylabel("angle W vs B (degrees)")
         axes[1][0].set_ylabel("angle update vs BP gradient (degrees)")
-        _figure_legend(fig, axes)
-        fig.suptitle(f"Alignment, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} (mean over seeds; "
-                     f"the first layer has no B)", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 0.94, 0.95))
-        paths += save(fig, out_dir, f"alignment_{dataset}_{arch}")
+        title = (f"Alignment, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} (mean over seeds; "
+                 f"the first layer has no B)")
+        paths += _finish_layer_figure(fig, axes, title, (0, 0, 0.94, 0.95), out_dir, f"alignment_{dataset}_{arch}")
     return paths
+
+
+def _finish_layer_figure(fig, axes, title, rect, out_dir, name):
+    """One legend, the title, the layout; saved as ``name`` (PNG and PDF)."""
+    _figure_legend(fig, axes)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=rect)
+    return save(fig, out_dir, name)
 
 
 def _is_target_propagation(group):
@@ -246,6 +252,35 @@ def _layer_series(group, layer, key):
                for epoch in r["alignment"]] for r in group]
     length = min(len(s) for s in series)
     return np.array([[np.nan if v is None else v for v in s[:length]] for s in series], dtype=float)
+
+
+def _format_layer_panels(axes, n_layers, panels, empty_reasons, empty_default="no data"):
+    """Titles, axes and scales of a grid of per-layer panels (``panels``:
+    ``(key, label, scale)`` per row). A panel with no line says why
+    (``empty_reasons[key]``); one whose lines are all zero says so instead
+    of drawing them on a log axis."""
+    for layer in range(n_layers):
+        axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
+        for row, (key, label, scale) in enumerate(panels):
+            ax = axes[row][layer]
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            ax.grid(alpha=0.3, which="both")
+            reason = None
+            if ax.lines and all((line.get_ydata() == 0).all() for line in ax.lines):
+                for line in list(ax.lines):
+                    line.remove()
+                reason = ("0 at every epoch\n(PC: nodes start at\nthe feed-forward pass)"
+                          if key == "energy_before" else "0 at every epoch")
+            elif scale == "log" and ax.lines:
+                ax.set_yscale("log")
+            elif not ax.lines:
+                reason = empty_reasons.get(key, empty_default)
+                ax.set_xticks([])
+            if reason:
+                ax.text(0.5, 0.5, reason, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+            if layer == 0:
+                ax.set_ylabel(label)
 
 
 TP_PANELS = (("update_angle", "angle update vs BP gradient (degrees)", "linear"),
@@ -265,29 +300,48 @@ def target_propagation_plot(runs, out_dir):
         if not rules:
             continue
         fig, axes, n_layers = _per_layer_panels(records, dataset, arch, rules, [k for k, _, _ in TP_PANELS], 8.0)
+        _format_layer_panels(axes, n_layers, TP_PANELS, {
+            "reconstruction_error": "no inverse\n(first layer, or DTP's output)",
+            "target_distance": "no target\n(trained on the task loss)", "update_angle": "no data"})
         for layer in range(n_layers):
-            axes[0][layer].set_title(f"layer {layer + 1}" + (" (output)" if layer == n_layers - 1 else ""))
-            for row, (key, label, scale) in enumerate(TP_PANELS):
-                ax = axes[row][layer]
-                ax.set_xlabel("epoch")
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-                ax.grid(alpha=0.3, which="both")
-                if scale == "log" and ax.lines:
-                    ax.set_yscale("log")
-                if not ax.lines:
-                    reason = {"reconstruction_error": "no inverse\n(first layer, or DTP's output)",
-                              "target_distance": "no target\n(trained on the task loss)",
-                              "update_angle": "no data"}[key]
-                    ax.text(0.5, 0.5, reason, ha="center", va="center", transform=ax.transAxes, fontsize=9)
-                    ax.set_xticks([])
-                if layer == 0:
-                    ax.set_ylabel(label)
             axes[0][layer].set_ylim(-3, 95)
-        _figure_legend(fig, axes)
-        fig.suptitle(f"Target propagation, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} "
-                     f"(fixed probe batch, mean over seeds)", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 0.9, 0.96))
-        paths += save(fig, out_dir, f"target_propagation_{dataset}_{arch}")
+        title = (f"Target propagation, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} "
+                 f"(fixed probe batch, mean over seeds)")
+        paths += _finish_layer_figure(fig, axes, title, (0, 0, 0.9, 0.96), out_dir,
+                                      f"target_propagation_{dataset}_{arch}")
+    return paths
+
+
+# What the energy-based and forward-only rules record per layer, beside the update angle.
+FAMILY_PANELS = (("energy_before", "PC: energy at the\nfeed-forward pass", "log"),
+                 ("energy_after", "PC: energy after\ninference", "log"),
+                 ("nudge_distance", "EP: ||nudged - free||\nfixed point, per sample", "log"),
+                 ("free_residual", "EP: free phase's distance\nfrom a fixed point", "log"),
+                 ("goodness_positive", "FF: mean square activity,\npositive data", "linear"),
+                 ("goodness_negative", "FF: mean square activity,\nnegative data", "linear"))
+
+
+def family_metrics_plot(runs, out_dir):
+    """Per layer over epochs, for rules that record metrics of their own (PC,
+    EP, FF): each metric as a row of panels (mean over seeds)."""
+    records = _load_curves(runs)
+    paths = []
+    for dataset, arch in dict.fromkeys((d, a) for d, a, _ in records):
+        labels = [r for r in _ordered_labels({r for d, a, r in records if (d, a) == (dataset, arch)})]
+        present = [(key, label, scale) for key, label, scale in FAMILY_PANELS
+                   if any(key in layer for r in labels for run in records[(dataset, arch, r)]
+                          for epoch in run["alignment"] for layer in epoch["layers"])]
+        rules = [r for r in labels if any(key in layer for key, _, _ in present
+                                          for run in records[(dataset, arch, r)] for epoch in run["alignment"]
+                                          for layer in epoch["layers"])]
+        if not rules:
+            continue
+        fig, axes, n_layers = _per_layer_panels(records, dataset, arch, rules, [k for k, _, _ in present],
+                                                2.3 * len(present) + 1)
+        _format_layer_panels(axes, n_layers, present, {}, "not recorded\nfor this layer")
+        title = (f"Rule metrics, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} "
+                 f"(fixed probe batch, mean over seeds)")
+        paths += _finish_layer_figure(fig, axes, title, (0, 0, 0.9, 0.96), out_dir, f"rule_metrics_{dataset}_{arch}")
     return paths
 
 
@@ -398,5 +452,6 @@ def robustness_plot(runs, out_dir):
 def all_plots(runs, summary, metric, out_dir, searches=()):
     """Every plot the records (and searches) allow; returns the file paths."""
     return (bar_plot(summary, out_dir, metric) + curve_plot(runs, out_dir) + alignment_plot(runs, out_dir)
-            + target_propagation_plot(runs, out_dir) + params_plot(summary, out_dir, metric)
+            + target_propagation_plot(runs, out_dir) + family_metrics_plot(runs, out_dir)
+            + params_plot(summary, out_dir, metric)
             + search_plot(searches, out_dir) + robustness_plot(runs, out_dir))

@@ -74,3 +74,24 @@ def fake_record(dataset, arch, algo, seed, errors, status="complete", val=None, 
                    "test_loss": errors, "val_error": val, "seconds": [1.0] * len(errors)},
         "alignment": [{"epoch": e, "layers": layers} for e in epochs],
     }
+
+
+def attach_tp_rule(name, model, input_size, seed=1, **options):
+    """A target-propagation rule on ``model`` whose inverses' biases are
+    non-zero (they start at zero; random ones make them count in checks)."""
+    import torch
+
+    from models import make_rule
+    rule = make_rule(name, **options).attach(model, torch.Generator().manual_seed(seed), (input_size,))
+    rule.moved_to("cpu")
+    with torch.no_grad():
+        for inverse in rule.feedback.inverses.values():
+            inverse.bias.normal_()
+    return rule
+
+
+def chain_batch(width):
+    """Six samples of ``width`` features and three classes, always the same."""
+    import torch
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(6, width, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])

@@ -264,3 +264,26 @@ def test_a_resumed_segment_records_its_threads(tiny_root, tmp_path):
     assert record["host"]["torch_threads"] == 1
     (segment,) = record["resumes"]
     assert segment["after_epoch"] == 1 and segment["torch_threads"] == 2
+
+
+def test_a_record_made_under_other_rule_defaults_is_not_taken_for_the_current_rule(tiny_root, tmp_path):
+    """Folder names hash the options a run was given, not the defaults: when a
+    default changes, the old record must not pass for the new rule's."""
+    out = str(tmp_path / "grid")
+    args = ["grid", "--datasets", "mnist", "--archs", "fc", "--algos", "fa", "--seeds", "1", "--epochs", "1",
+            "--batch-size", "32", "--data-dir", tiny_root, "--out", out]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    (name,) = os.listdir(out)
+    path = os.path.join(out, name, "record.json")
+    with open(path) as handle:
+        record = json.load(handle)
+    assert record["rule"]["options"] == {"feedback_init": "xavier"}
+    record["rule"]["options"]["feedback_init"] = "kaiming"  # as if the default had been kaiming then
+    with open(path, "w") as handle:
+        json.dump(record, handle)
+    before = open(path).read()
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0
+    assert "stale: not run: its record ran with feedback_init='kaiming' (now 'xavier')" in result.output
+    assert "1 cell(s) not run" in result.output
+    assert open(path).read() == before

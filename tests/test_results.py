@@ -248,3 +248,19 @@ def test_every_registered_rule_is_complete_everywhere():
         assert colour(name) == rule.colour != UNKNOWN_RULE_COLOUR, name
         colours.add(rule.colour)
     assert len(colours) == len(RULE_ORDER)  # every rule tells apart in a plot
+
+
+def test_rule_metrics_plot_draws_pc_energies_per_layer_and_only_where_recorded(tmp_path):
+    from benchmark.plots import family_metrics_plot
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        record = fake_record("mnist", "fc", "pc", seed, [9.0, 8.0])
+        for epoch in record["alignment"]:
+            epoch["layers"] = [dict(layer, energy_before=0.0 if layer["layer"] < 2 else 2.0,
+                                    energy_after=0.1 * (layer["layer"] + 1)) for layer in epoch["layers"]]
+        write_json(str(root / f"pc-{seed}" / "record.json"), record)
+    write_json(str(root / "fa" / "record.json"), fake_record("mnist", "lc", "fa", 0, [9.0, 8.0]))
+    runs, _ = load_runs([str(root)])
+    paths = family_metrics_plot(runs, str(tmp_path / "plots"))
+    assert sorted(os.path.basename(p) for p in paths) == ["rule_metrics_mnist_fc.pdf", "rule_metrics_mnist_fc.png"]
+    assert all(os.path.getsize(p) > 0 for p in paths)

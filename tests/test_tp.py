@@ -298,16 +298,23 @@ def test_inverse_counts_follow_the_formula_and_forward_counts_stay(name):
 
 
 # --- L-DRL --------------------------------------------------------------------------------
-def test_ldrl_feedback_loss_matches_its_formula():
+def hand_paper_inverse(rule, k):
+    """Ernoult et al.'s form: the layer's own activation (tanh), then the linear map."""
+    inv = rule.feedback.inverses[str(k)]
+    return lambda v: torch.tanh(v) @ inv.weight.t() + inv.bias
+
+
+@pytest.mark.parametrize("form,hand", [("paper", hand_paper_inverse), ("tanh", hand_inverse)])
+def test_ldrl_feedback_loss_matches_its_formula(form, hand):
     model = tiny_tanh_net()
-    rule = attach("ldrl", model, (4,), sigma=0.2)
+    rule = attach("ldrl", model, (4,), sigma=0.2, inverse_form=form)
     x = torch.randn(5, 4)
     h1, h2, _ = hidden(model, x)
     h1, h2 = h1.detach(), h2.detach()
     draws = fixed_noise(rule)
     got = rule.feedback_loss(2, h1, h2)
     dx, dy = draws
-    g = hand_inverse(rule, 2)
+    g = hand(rule, 2)
     along = -2 * (dx * (g(torch.tanh(model[2](h1 + dx))) - g(h2))).sum(1).mean()
     spread = ((g(h2 + dy) - g(h2)) ** 2).sum(1).mean()
     torch.testing.assert_close(got, (along + spread) / 0.2 ** 2)
@@ -357,6 +364,12 @@ def test_bad_tp_options_are_one_line_errors(name, option):
     key, value = option.split("=")
     with pytest.raises(ValueError, match=key):
         make_rule(name, **{key: value})
+
+
+@pytest.mark.parametrize("name", ["dtp-par", "dtp-alt", "sdtp-par", "sdtp-alt", "aosdtp-par", "aosdtp-alt", "ldrl"])
+def test_every_tp_default_states_where_it_comes_from(name):
+    rule = make_rule(name)
+    assert sorted(rule.option_sources) == sorted(rule.defaults)
 
 
 def test_squared_error_sums_units_and_averages_the_batch():

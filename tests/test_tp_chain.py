@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import Linear, make_rule
+from helpers import attach_tp_rule, chain_batch
+from models import Linear
 
 # Different activations per hidden layer, so using the wrong layer's
 # activation inside an inverse changes the numbers.
@@ -35,17 +36,11 @@ def deep_net(seed=0):
 
 
 def attach(name, model, seed=1, **options):
-    rule = make_rule(name, **options).attach(model, torch.Generator().manual_seed(seed), (WIDTHS[0],))
-    rule.moved_to("cpu")
-    with torch.no_grad():
-        for inverse in rule.feedback.inverses.values():
-            inverse.bias.normal_()  # inverses start with zero biases; make them count
-    return rule
+    return attach_tp_rule(name, model, WIDTHS[0], seed, **options)
 
 
 def batch():
-    g = torch.Generator().manual_seed(5)
-    return torch.randn(6, WIDTHS[0], generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+    return chain_batch(WIDTHS[0])
 
 
 def weights(model):
@@ -72,11 +67,20 @@ def hand_inverse(rule, k):
     return lambda v: activation(v @ v_matrix.t() + c)
 
 
-def hand_chain(rule, hs, top, top_target):
+def hand_paper_inverse(rule, k):
+    """L-DRL's default (Ernoult et al.): g_l(v) = act_l(v) V_l^T + c_l, the
+    activation that produced h_l first; the output layer's is linear."""
+    inverse = rule.feedback.inverses[str(k)]
+    v_matrix, c = inverse.weight.detach(), inverse.bias.detach()
+    activation = ACTIVATIONS[k - 1][1] if k <= len(ACTIVATIONS) else (lambda v: v)
+    return lambda v: activation(v) @ v_matrix.t() + c
+
+
+def hand_chain(rule, hs, top, top_target, inverse=hand_inverse):
     """t_{l-1} = h_{l-1} + g_l(t_l) - g_l(h_l), from ``top`` down to layer 1."""
     targets = {top: top_target}
     for k in range(top, 1, -1):
-        g = hand_inverse(rule, k)
+        g = inverse(rule, k)
         targets[k - 1] = hs[k - 1] + g(targets[k]) - g(hs[k])
     return targets
 
@@ -120,13 +124,14 @@ def test_sdtp_targets_of_every_layer_of_a_deep_net_start_from_the_label():
     assert_every_target(rule_targets(rule, x, y), expected, hs)
 
 
-def test_ldrl_targets_of_every_layer_of_a_deep_net_start_from_the_output():
+@pytest.mark.parametrize("form,inverse", [("paper", hand_paper_inverse), ("tanh", hand_inverse)])
+def test_ldrl_targets_of_every_layer_of_a_deep_net_start_from_the_output(form, inverse):
     model = deep_net()
-    rule = attach("ldrl", model, beta=0.4)
+    rule = attach("ldrl", model, beta=0.4, inverse_form=form)
     x, y = batch()
     hs = hand_forward(model, x)
     t5 = hs[5] - 0.4 * (F.softmax(hs[5], dim=1) - F.one_hot(y, CLASSES))
-    expected = hand_chain(rule, hs, 5, t5)  # g_5 reads the logits
+    expected = hand_chain(rule, hs, 5, t5, inverse)  # g_5 reads the logits
     assert sorted(expected) == [1, 2, 3, 4, 5]
     assert_every_target(rule_targets(rule, x, y), expected, hs)
 

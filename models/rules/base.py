@@ -4,6 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..chain import run_prefix, split_chain
 from ..layers import feedback_layers
 
 # Works this module's rules cite (BibTeX fields).
@@ -53,6 +54,9 @@ class LearningRule:
     layer_kinds = None
     # Where each default in ``defaults`` comes from (paper, code, or "ours").
     option_sources = {}
+    # Options that must be finite and > 0, and counts that must be >= 1.
+    positive_options = ()
+    count_options = ()
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)
@@ -72,6 +76,13 @@ class LearningRule:
                 raise ValueError(f"rule {self.name!r} option {key}={typed[key]!r} is not one of "
                                  f"{', '.join(allowed)}")
         self.options = {**self.defaults, **typed}
+        for key in self.positive_options:
+            value = self.options[key]
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"rule {self.name!r} option {key}={value!r} must be finite and > 0")
+        for key in self.count_options:
+            if self.options[key] < 1:
+                raise ValueError(f"rule {self.name!r} option {key}={self.options[key]!r} must be >= 1")
         self.layers = []
 
     # set-up ------------------------------------------------------------------
@@ -87,6 +98,20 @@ class LearningRule:
             self.init_layer(layer, generator)
             layer.rule = self
         return self
+
+    def attach_chain(self, model):
+        """For a rule with passes of its own: the network as segments
+        (``models.chain``), its layers, their kinds checked."""
+        self.prefix, self.segments = split_chain(model, self.name)
+        self.layers = [segment.layer for segment in self.segments]
+        self.check_layer_kinds(self.layers)
+        self.output_layer = self.layers[-1]
+
+    def input_size(self, input_shape):
+        """Values per sample that the first learnable layer reads."""
+        with torch.no_grad():
+            h0 = run_prefix(self.prefix, torch.zeros((1,) + tuple(input_shape), dtype=self.layers[0].weight.dtype))
+        return h0[0].numel()
 
     def check_layer_kinds(self, layers):
         if self.layer_kinds is None:

@@ -42,7 +42,6 @@ to the free fixed point too (a forward hook), so test errors are EP's. In
 training mode ``model(x)`` stays the feed-forward net (what the BP gradient of
 the alignment records is taken on).
 """
-import math
 from contextlib import contextmanager
 
 import torch
@@ -106,14 +105,8 @@ class EquilibriumPropagation(LearningRule):
     }
     search_space = {"beta": "log:0.01:1.0"}
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        for key in ("free_steps", "nudged_steps"):
-            if self.options[key] < 1:
-                raise ValueError(f"rule {self.name!r} option {key}={self.options[key]!r} must be >= 1")
-        beta = self.options["beta"]
-        if not (math.isfinite(beta) and beta > 0):
-            raise ValueError(f"rule {self.name!r} option beta={beta!r} must be finite and > 0")
+    positive_options = ("beta",)
+    count_options = ("free_steps", "nudged_steps")
 
     # set-up ------------------------------------------------------------------------
     def attach(self, model, generator, input_shape=None):

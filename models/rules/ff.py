@@ -1,10 +1,9 @@
 """Forward-Forward (Hinton 2022): layer-local goodness on positive and negative data."""
-import math
 
 import torch
 import torch.nn.functional as F
 
-from ..chain import run_prefix, split_chain
+from ..chain import run_prefix
 from .base import LearningRule
 
 # Works this module's rules cite (BibTeX fields).
@@ -52,26 +51,20 @@ class ForwardForward(LearningRule):
                       "label_scale": "Hinton 2022 code: one-hot label values of 1"}
     search_space = {"threshold": "uniform:0.1:0.9"}
 
+    positive_options = ("threshold", "label_scale")
+
     def __init__(self, **options):
         super().__init__(**options)
-        for key in ("threshold", "label_scale"):
-            value = self.options[key]
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"rule {self.name!r} option {key}={value!r} must be finite and > 0")
         self.label_code = None  # None: the neutral label
 
     def attach(self, model, generator, input_shape=None):
         if input_shape is None:
             raise ValueError("ff needs the model's input shape to write labels into it")
-        self.prefix, self.segments = split_chain(model, self.name)
-        self.layers = [segment.layer for segment in self.segments]
-        self.check_layer_kinds(self.layers)
-        self.output_layer = self.layers[-1]
+        self.attach_chain(model)
         self.classes = self.output_layer.weight.shape[0]
-        with torch.no_grad():
-            h0 = run_prefix(self.prefix, torch.zeros((1,) + tuple(input_shape), dtype=self.layers[0].weight.dtype))
-        if h0[0].numel() < self.classes:
-            raise ValueError(f"ff writes {self.classes} label values into the input, which has only {h0[0].numel()}")
+        if self.input_size(input_shape) < self.classes:
+            raise ValueError(f"ff writes {self.classes} label values into the input, which has only "
+                             f"{self.input_size(input_shape)}")
         self.hooks = [self.layers[0].register_forward_pre_hook(self.write_label)]
         self.hooks += [layer.register_forward_pre_hook(normalise_input) for layer in self.layers[1:]]
         self.make_generator(generator, self.layers[0].weight.device)

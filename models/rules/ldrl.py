@@ -9,11 +9,30 @@ is trained on the layer-local difference-reconstruction loss, with
 
 whose minimum puts G's Jacobian at f's transpose, so the difference targets
 approximate backprop's. The 1/sigma^2 keeps the loss O(1) whatever sigma
-(it does not move the minimum). Per batch: ``feedback_steps`` inverse steps
-(fresh noise each), then one forward step on ``0.5 ||h_l - t_l||^2`` for
-every layer, output included, with ``t_L = h_L - beta * dLoss/dh_L``
-(per-sample cross-entropy) and ``t_{l-1} = h_{l-1} + G_l(t_l) - G_l(h_l)``.
-Squared errors are summed over units and averaged over the batch.
+(it does not move the minimum). Targets: ``t_L = h_L - beta * dLoss/dh_L``
+(per-sample cross-entropy) and ``t_{l-1} = h_{l-1} + G_l(t_l) - G_l(h_l)``;
+one forward step on ``0.5 ||h_l - t_l||^2`` for every layer, output
+included. Squared errors are summed over units and averaged over the batch.
+
+``inverse_form``:
+
+* ``paper`` (Ernoult et al.'s code): ``G_l(v) = V_l act_l(v) + c_l``, the
+  activation of layer l's own segment applied *before* the transposed op and
+  nothing after, so the output layer (logits, no activation) is inverted by
+  a plain linear map. Its Jacobian ``V_l diag(act_l'(v))`` has its diagonal
+  on the side backprop's ``W_l^T diag(act_l'(a_l))`` has it.
+* ``tanh``: the other TP rules' inverse, ``G_l(v) = act_{l-1}(V_l v + c_l)``
+  (tanh in the built-in nets). Its Jacobian ``diag(act_{l-1}') V_l`` cannot
+  equal ``W_l^T`` or ``W_l^T diag(...)``, which limits how close the targets
+  get to backprop's.
+
+``order`` within one batch:
+
+* ``feedback_first`` (Ernoult et al.): the ``feedback_steps`` inverse steps
+  (fresh noise each), then the targets from the updated inverses, then the
+  forward step.
+* ``targets_first`` (Bartunov et al.'s Algorithm 1): the targets from the
+  inverses as they were, then the inverse steps, then the forward step.
 """
 import torch
 import torch.nn.functional as F
@@ -45,7 +64,17 @@ class LayerwiseDRL(TargetPropagation):
     title = "L-DRL (DTP with difference-reconstruction feedback)"
     citations = {"ernoult2022": ERNOULT2022, "meulemans2020": MEULEMANS2020, "lee2015": LEE2015}
     defaults = {"beta": 0.7, "sigma": 0.1, "feedback_steps": 3, "inverse_lr": 3e-4,
-                "inverse_beta2": 0.999, "inverse_eps": 1e-8}
+                "inverse_beta2": 0.999, "inverse_eps": 1e-8, "inverse_form": "paper", "order": "feedback_first"}
+    choices = {"inverse_form": ("paper", "tanh"), "order": ("feedback_first", "targets_first")}
+    option_sources = {
+        "beta": "Ernoult et al. 2022 (scalingDTP: DTP.HParams.beta)",
+        "sigma": "ours: small, for a finite-difference Jacobian (Ernoult et al.: 0.08-0.4 per layer, CIFAR-10)",
+        "feedback_steps": "ours: CPU-affordable (Ernoult et al.: 20-55 per layer and batch, CIFAR-10)",
+        "inverse_lr": "ours: the suite's forward Adam lr (Ernoult et al.: SGD with momentum, per-layer lrs)",
+        "inverse_beta2": "Adam's default", "inverse_eps": "Adam's default",
+        "inverse_form": "Ernoult et al. 2022 (scalingDTP: target_prop/backward_layers.py, legacy/models.py)",
+        "order": "Ernoult et al. 2022 (scalingDTP: DTP.shared_step, legacy/tools.py train_batch)",
+    }
     positive_options = TargetPropagation.positive_options + ("beta",)
     search_space = {"inverse_lr": "log:1e-5:3e-3", "sigma": "log:0.01:0.3"}
     output_on_task_loss = False
@@ -84,5 +113,18 @@ class LayerwiseDRL(TargetPropagation):
         for _ in range(self.options["feedback_steps"]):
             super().inverse_step(hs, y)
 
+    def inverses_before_targets(self):
+        return self.options["order"] == "feedback_first"
+
+    def inverse(self, level, v):
+        if self.options["inverse_form"] == "tanh":
+            return super().inverse(level, v)
+        # Ernoult et al.: this segment's activation, then the transposed op, nothing after
+        read = self.segments[level - 1].activation(v)
+        return self.feedback.inverses[str(level)](read.reshape((-1,) + self.inverse_inputs[level]))
+
     def output_description(self):
-        return f"trained on its target logits - beta * dLoss/dlogits (beta {self.options['beta']})"
+        inverse = ("a plain linear map" if self.options["inverse_form"] == "paper"
+                   else "linear, then the activation below")
+        return (f"trained on its target logits - beta * dLoss/dlogits (beta {self.options['beta']}); "
+                f"its inverse is {inverse}")

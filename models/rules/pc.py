@@ -72,11 +72,10 @@ class PredictiveCoding(LearningRule):
                       "mode": "strict: standard PC (Whittington & Bogacz 2017); fpa: Millidge et al. 2022"}
     search_space = {"inference_rate": "log:0.01:1"}
 
+    count_options = ("inference_steps",)
+
     def __init__(self, **options):
         super().__init__(**options)
-        if self.options["inference_steps"] < 1:
-            raise ValueError(f"rule {self.name!r} option inference_steps={self.options['inference_steps']!r} "
-                             f"must be >= 1")
         rate = self.options["inference_rate"]
         if not (math.isfinite(rate) and 0 < rate <= 1):
             raise ValueError(f"rule {self.name!r} option inference_rate={rate!r} must be in (0, 1]")

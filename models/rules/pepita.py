@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..chain import run_prefix, split_chain
+from ..chain import run_prefix
 from .base import LearningRule
 
 # Works this module's rules cite (BibTeX fields).
@@ -48,24 +48,15 @@ class Pepita(LearningRule):
                       "error_pass": "Dellaferrera & Kreiman 2022 code (the output learns from pass 2's error)"}
     search_space = {"feedback_scale": "log:0.01:0.5"}
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        scale = self.options["feedback_scale"]
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"rule {self.name!r} option feedback_scale={scale!r} must be finite and > 0")
+    positive_options = ("feedback_scale",)
 
     def attach(self, model, generator, input_shape=None):
         if input_shape is None:
             raise ValueError("pepita needs the model's input shape to size its input feedback")
-        self.prefix, self.segments = split_chain(model, self.name)
-        self.layers = [segment.layer for segment in self.segments]
-        self.check_layer_kinds(self.layers)
-        self.output_layer = self.layers[-1]
+        self.attach_chain(model)
         first = self.layers[0]
         param = first.weight
-        with torch.no_grad():
-            h0 = run_prefix(self.prefix, torch.zeros((1,) + tuple(input_shape), dtype=param.dtype))
-        size = h0[0].numel()
+        size = self.input_size(input_shape)
         classes = self.output_layer.weight.shape[0]
         bound = self.options["feedback_scale"] * math.sqrt(6.0 / size)
         drawn = torch.empty(classes, size, dtype=param.dtype).uniform_(-bound, bound, generator=generator)
