@@ -691,6 +691,8 @@ def report(runs, metric, out, title):
 @click.option("--algos", "algos_text", default=None,
               help="Evaluate only the runs of these rules, comma-separated (BP runs still serve as transfer "
                    "sources), e.g. ep with a smaller --test-subset: EP relaxes at every gradient.")
+@click.option("--skip-algos", "skip_text", default=None,
+              help="Leave out the runs of these rules, comma-separated (e.g. ep, to evaluate it apart).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs evaluated in parallel worker processes.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -701,7 +703,8 @@ def report(runs, metric, out, title):
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
               help="Also add the results as scalars to each run's TensorBoard run in this folder, where it has one.")
 def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, pgd_steps, pgd_step, random_start,
-               test_subset, batch_size, states_text, algos_text, jobs, threads, device, data_dir, tensorboard):
+               test_subset, batch_size, states_text, algos_text, skip_text, jobs, threads, device, data_dir,
+               tensorboard):
     """Adversarial error (FGSM, PGD; true-gradient, rule-gradient and transfer
     attacks) and corruption error of every complete run, into its run folder."""
     from benchmark import robustness as rb
@@ -712,7 +715,8 @@ def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, p
         corruptions=rb.parse_names(corruptions_text, tuple(rb.CORRUPTIONS), "--corruptions"),
         pgd_steps=pgd_steps, pgd_step=pgd_step, random_start=random_start, test_subset=test_subset,
         batch_size=batch_size, states=rb.parse_names(states_text, rb.STATES, "--states"),
-        rules=rb.parse_names(algos_text, tuple(rule_names()), "--algos") if algos_text else ())
+        rules=rb.parse_names(algos_text, tuple(rule_names()), "--algos") if algos_text else (),
+        skip_rules=rb.parse_names(skip_text, tuple(rule_names()), "--skip-algos") if skip_text else ())
     if not settings.states:
         raise ConfigError("--states none leaves nothing to evaluate; allowed: final, best")
     rb.check_attack_library()

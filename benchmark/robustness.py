@@ -102,6 +102,7 @@ class Settings:
     batch_size: int = 1000  # images per attack batch
     states: tuple = ("final",)  # "best" too doubles the time
     rules: tuple = ()  # evaluate only runs of these rules (empty: all)
+    skip_rules: tuple = ()  # and none of these
 
     def resolved(self, dataset):
         """The settings a run of ``dataset`` is evaluated with (what robustness.json records)."""
@@ -176,7 +177,8 @@ def plan(roots, settings, warn=print):
             run_dir = os.path.dirname(path)
             if record["config"]["algo"] == "bp" and os.path.isfile(os.path.join(run_dir, CHECKPOINT_NAME)):
                 sources.append(Job(run_dir, record, {"final": CHECKPOINT_NAME}))
-            if settings.rules and record["config"]["algo"] not in settings.rules:
+            algo = record["config"]["algo"]
+            if (settings.rules and algo not in settings.rules) or algo in settings.skip_rules:
                 continue
             settings.resolved(record["config"]["dataset"])  # raises for a dataset without pixel bounds
             models = kept_models(run_dir, record, settings.states)

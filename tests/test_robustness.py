@@ -465,8 +465,9 @@ def test_table_gives_mean_and_std_over_seeds(tmp_path):
 
 def test_algos_selects_runs_but_bp_still_serves_as_the_transfer_source(runs):
     _, out = runs
-    (job,) = rb.plan([out], rb.Settings(rules=("fa",)), warn=lambda m: None)
-    assert "-fa-" in job.name and job.source == folder_of(out, "bp")
+    for settings in (rb.Settings(rules=("fa",)), rb.Settings(skip_rules=("bp",))):
+        (job,) = rb.plan([out], settings, warn=lambda m: None)
+        assert "-fa-" in job.name and job.source == folder_of(out, "bp")
     with pytest.raises(rb.ConfigError, match="--algos 'fb' is not known"):
         rb.parse_names("fa,fb", ("fa", "bp"), "--algos")
 
