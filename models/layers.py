@@ -111,6 +111,22 @@ def feedback_layers(model):
 
 
 @contextmanager
+def frozen_parameters(params):
+    """``params`` out of the graph inside the block (their flags restored
+    after): relaxation steps that need only the states' gradients then cost
+    no weight gradients."""
+    params = list(params)
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+@contextmanager
 def detached_rules(model):
     """Every learnable layer of ``model`` (a module, or a list of layers) runs
     exactly (BP's forward and backward) inside the block, whatever rule is

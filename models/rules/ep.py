@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from ..chain import RESHAPES, run_prefix, split_chain
-from ..layers import detached_rules
+from ..layers import detached_rules, frozen_parameters
 from .base import LearningRule, uniform_like_weight
 
 # Works this module's rules cite (BibTeX fields).
@@ -140,15 +140,8 @@ class EquilibriumPropagation(LearningRule):
     def dynamics(self):
         """Autograd on (even under no_grad, in evaluation), parameters frozen:
         the states' gradients then cost no weight gradients."""
-        flags = [p.requires_grad for p in self.model_parameters]
-        try:
-            with torch.enable_grad():
-                for p in self.model_parameters:
-                    p.requires_grad_(False)
-                yield
-        finally:
-            for p, flag in zip(self.model_parameters, flags):
-                p.requires_grad_(flag)
+        with torch.enable_grad(), frozen_parameters(self.model_parameters):
+            yield
 
     def phi(self, s0, states, beta=0.0, y=None, drive=None):
         """Phi^beta summed over the batch; ``drive``: layer 1's output on s_0 where already known."""

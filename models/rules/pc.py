@@ -1,11 +1,11 @@
 """Predictive coding (Whittington & Bogacz 2017; Millidge et al. 2022; Rosenbaum 2022)."""
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
 from ..chain import run_prefix, split_chain
+from ..layers import frozen_parameters
 from .base import LearningRule
 from .fa import FeedbackAlignment
 
@@ -23,20 +23,6 @@ ROSENBAUM2022 = {"type": "article", "author": "Rosenbaum, Robert",
                  "title": "On the relationship between predictive coding and backpropagation",
                  "journal": "PLOS ONE", "volume": "17", "number": "3", "pages": "e0266102", "year": "2022",
                  "doi": "10.1371/journal.pone.0266102"}
-
-
-@contextlib.contextmanager
-def frozen(layers):
-    """Parameters out of the graph while the nodes relax: the inference steps
-    then skip the weight gradients autograd would otherwise compute."""
-    params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None and p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 class PredictiveCoding(LearningRule):
@@ -106,7 +92,7 @@ class PredictiveCoding(LearningRule):
         with torch.no_grad():
             *v, logits = self.feed_forward(x)
         rate = self.options["inference_rate"]
-        with frozen(self.layers):
+        with frozen_parameters(p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None):
             for _ in range(self.options["inference_steps"]):
                 hidden = [node.detach().requires_grad_() for node in v[1:]]
                 grads = torch.autograd.grad(sum(self.energy_terms([v[0]] + hidden, y)), hidden)
