@@ -23,17 +23,26 @@ def angle_degrees(a, b):
     return math.degrees(math.acos(float((a @ b / denom).clamp(-1, 1))))
 
 
-def exact_gradients(model, x, y):
-    """BP's weight gradients of the mean cross-entropy, with every rule detached."""
+def exact_gradients(model, x, y, rule=None):
+    """BP's weight gradients of the mean cross-entropy of what the network
+    computes at test time: the feed-forward pass with every rule detached, or,
+    for a rule whose prediction is a relaxation (EP), backprop through its
+    steps (``differentiable_forward``), not the feed-forward net it never runs."""
+    weights = [layer.weight for layer in feedback_layers(model)]
+    if hasattr(rule, "differentiable_forward"):
+        # fewer steps than layers leave the lowest weights out of the read-out: gradient 0
+        grads = torch.autograd.grad(F.cross_entropy(rule.differentiable_forward(x, weights=True), y), weights,
+                                    allow_unused=True)
+        return [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
     with detached_rules(model):
-        return torch.autograd.grad(F.cross_entropy(model(x), y), [layer.weight for layer in feedback_layers(model)])
+        return torch.autograd.grad(F.cross_entropy(model(x), y), weights)
 
 
 def alignment_metrics(model, rule, x, y):
     """One row per learnable layer (see the module's docstring) on the batch ``(x, y)``."""
     layers = feedback_layers(model)
     rule_updates = rule.weight_updates(model, x, y)
-    bp_grads = exact_gradients(model, x, y)
+    bp_grads = exact_gradients(model, x, y, rule)
     extra = rule.layer_metrics(model, x, y) or [{} for _ in layers]
     rows = []
     with torch.no_grad():

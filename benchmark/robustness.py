@@ -11,8 +11,10 @@ what changes between the columns is only *which gradient* the attack follows:
   through the unrolled free phase);
 * ``rule``: the rule's own backward path with the rule attached (FA's B, DFA's
   e @ B_l, sign rules, KP's B, DRTP's projected target, pc-rf's B; EP's
-  two-phase estimate). The first layer never has a rule, so the signal reaches
-  the pixels through W_1^T from layer 1's output. Rules whose layers all send
+  two-phase estimate), down to the pixels: the first layer, which training
+  never asks for an input gradient, gets a feedback drawn as the rule draws
+  the others' (Akrout et al. 2019 attack FA networks so; KP, whose B is
+  learned and tends to W, keeps W_1^T there). Rules whose layers all send
   the exact gradient down (bp, pc, TP, PEPITA, FF) have no such column;
 * ``transfer``: examples made on the BP run of the same dataset, architecture
   and seed (its true gradient) and evaluated on the target network, whose own
@@ -152,10 +154,18 @@ class Job:
         return os.path.basename(self.run_dir)
 
 
+# What a BP transfer source may differ in from its target: the rule and its
+# settings (the decay is ranked in assign_sources), and how evaluation is batched.
+_SOURCE_FREE = ("algo", "rule_options", "weight_decay", "eval_batch_size")
+
+
 def _source_key(config):
-    """What a BP transfer source shares with its targets (the data, architecture and seed)."""
-    return (config["dataset"], config["arch"], config["seed"], config.get("train_subset") or 0,
-            config.get("val_split") or 0.0)
+    """What a BP transfer source shares with its targets: the whole training
+    protocol (data, architecture, seed, epochs, optimiser, schedule, ...), so a
+    3-epoch target is never attacked with examples of a 100-epoch source."""
+    from .config import RunConfig
+    fields = RunConfig.from_record(config).as_record()
+    return json.dumps({k: v for k, v in fields.items() if k not in _SOURCE_FREE}, sort_keys=True, default=str)
 
 
 def plan(roots, settings, warn=print):
@@ -222,9 +232,8 @@ def kept_models(run_dir, record, states):
 
 def assign_sources(jobs, sources):
     """Each job's BP transfer source among ``sources`` (the complete BP runs
-    that keep a model, selected or not): the BP run with the same dataset,
-    architecture, seed, training subset and validation split, preferring the
-    target's weight decay, then none."""
+    that keep a model, selected or not): the BP run of the same protocol
+    (``_source_key``), preferring the target's weight decay, then none."""
     bp = {}
     for job in sources:
         bp.setdefault(_source_key(job.record["config"]), []).append(job)
@@ -239,7 +248,8 @@ def assign_sources(jobs, sources):
         if ranked:
             job.source = ranked[0].run_dir
         else:
-            job.notes.append("transfer: no BP run of the same dataset, architecture and seed under --runs")
+            job.notes.append("transfer: no BP run of the same dataset, architecture, seed and training protocol "
+                             "under --runs")
 
 
 _DIGESTS = {}
@@ -374,6 +384,19 @@ def attacked_model(model, rule, data, path):
     return Attacked().to(device).eval()
 
 
+def check_test_error(job, record, state, measured):
+    """The loaded model on the whole test set must give the error its record
+    has for that state: proof that the data under --data-dir and the weights
+    are the run's. Up to 0.1% of the test images may flip (another processor
+    or thread count rounds the logits differently), which on a small test set
+    means none."""
+    summary = record["summary"]
+    recorded = summary["final_test_error"] if state == "final" else summary["test_error_at_best_val"]
+    if recorded is not None and abs(measured - recorded) > 0.1 + 1e-9:
+        raise RunError(f"run {job.name}'s {state} model has test error {measured:.2f}% on this data, but its record "
+                       f"says {recorded:.2f}%: the data under --data-dir or the kept model is not the run's")
+
+
 def rule_gradient(model, rule):
     """``(applicable, what it is)`` of the rule-gradient attack on ``model``."""
     from models.layers import feedback_layers
@@ -387,9 +410,26 @@ def rule_gradient(model, rule):
     operands = [layer.rule.backward_operand(layer, layer.weight) for layer in with_rule]
     if all(b is layer.weight and route is None for layer, (b, route) in zip(with_rule, operands)):
         return False, f"{rule.name}: its layers send the error down through W itself, as BP; left out"
-    return True, (f"autograd with {rule.name} attached: each layer but the first sends its signal down by the "
-                  f"rule's backward operand (B, e @ B_l or the projected target); the first layer, which has no "
-                  f"rule, reaches the pixels through W_1^T")
+    return True, (f"autograd with {rule.name} attached: each layer sends its signal down by the rule's backward "
+                  f"operand (B, e @ B_l or the projected target)")
+
+
+def give_input_feedback(model, rule, seed):
+    """For the rule-gradient attack: the first layer, which training leaves
+    without a rule, gets the feedback the rule gives the others
+    (``LearningRule.input_feedback``), drawn from a seed of the run's own, so
+    the attack reaches the pixels by the rule (Akrout et al. 2019's attacker).
+    Returns the sentence the result file keeps."""
+    import torch
+
+    from models.layers import feedback_layers
+    first = feedback_layers(model)[0]
+    generator = torch.Generator().manual_seed(unit_seed(seed, "input-feedback"))
+    if rule.input_feedback(first, generator):
+        return (f"the first layer's feedback, which training never uses, is drawn as {rule.name} draws the "
+                f"others' (a fixed seed of the run's own), so the rule's signal reaches the pixels")
+    return (f"the first layer reaches the pixels through W_1^T: {rule.name}'s feedback is learned and comes to "
+            f"equal W, so a first-layer B would have too")
 
 
 @contextmanager
@@ -511,6 +551,11 @@ class Evaluation:
         data = dataset_of(config["dataset"], self.data_dir)
         if data.test.images.dtype != torch.uint8:
             raise RunError(f"dataset {config['dataset']} does not hold 8-bit images, so it has no pixel bounds")
+        recorded_size = record.get("data", {}).get("test_size")
+        if recorded_size is not None and recorded_size != len(data.test):
+            raise RunError(f"run {job.name} was tested on {recorded_size} images, but {config['dataset']} under "
+                           f"{self.data_dir} has {len(data.test)}: point --data-dir at the data it was trained on")
+        full_test = Split(data.test.images.to(self.device), data.test.labels.to(self.device))
         test = data.test
         if s["test_subset"] and s["test_subset"] < len(test):
             test = test.subset(stratified_subset(test.labels, s["test_subset"], seed=s["subset_seed"]))
@@ -523,9 +568,13 @@ class Evaluation:
                   "versions": library_versions(), "code": code_version(), "states": {}, "notes": list(job.notes)}
         for state, file_name in job.models.items():
             model, rule, epoch = load_model(job.run_dir, record, state, data, self.device)
-            clean = error_and_loss(model, test, Normalizer(data.mean, data.std, self.device), eval_batch)[0]
+            normalizer = Normalizer(data.mean, data.std, self.device)
+            check_test_error(job, record, state, error_and_loss(model, full_test, normalizer, eval_batch)[0])
+            clean = error_and_loss(model, test, normalizer, eval_batch)[0]
             model.eval()
             applicable, rule_text = rule_gradient(model, rule)
+            if applicable and not hasattr(rule, "estimate_input_gradient"):
+                rule_text = f"{rule_text}; {give_input_feedback(model, rule, config['seed'])}"
             entry = {"model_file": file_name, "epoch": epoch,
                      "sha256": file_digest(os.path.join(job.run_dir, file_name)), "clean_error": clean,
                      "gradients": {"true": "exact input gradient of the eval-mode network (autograd, every rule "

@@ -12,6 +12,7 @@ from torch import nn
 from cli import cli
 from helpers import comparable, records_in
 from models import Conv2d, Linear, LocallyConnected2d, build_network, make_rule
+from models.layers import detached_rules
 
 
 @pytest.fixture(autouse=True)
@@ -167,6 +168,32 @@ def test_small_beta_estimate_is_the_gradient_on_conv_and_lc_nets_and_alternating
     assert relative_error(estimate(make, x, y, 1e-3, "symmetric", order), exact) < 2e-6
 
 
+@pytest.mark.parametrize("make, shape", [(tiny_fc, (3, 6)), (tiny_conv, (3, 1, 5, 5)), (tiny_lc, (3, 1, 5, 5))])
+def test_the_alignment_reference_is_the_gradient_of_the_relaxed_prediction(make, shape):
+    """EP's update-vs-BP angle is measured against the exact gradient of what
+    EP predicts (backprop through its free phase, converged here: the implicit
+    gradient), not of a feed-forward pass it never runs; EP's own update at
+    small beta then lies along it."""
+    from benchmark.alignment import angle_degrees, exact_gradients
+    torch.manual_seed(6)
+    x, y = torch.randn(shape), torch.tensor([0, 2, 1])
+    model = make()
+    rule = attach(model, beta=1e-3, **CONVERGED)
+    model.eval()
+    weights = [layer.weight for layer in rule.layers]
+    flat = implicit_gradient(make(), x, y).split([p.numel() for p in model.parameters()])
+    implicit = [g for g, p in zip(flat, model.parameters()) if any(p is w for w in weights)]
+    reference = exact_gradients(model, x, y, rule)
+    for got, expected in zip(reference, implicit):
+        assert relative_error(got.flatten(), expected) < 1e-9
+    with detached_rules(model):  # the feed-forward net's gradient is another vector
+        model.train()
+        feed_forward = torch.autograd.grad(F.cross_entropy(model(x), y), weights)
+    assert max(angle_degrees(a, b) for a, b in zip(feed_forward, reference)) > 1.0
+    for update, expected in zip(rule.weight_updates(model, x, y), reference):
+        assert angle_degrees(update, expected) < 0.01
+
+
 # 2. one update by hand ------------------------------------------------------------------------------
 def two_hidden_net():
     torch.manual_seed(5)
@@ -258,14 +285,37 @@ def test_layer_metrics_are_the_phase_distance_and_the_free_residual():
     flat = x.flatten(1)
     free = hand_relax(flat, y, weights, (torch.zeros(3, 5), torch.zeros(3, 4)), 6, 0.0)
     nudged = hand_relax(flat, y, weights, free, 3, 0.2)
-    after = hand_step(flat, y, *weights, *free, 0.0)
+    once = hand_step(flat, y, *weights, *free, 0.0)
+    twice = hand_step(flat, y, *weights, *once, 0.0)
     rule = attach(model, free_steps=6, nudged_steps=3, beta=0.2)
     rows = rule.layer_metrics(model, x, y)
     assert rows[-1] == {"nudge_distance": None, "free_residual": None}
-    for row, f, n, a in zip(rows, free, nudged, after):
-        assert row["nudge_distance"] == pytest.approx(float((n - f).norm(dim=1).mean()), rel=1e-12)
-        assert row["free_residual"] == pytest.approx(float((a - f).norm(dim=1).mean()), rel=1e-12)
+    def moved(a, b):
+        return float((a - b).norm(dim=1).mean())
+    for row, f, n, a, b in zip(rows, free, nudged, once, twice):
+        assert row["nudge_distance"] == pytest.approx(moved(n, f), rel=1e-12)
+        assert row["free_residual"] == pytest.approx(max(moved(a, f), moved(b, a)), rel=1e-12)
         assert row["free_residual"] > 1e-4  # six steps do not converge this net: the metric sees it
+
+
+def test_the_free_residual_sees_a_layer_that_one_synchronous_step_leaves_in_place():
+    """Zero biases and zero states: the synchronous dynamics split into two
+    chains a step apart, so after an even number of steps one step moves only
+    every other layer. The residual must still be non-zero for every layer
+    of an unconverged phase."""
+    model = two_hidden_net()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    x, y = torch.randn(3, 2, 3), torch.tensor([0, 2, 2])
+    weights = [p.detach().clone() for p in model.parameters()]
+    flat = x.flatten(1)
+    free = hand_relax(flat, y, weights, (torch.zeros(3, 5), torch.zeros(3, 4)), 2, 0.0)
+    once = hand_step(flat, y, *weights, *free, 0.0)
+    assert any(float((a - f).abs().max()) == 0.0 for a, f in zip(once, free))  # the trap the metric avoids
+    rows = attach(model, free_steps=2, nudged_steps=1, beta=0.2).layer_metrics(model, x, y)
+    assert all(row["free_residual"] > 1e-3 for row in rows[:-1])
 
 
 def test_evaluation_relaxes_to_the_free_fixed_point():

@@ -125,6 +125,36 @@ def test_a_dataset_without_pixel_bounds_is_refused(runs):
 QUICK_ARGS = ["--pgd-steps", "3", "--corruptions", "none", "--test-subset", "0"]
 
 
+def test_data_that_is_not_the_runs_is_refused_with_the_reason(runs, tmp_path):
+    """Another test set (another size, or the same size with other images)
+    would make every number meaningless: the size and the loaded model's
+    whole-test-set error are checked against the record."""
+    data_dir, out = runs
+    smaller = make_tiny_mnist(str(tmp_path / "smaller"), n_train=200, n_test=30)
+    result = run_cli(["robustness", "--runs", out, "--data-dir", smaller, *QUICK_ARGS])
+    assert "was tested on 40 images" in result.output and "has 30" in result.output, result.output
+    other = str(tmp_path / "other")
+    shutil.copytree(data_dir, other)
+    labels = os.path.join(other, "MNIST", "raw", "t10k-labels-idx1-ubyte")
+    raw = bytearray(open(labels, "rb").read())
+    raw[8:] = bytes((b + 1) % 10 for b in raw[8:])  # the same images, other labels
+    open(labels, "wb").write(bytes(raw))
+    result = run_cli(["robustness", "--runs", out, "--data-dir", other, *QUICK_ARGS])
+    assert result.output.count("but its record says") == 2, result.output
+    assert robustness_files(out) == []
+
+
+def test_a_transfer_source_trained_by_another_protocol_is_never_paired(runs):
+    """A BP run of the same data, net and seed but another length is not the source of a 3-epoch target."""
+    _, out = runs
+    path = os.path.join(folder_of(out, "bp"), "record.json")
+    record = json.load(open(path))
+    record["config"]["epochs"] = 100
+    json.dump(record, open(path, "w"))
+    job = job_for(out, "fa", rb.Settings())
+    assert job.source is None and "training protocol" in " ".join(job.notes)
+
+
 # the attacks ------------------------------------------------------------------------------------
 PLAIN = SimpleNamespace(mean=torch.tensor([0.0]), std=torch.tensor([1.0]))  # the network sees the pixels
 
@@ -222,6 +252,69 @@ def test_true_gradient_of_an_fa_net_is_autograd_on_a_plain_bp_net_and_the_rule_g
             layer.feedback_weight.copy_(layer.weight.detach())
         torch.testing.assert_close(input_gradient(rb.attacked_model(fa_net, rule, data, "rule"), pixels, labels),
                                    true, rtol=1e-4, atol=1e-7)
+
+
+def through_backward_operands(model, rule, x):
+    """The FC net's forward with each layer's input gradient sent through its
+    backward operand (B, or W for a layer without a rule): x @ B^T plus
+    x @ (W - B)^T held constant has W's value and B's input gradient."""
+    layers = feedback_layers(model)
+    for module in model:
+        if module in layers:
+            b = rule.backward_operand(module, module.weight)[0] if module.rule is not None else module.weight
+            x = F.linear(x, b, module.bias) + F.linear(x, module.weight - b).detach()
+        else:
+            x = module(x)
+    return x
+
+
+@pytest.mark.parametrize("name", ["fa", "frsf", "usf", "kp"])
+def test_the_rule_gradient_reaches_the_pixels_through_every_layers_feedback(name, float64):
+    torch.manual_seed(0)
+    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
+    model = build_network("fc", "mnist", 10)
+    rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
+    model.eval()
+    first = feedback_layers(model)[0]
+    assert first.rule is None  # training never sends a gradient below layer 1
+    text = rb.give_input_feedback(model, rule, seed=0)
+    if name == "kp":  # learned feedback: the first layer keeps W_1^T
+        assert first.rule is None and "W_1^T" in text
+    else:
+        assert first.rule is rule and "drawn as" in text
+        b = rule.backward_operand(first, first.weight)[0]
+        assert b.shape == first.weight.shape and not torch.equal(b, first.weight)
+    pixels, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    reference = pixels.clone().requires_grad_()
+    loss = F.cross_entropy(through_backward_operands(model, rule, (reference - data.mean) / data.std), labels)
+    (expected,) = torch.autograd.grad(loss, reference)
+    with rb.frozen(model):
+        got = input_gradient(rb.attacked_model(model, rule, data, "rule"), pixels, labels)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv", "lc"])
+@pytest.mark.parametrize("name", ["dfa", "drtp"])
+def test_the_direct_rules_gradient_at_the_pixels_is_the_output_signal_through_b0(name, arch):
+    """DFA: e @ B_0 (e the mean cross-entropy's gradient at the logits); DRTP:
+    the one-hot target / N @ B_0; B_0 of the input's size, drawn like B_l."""
+    torch.manual_seed(0)
+    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
+    model = build_network(arch, "mnist", 10)
+    rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
+    model.eval()
+    rb.give_input_feedback(model, rule, seed=0)
+    b0 = feedback_layers(model)[0].feedback_weight
+    assert b0.shape == (10, 28 * 28)
+    pixels, labels = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    with torch.no_grad():
+        logits = model((pixels - data.mean) / data.std)
+    onehot = F.one_hot(labels, 10).to(logits.dtype)
+    signal = (F.softmax(logits, 1) - onehot if name == "dfa" else onehot) / len(labels)
+    expected = (signal @ b0).view_as(pixels) / data.std
+    with rb.frozen(model):
+        got = input_gradient(rb.attacked_model(model, rule, data, "rule"), pixels, labels)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-9)
 
 
 @pytest.mark.parametrize("name, applicable", [
@@ -345,6 +438,7 @@ def test_cli_evaluates_every_run_in_parallel_skips_done_ones_and_tables_them(run
         assert set(parallel["states"]) == {"final", "best"}
     fa = json.load(open(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)))
     assert {r["gradient"] for r in fa["states"]["final"]["attacks"]} == {"true", "rule", "transfer"}
+    assert "first layer's feedback" in fa["states"]["final"]["gradients"]["rule"]  # the rule reaches the pixels
     bp = json.load(open(os.path.join(folder_of(out, "bp"), rb.RESULT_NAME)))
     assert {r["gradient"] for r in bp["states"]["final"]["attacks"]} == {"true"}
     assert "every layer's backward is exact" in bp["states"]["final"]["rule_gradient_left_out"]

@@ -124,6 +124,23 @@ class LearningRule:
     def init_layer(self, layer, generator):
         """Create this rule's buffers on ``layer``."""
 
+    # Whether B is learned (KP): a first layer's B would have been learned too.
+    learned_feedback = False
+
+    def input_feedback(self, layer, generator):
+        """Give ``layer``, the network's first, which training never asks for
+        an input gradient and so leaves without a rule, the feedback this rule
+        gives the other layers, drawn from ``generator``: an attack that
+        follows the rule's backward path then reaches the pixels by the rule
+        too, as Akrout et al. (2019) attack FA networks and as BioTorch
+        converts every layer. For ``benchmark.robustness`` only. Returns False
+        where that feedback would have been learned (the layer keeps W^T)."""
+        if self.learned_feedback:
+            return False
+        self.init_layer(layer, generator)
+        layer.rule = self
+        return True
+
     def make_generator(self, generator, device):
         """``self.generator``: the rule's own random stream (seeded from
         ``generator``); the trainer checkpoints it, so resumed runs are exact."""

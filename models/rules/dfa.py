@@ -51,18 +51,28 @@ class DirectFeedbackAlignment(LearningRule):
         if input_shape is None:
             raise ValueError("DFA needs the model's input shape to size its feedback matrices")
         super().attach(model, generator, input_shape)
-        classes = self.output_layer.weight.shape[0]
-        self.holder = holder = ErrorHolder()
-        shapes = layer_input_shapes(self.layers, model, input_shape)
-        for layer, shape in zip(self.layers[1:], shapes[1:]):
-            size = math.prod(shape)
-            bound = glorot_bound(classes, size)
-            weight = layer.weight.detach()
-            # Drawn on the CPU generator, then given the layer weight's dtype and device.
-            drawn = torch.empty(classes, size, dtype=weight.dtype).uniform_(-bound, bound, generator=generator)
-            layer.register_buffer("feedback_weight", drawn.to(weight.device))
-            layer.feedback_route = DirectRoute(holder, captures_error=layer is self.output_layer)
+        self.holder = ErrorHolder()
+        self.input_shapes = layer_input_shapes(self.layers, model, input_shape)
+        for layer, shape in zip(self.layers[1:], self.input_shapes[1:]):
+            self._direct_feedback(layer, shape, generator)
         return self
+
+    def _direct_feedback(self, layer, shape, generator):
+        """B_l (classes x the layer's input size) and the route that sends e @ B_l down."""
+        classes = self.output_layer.weight.shape[0]
+        size = math.prod(shape)
+        bound = glorot_bound(classes, size)
+        weight = layer.weight.detach()
+        # Drawn on the CPU generator, then given the layer weight's dtype and device.
+        drawn = torch.empty(classes, size, dtype=weight.dtype).uniform_(-bound, bound, generator=generator)
+        layer.register_buffer("feedback_weight", drawn.to(weight.device))
+        layer.feedback_route = DirectRoute(self.holder, captures_error=layer is self.output_layer)
+
+    def input_feedback(self, layer, generator):
+        """The pixels get e @ B_0, B_0 drawn like every other B_l."""
+        self._direct_feedback(layer, self.input_shapes[0], generator)
+        layer.rule = self
+        return True
 
     def backward_operand(self, layer, weight):
         return layer.feedback_weight, layer.feedback_route

@@ -96,10 +96,11 @@ class EquilibriumPropagation(LearningRule):
                 "update_order": "synchronous"}
     choices = {"nudging": NUDGINGS, "feedback": FEEDBACKS, "update_order": UPDATE_ORDERS}
     option_sources = {
-        "free_steps": "Laborieux et al. 2021 code, check/train_mnist.sh (T1 30; a 784-512-10 sigmoid net)",
+        "free_steps": ("Laborieux et al. 2021 code, check/train_mnist.sh (T1 30, for a one-hidden-layer 784-512-10 "
+                       "net, one-sided, MSE loss; their conv script check/train_mnist_cnn.sh: T1 200)"),
         "nudged_steps": "Laborieux et al. 2021 code, check/train_mnist.sh (T2 10)",
-        "beta": "Laborieux et al. 2021 code, check/train_mnist.sh (beta 0.1)",
-        "nudging": "Laborieux et al. 2021 (symmetric +-beta with the CE read-out)",
+        "beta": "Laborieux et al. 2021 code, check/train_mnist.sh (beta 0.1; their conv script: 0.4)",
+        "nudging": "Laborieux et al. 2021 (symmetric +-beta with the CE read-out, as their CIFAR-10 nets)",
         "feedback": "Laborieux et al. 2021 (W^T, the energy-based form); random: ours, EP without weight symmetry",
         "update_order": "Laborieux et al. 2021 (synchronous); alternating: ours, block coordinate descent on F",
     }
@@ -137,11 +138,15 @@ class EquilibriumPropagation(LearningRule):
 
     # the dynamics ------------------------------------------------------------------
     @contextmanager
-    def dynamics(self):
-        """Autograd on (even under no_grad, in evaluation), parameters frozen:
-        the states' gradients then cost no weight gradients."""
-        with torch.enable_grad(), frozen_parameters(self.model_parameters):
-            yield
+    def dynamics(self, weights=False):
+        """Autograd on (even under no_grad, in evaluation), parameters frozen
+        unless ``weights``: the states' gradients then cost no weight gradients."""
+        with torch.enable_grad():
+            if weights:
+                yield
+            else:
+                with frozen_parameters(self.model_parameters):
+                    yield
 
     def phi(self, s0, states, beta=0.0, y=None, drive=None):
         """Phi^beta summed over the batch; ``drive``: layer 1's output on s_0 where already known."""
@@ -243,13 +248,19 @@ class EquilibriumPropagation(LearningRule):
 
     def layer_metrics(self, model, x, y):
         """Per hidden layer: the mean distance between the +beta nudged and the
-        free fixed points, and the free phase's residual ``||s - sigma(dPhi/ds)||``
-        at its end (how far from a fixed point it stopped); None at the read-out."""
+        free fixed points, and the free phase's residual at its end (how far
+        from a fixed point it stopped): the larger move of the layer's state
+        in the next two synchronous steps. Two, because from zero states with
+        zero biases the synchronous dynamics run as two interleaved chains, one
+        a step behind the other, so one step can leave every other layer
+        exactly where it is although it has not converged; None at the read-out."""
         s0, free = self.free_phase(x)
         (_, nudged), _ = self.nudged_phases(s0, free, y)
-        after = self.relax(s0, free, 1, order="synchronous")  # sigma(dPhi/ds) at s, whatever the order
-        rows = [{"nudge_distance": mean_distance(n, f), "free_residual": mean_distance(a, f)}
-                for n, f, a in zip(nudged, free, after)]
+        once = self.relax(s0, free, 1, order="synchronous")  # sigma(dPhi/ds), whatever the order
+        twice = self.relax(s0, once, 1, order="synchronous")
+        rows = [{"nudge_distance": mean_distance(n, f),
+                 "free_residual": max(mean_distance(a, f), mean_distance(b, a))}
+                for n, f, a, b in zip(nudged, free, once, twice)]
         return rows + [{"nudge_distance": None, "free_residual": None}]
 
     # adversarial attacks (benchmark.robustness) ----------------------------------------
@@ -274,19 +285,20 @@ class EquilibriumPropagation(LearningRule):
             (pulled,) = torch.autograd.grad(out, below, cotangent, create_graph=create_graph)
         return pulled
 
-    def unrolled_relax(self, s0, states, steps, beta=0.0, cotangent=None, differentiable=False):
+    def unrolled_relax(self, s0, states, steps, beta=0.0, cotangent=None, differentiable=False, weights=False):
         """:meth:`relax` written out step by step: ``s_n <- sigma(drive_n +
         feedback_n)``, the drive by the layer's exact op, the feedback from
         s_{n+1} through the rule's backward operand, and for ``beta`` the nudge
         of the linear cost ``<cotangent, logits>`` on s_N (through the
         read-out's backward, as the CE nudge in ``phi``). With
-        ``differentiable`` the graph from ``s0`` through every step is kept."""
+        ``differentiable`` the graph from ``s0`` through every step is kept, and
+        with ``weights`` also from the weights (backprop through time)."""
         count = len(states)
         if self.options["update_order"] == "synchronous":
             groups = [range(count)]
         else:
             groups = [range(0, count, 2), range(1, count, 2)]
-        with self.dynamics():
+        with self.dynamics(weights):
             drive0 = self._exact_drive(0, states, s0)
             for _ in range(steps):
                 for group in groups:
@@ -305,12 +317,15 @@ class EquilibriumPropagation(LearningRule):
                     states = new if differentiable else [s.detach() for s in new]
         return states
 
-    def differentiable_forward(self, x):
+    def differentiable_forward(self, x, weights=False):
         """The eval-mode logits of ``x`` (free phase from zero states, then the
-        read-out) with autograd's graph kept from ``x``: its input gradient is
-        the exact gradient of what the network computes at test time."""
+        read-out) with autograd's graph kept from ``x``, and with ``weights``
+        from the weights too: its gradients are the exact gradients of what
+        the network computes at test time (backprop through the free phase's
+        steps, which EP's update approximates)."""
         s0 = run_prefix(self.prefix, x)
-        states = self.unrolled_relax(s0, self.initial_states(s0), self.options["free_steps"], differentiable=True)
+        states = self.unrolled_relax(s0, self.initial_states(s0), self.options["free_steps"], differentiable=True,
+                                     weights=weights)
         with detached_rules([self.readout.layer]):
             return self.readout(reshape(self.hidden[-1], states[-1]))
 

@@ -31,6 +31,7 @@ class KolenPollack(FeedbackAlignment):
     title = "Kolen-Pollack"
     citations = {"kolen1994": KOLEN1994, "akrout2019": AKROUT2019}
     default_weight_decay = 1e-4
+    learned_feedback = True  # a first-layer B would have come to equal W_1
 
     def _pairs(self):
         return [(layer.weight, layer.feedback_weight) for layer in self.layers[1:]]

@@ -54,7 +54,8 @@ class PredictiveCoding(LearningRule):
     defaults = {"inference_steps": 20, "inference_rate": 0.1, "mode": "strict"}
     choices = {"mode": ("strict", "fpa")}
     option_sources = {"inference_steps": "Rosenbaum 2022, Torch2PC PCInfer default (n = 20)",
-                      "inference_rate": "Rosenbaum 2022, Torch2PC PCInfer default (eta = 0.1)",
+                      "inference_rate": ("Rosenbaum 2022, Torch2PC PCInfer default (eta = 0.1; there with the "
+                                         "batch-mean loss, here each sample's own cross-entropy at the top)"),
                       "mode": "strict: standard PC (Whittington & Bogacz 2017); fpa: Millidge et al. 2022"}
     search_space = {"inference_rate": "log:0.01:1"}
 
