@@ -106,6 +106,13 @@ class Settings:
     rules: tuple = ()  # evaluate only runs of these rules (empty: all)
     skip_rules: tuple = ()  # and none of these
 
+    def __post_init__(self):
+        if not (self.attacks and self.gradients) and not self.corruptions:
+            raise ConfigError("nothing to evaluate: give --attacks and --gradients, or --corruptions, other than "
+                              "'none'")
+        if not self.states:
+            raise ConfigError(f"--states 'none' is not allowed; allowed: {', '.join(STATES)}")
+
     def resolved(self, dataset):
         """The settings a run of ``dataset`` is evaluated with (what robustness.json records)."""
         if dataset not in PIXEL_DATASETS:

@@ -162,7 +162,7 @@ def tiny_pack(folder):
 def test_the_gpu_window_script_runs_end_to_end_on_the_cpu(tmp_path):
     pack = tiny_pack(str(tmp_path))
     out = tmp_path / "out"
-    env = dict(os.environ, DEVICE="cpu", QUICK="1", DATA_PACK=pack, OUT_DIR=str(out), DEADLINE="40s", EPOCHS="2",
+    env = dict(os.environ, DEVICE="cpu", QUICK="1", DATA_PACK=pack, OUT_DIR=str(out), DEADLINE="180s", EPOCHS="2",
                ARCHS="fc,conv", RUNS=str(tmp_path / "runs"), PYTHON=sys.executable)
     result = subprocess.run(["bash", "benchmark/gpu_window.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)

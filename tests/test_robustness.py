@@ -92,6 +92,9 @@ def robustness_files(out):
     (["--eps", "nan"], "--eps 'nan' is not allowed"),
     (["--attacks", "fgsm,cw"], "--attacks 'cw' is not known; allowed: fgsm, pgd"),
     (["--gradients", "exact"], "--gradients 'exact' is not known"),
+    (["--attacks", "none", "--corruptions", "none"], "nothing to evaluate"),
+    (["--gradients", "none", "--corruptions", "none"], "nothing to evaluate"),
+    (["--states", "none"], "--states 'none' is not allowed"),
 ])
 def test_bad_options_are_one_line_exit_2_and_write_nothing(runs, args, words):
     data_dir, out = runs
