@@ -18,6 +18,7 @@ from .tables import (  # noqa: E402
     DATASET_TITLES,
     GRADIENT_TITLES,
     METRICS,
+    OWN_PAPER_RULES,
     RULE_ORDER,
     arch_title,
     load_robustness,
@@ -107,9 +108,11 @@ def bar_plot(summary, out_dir, metric="best"):
                        ax.get_legend_handles_labels()[1] else None,
                        yerr=r["std"] if r["n"] > 1 else None, capsize=2, edgecolor="white", linewidth=0.5)
                 if r["paper"] == r["paper"]:
-                    source = ("BioTorch (published)" if arch in BIOTORCH_ARCHS else "paper (500 epochs)")
-                    ax.plot(x, r["paper"], marker="D", color="white", markeredgecolor="black", markersize=6,
-                            linestyle="none", label=source)
+                    own = r["rule"] in OWN_PAPER_RULES
+                    source = ("BioTorch (published)" if arch in BIOTORCH_ARCHS
+                              else "the rule's own paper (its net)" if own else "paper (500 epochs)")
+                    ax.plot(x, r["paper"], marker="s" if own else "D", color="white", markeredgecolor="black",
+                            markersize=6, linestyle="none", label=source)
         ax.set_xticks(range(len(archs)), [arch_title(a) for a in archs])
         ax.set_xlabel("architecture")
         ax.set_ylabel("test error (%)")
