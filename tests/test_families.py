@@ -140,7 +140,12 @@ def test_pepita_updates_equal_a_hand_computation_of_its_two_forward_passes(error
     (w1, b1), (w2, b2), (w3, b3) = [(layer.weight.detach().clone(), layer.bias.detach().clone())
                                     for layer in feedback_layers(model)]
     feedback = feedback_layers(model)[0].feedback_weight
-    assert feedback.shape == (3, 6) and feedback.abs().max() <= 0.05 * (6 / 6) ** 0.5
+    assert feedback.shape == (3, 6) and feedback.abs().max() <= 0.05
+    wide = nn.Sequential(nn.Flatten(), Linear(24, 5), nn.Tanh(), Linear(5, 3))
+    make_rule("pepita").attach(wide, torch.Generator().manual_seed(1), (24,))
+    bound = 0.05 * (6 / 24) ** 0.5  # the scale times sqrt(6 / input size)
+    drawn = feedback_layers(wide)[0].feedback_weight.abs().max()
+    assert 0.9 * bound < drawn <= bound
     t = F.one_hot(y, 3).double()
     h1 = torch.tanh(x @ w1.t() + b1)
     h2 = torch.tanh(h1 @ w2.t() + b2)

@@ -403,8 +403,15 @@ def test_resuming_an_interrupted_evaluation_gives_the_same_file(runs, tmp_path, 
     other = str(tmp_path / "other")
     shutil.copytree(out, other)
     settings = rb.Settings(eps=[0.0, 0.1, 0.2], **dict(QUICK, corruptions=("gaussian_noise",)))
+    real, counted = rb.pixel_error, []
+
+    def counting(*args):
+        counted.append(1)
+        return real(*args)
+    monkeypatch.setattr(rb, "pixel_error", counting)
     whole = rb.Evaluation(job_for(other, "fa", settings), settings, data_dir, torch.device("cpu")).run()
-    real, calls = rb.pixel_error, []
+    units = len(counted)
+    calls = []
 
     def interrupted(*args):
         calls.append(1)
@@ -417,8 +424,10 @@ def test_resuming_an_interrupted_evaluation_gives_the_same_file(runs, tmp_path, 
         rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
     assert os.path.exists(os.path.join(job.run_dir, rb.PARTIAL_NAME))
     assert not os.path.exists(os.path.join(job.run_dir, rb.RESULT_NAME))
-    monkeypatch.setattr(rb, "pixel_error", real)
+    counted.clear()
+    monkeypatch.setattr(rb, "pixel_error", counting)
     resumed = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+    assert len(counted) == units - 6  # the six finished units were read back, not recomputed
     assert without_timing(resumed) == without_timing(whole)
     assert json.load(open(os.path.join(job.run_dir, rb.RESULT_NAME)))["states"] == whole["states"]
     assert not os.path.exists(os.path.join(job.run_dir, rb.PARTIAL_NAME))
