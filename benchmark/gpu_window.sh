@@ -79,7 +79,7 @@ echo "== $WORK grid until the deadline ($DEADLINE)"
 "$PY" cli.py grid "${GRID[@]}" --seeds "$SEEDS" --epochs "$EPOCHS" --jobs "$JOBS" --device "$DEVICE" \
   --deadline "$DEADLINE" --data-dir "$data" --out "$RUNS" > "$OUT_DIR/grid.log" 2>&1 || status=1
 tail -3 "$OUT_DIR/grid.log"
-if [ "$WORK" = mnist-every-rule ]; then
+if [ "$WORK" = mnist-every-rule ] && [ "${ROBUST_TIME:-3m}" != 0 ]; then  # 0: records only (timeout 0 never stops)
   # the models stay here, so the evaluation must too; an unfinished run keeps no robustness.json
   echo "== robustness for ${ROBUST_TIME:-3m}"
   timeout "${ROBUST_TIME:-3m}" "$PY" cli.py robustness --runs "$RUNS" --jobs "$JOBS" --device "$DEVICE" \
