@@ -32,7 +32,6 @@ import math
 import os
 import time
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, RecordError, RunError, RunInterrupted
@@ -439,21 +438,6 @@ def give_input_feedback(model, rule, seed):
             f"equal W, so a first-layer B would have too")
 
 
-@contextmanager
-def frozen(model):
-    """Parameters out of autograd while attacking: the attacks need the input
-    gradient only, and the layers then skip their weight gradients."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-
-
 def unit_seed(seed, unit):
     return zlib.crc32(f"{seed}/{unit}".encode())
 
@@ -550,6 +534,8 @@ class Evaluation:
     def run(self):
         import torch
 
+        from models.layers import frozen_parameters
+
         from .data import Normalizer, Split, stratified_subset
         from .train import error_and_loss
         started = time.time()
@@ -563,10 +549,10 @@ class Evaluation:
             raise RunError(f"run {job.name} was tested on {recorded_size} images, but {config['dataset']} under "
                            f"{self.data_dir} has {len(data.test)}: point --data-dir at the data it was trained on")
         full_test = Split(data.test.images.to(self.device), data.test.labels.to(self.device))
-        test = data.test
+        test = full_test
         if s["test_subset"] and s["test_subset"] < len(test):
-            test = test.subset(stratified_subset(test.labels, s["test_subset"], seed=s["subset_seed"]))
-        test = Split(test.images.to(self.device), test.labels.to(self.device))
+            subset = data.test.subset(stratified_subset(data.test.labels, s["test_subset"], seed=s["subset_seed"]))
+            test = Split(subset.images.to(self.device), subset.labels.to(self.device))
         pixels, labels = test.images.float().div(255), test.labels
         eval_batch = config.get("eval_batch_size", 1000)
         result = {"schema": SCHEMA, "run_id": job.name, "fingerprint": self.key,
@@ -576,8 +562,9 @@ class Evaluation:
         for state, file_name in job.models.items():
             model, rule, epoch = load_model(job.run_dir, record, state, data, self.device)
             normalizer = Normalizer(data.mean, data.std, self.device)
-            check_test_error(job, record, state, error_and_loss(model, full_test, normalizer, eval_batch)[0])
-            clean = error_and_loss(model, test, normalizer, eval_batch)[0]
+            whole = error_and_loss(model, full_test, normalizer, eval_batch)[0]
+            check_test_error(job, record, state, whole)
+            clean = whole if test is full_test else error_and_loss(model, test, normalizer, eval_batch)[0]
             model.eval()
             applicable, rule_text = rule_gradient(model, rule)
             if applicable and not hasattr(rule, "estimate_input_gradient"):
@@ -591,7 +578,7 @@ class Evaluation:
             if "rule" in s["gradients"] and not applicable:
                 entry["rule_gradient_left_out"] = rule_text
             paths = [g for g in ("true", "rule") if g in s["gradients"] and (g == "true" or applicable)]
-            with frozen(model):
+            with frozen_parameters(model.parameters()):
                 for gradient in paths:
                     module = attacked_model(model, rule, data, gradient)
                     for attack in s["attacks"]:
@@ -663,6 +650,7 @@ def source_examples(source_dir, record, state, attack, eps, settings, data_dir, 
     process (every target of one source reuses them) with the seed of the
     source's own true-gradient unit: they are the examples its own white-box
     column was measured on."""
+    from models.layers import frozen_parameters
     key = (os.path.realpath(source_dir), state, attack, eps, json.dumps(settings, sort_keys=True),
            file_digest(os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)))
     if key not in _SOURCE_CACHE:
@@ -674,7 +662,7 @@ def source_examples(source_dir, record, state, attack, eps, settings, data_dir, 
         if _SOURCE_MODEL.get("key") != model_key:  # the last source's model, built once for all its examples
             _SOURCE_MODEL.update(key=model_key, loaded=load_model(source_dir, record, state, data, device))
         model, rule, _ = _SOURCE_MODEL["loaded"]
-        with frozen(model):
+        with frozen_parameters(model.parameters()):
             reseed(rule, unit_seed(record["config"]["seed"], f"{state}/{attack}/true/{eps!r}"))
             module = attacked_model(model, rule, data, "true")
             _SOURCE_CACHE[key] = adversarial(module, pixels, labels, attack, eps, settings["pgd"],

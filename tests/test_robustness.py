@@ -22,7 +22,7 @@ from benchmark.train import build_model, error_and_loss
 from cli import cli
 from helpers import fake_record, make_tiny_mnist
 from models import build_network, make_rule
-from models.layers import Linear, feedback_layers
+from models.layers import Linear, feedback_layers, frozen_parameters
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -245,7 +245,7 @@ def test_true_gradient_of_an_fa_net_is_autograd_on_a_plain_bp_net_and_the_rule_g
     reference = pixels.clone().requires_grad_()
     loss = F.cross_entropy(plain((reference - data.mean) / data.std), labels)
     (expected,) = torch.autograd.grad(loss, reference)
-    with rb.frozen(fa_net):
+    with frozen_parameters(fa_net.parameters()):
         true = input_gradient(rb.attacked_model(fa_net, rule, data, "true"), pixels, labels)
         along_rule = input_gradient(rb.attacked_model(fa_net, rule, data, "rule"), pixels, labels)
         torch.testing.assert_close(true, expected, rtol=1e-4, atol=1e-7)
@@ -291,7 +291,7 @@ def test_the_rule_gradient_reaches_the_pixels_through_every_layers_feedback(name
     reference = pixels.clone().requires_grad_()
     loss = F.cross_entropy(through_backward_operands(model, rule, (reference - data.mean) / data.std), labels)
     (expected,) = torch.autograd.grad(loss, reference)
-    with rb.frozen(model):
+    with frozen_parameters(model.parameters()):
         got = input_gradient(rb.attacked_model(model, rule, data, "rule"), pixels, labels)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-14)
 
@@ -315,7 +315,7 @@ def test_the_direct_rules_gradient_at_the_pixels_is_the_output_signal_through_b0
     onehot = F.one_hot(labels, 10).to(logits.dtype)
     signal = (F.softmax(logits, 1) - onehot if name == "dfa" else onehot) / len(labels)
     expected = (signal @ b0).view_as(pixels) / data.std
-    with rb.frozen(model):
+    with frozen_parameters(model.parameters()):
         got = input_gradient(rb.attacked_model(model, rule, data, "rule"), pixels, labels)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-9)
 
@@ -343,7 +343,7 @@ def test_attacks_stay_in_pixel_space_within_eps(name, attack):
     pixels, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     pixels[:, :, :3] = torch.tensor([0.0, 1.0, 0.5]).view(1, 1, 3, 1)  # rows at the bounds
     pgd = {"steps": 4, "step_size": 0.05, "random_start": True}
-    with rb.frozen(model):
+    with frozen_parameters(model.parameters()):
         for path in ("true", "rule") if rb.rule_gradient(model, rule)[0] else ("true",):
             adv = rb.adversarial(rb.attacked_model(model, rule, data, path), pixels, labels, attack, 0.1, pgd, 5)
             assert adv.min() >= 0 and adv.max() <= 1

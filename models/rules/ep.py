@@ -141,12 +141,8 @@ class EquilibriumPropagation(LearningRule):
     def dynamics(self, weights=False):
         """Autograd on (even under no_grad, in evaluation), parameters frozen
         unless ``weights``: the states' gradients then cost no weight gradients."""
-        with torch.enable_grad():
-            if weights:
-                yield
-            else:
-                with frozen_parameters(self.model_parameters):
-                    yield
+        with torch.enable_grad(), frozen_parameters(() if weights else self.model_parameters):
+            yield
 
     def phi(self, s0, states, beta=0.0, y=None, drive=None):
         """Phi^beta summed over the batch; ``drive``: layer 1's output on s_0 where already known."""
