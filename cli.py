@@ -668,14 +668,16 @@ def report(runs, metric, out, title):
 @click.option("--eps", "eps_text", default=None,
               help="L-inf budgets in pixel units [0, 1], comma-separated, fractions allowed (default: MNIST and "
                    "Fashion-MNIST 0,0.05,0.1,0.2,0.3; CIFAR-10 0,2/255,4/255,8/255,16/255).")
-@click.option("--attacks", "attacks_text", default="fgsm,pgd", show_default=True, help="fgsm, pgd.")
+@click.option("--attacks", "attacks_text", default="fgsm,pgd,apgd-dlr", show_default=True,
+              help="fgsm, pgd (cross-entropy), apgd-dlr (APGD on the scale-free DLR loss: not masked by a saturated "
+                   "softmax).")
 @click.option("--gradients", "gradients_text", default="true,rule,transfer", show_default=True,
               help="Which gradient the attacks follow: true (exact), rule (the rule's backward path), transfer "
                    "(examples made on the BP run of the same dataset, arch and seed).")
 @click.option("--corruptions", "corruptions_text", default="gaussian_noise,gaussian_blur,contrast",
               show_default=True, help="Corruptions at severities 1-5 (CIFAR-10-C parameters), or none.")
 @click.option("--pgd-steps", type=click.IntRange(min=1), default=None,
-              help="PGD iterations (default: MNIST 40, CIFAR-10 10; Madry et al. 2018).")
+              help="PGD and APGD-DLR iterations (default: MNIST 40, CIFAR-10 10; Madry et al. 2018).")
 @click.option("--pgd-step", type=FiniteFloat(0, 1), default=None,
               help="PGD step in pixel units (default: MNIST 0.01, CIFAR-10 2/255).")
 @click.option("--random-start/--no-random-start", default=True, show_default=True,

@@ -2,8 +2,13 @@
 
 Every attack works on pixels in [0, 1], before the suite's normalisation
 (:class:`AttackedModel` applies it inside the model), under an L-infinity
-budget ``eps``. Attacks come from torchattacks (FGSM; PGD, Madry et al. 2018);
-what changes between the columns is only *which gradient* the attack follows:
+budget ``eps``. Attacks come from torchattacks: FGSM; PGD (Madry et al. 2018)
+on the cross-entropy; and APGD on the DLR loss (``apgd-dlr``, Croce & Hein
+2020), a ratio of logit differences that no rescaling of the logits changes.
+A network whose logits grow large (DFA's do under SGD) saturates its softmax
+until the cross-entropy's input gradient rounds to exactly zero in float32:
+FGSM and PGD then stand still (gradient masking), APGD-DLR does not. What
+changes between the columns is only *which gradient* the attack follows:
 
 * ``true``: the network's exact input gradient, whatever rule trained it
   (every layer's rule detached, as :func:`benchmark.alignment.exact_gradients`
@@ -41,7 +46,7 @@ from .records import BEST_MODEL_NAME, CHECKPOINT_NAME, code_version, find_record
 SCHEMA = "biobench.robustness/1"
 RESULT_NAME = "robustness.json"
 PARTIAL_NAME = "robustness.partial.json"
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "pgd", "apgd-dlr")
 GRADIENTS = ("true", "rule", "transfer")
 STATES = ("final", "best")
 # Hendrycks & Dietterich 2019, CIFAR-10-C (32 x 32 images, so also MNIST's
@@ -454,16 +459,23 @@ def reseed(rule, seed):
 
 
 def make_attack(name, module, eps, pgd):
+    import torch
     import torchattacks
     if name == "fgsm":
         return torchattacks.FGSM(module, eps=eps)
-    return torchattacks.PGD(module, eps=eps, alpha=pgd["step_size"], steps=pgd["steps"],
-                            random_start=pgd["random_start"])
+    if name == "pgd":
+        return torchattacks.PGD(module, eps=eps, alpha=pgd["step_size"], steps=pgd["steps"],
+                                random_start=pgd["random_start"])
+    # PGD's iteration budget; APGD sets its own step sizes and always starts at
+    # a random point. It reseeds the global stream with ``seed``, so the seed
+    # comes from that stream: the unit's reseed still decides every number.
+    return torchattacks.APGD(module, norm="Linf", eps=eps, steps=pgd["steps"], n_restarts=1, loss="dlr",
+                             seed=int(torch.randint(0, 2 ** 31 - 1, (1,))))
 
 
 def adversarial(module, pixels, labels, attack, eps, pgd, batch_size):
     """Adversarial pixels for every image, ``batch_size`` at a time; the
-    images themselves at eps 0 (what both attacks return there)."""
+    images themselves at eps 0 (what every attack returns there)."""
     import torch
     if eps == 0:
         return pixels.clone()
@@ -471,7 +483,19 @@ def adversarial(module, pixels, labels, attack, eps, pgd, batch_size):
     for start in range(0, len(labels), batch_size):
         x, y = pixels[start:start + batch_size], labels[start:start + batch_size]
         module.labels = y
-        out.append(make_attack(attack, module, eps, pgd)(x, y))
+        if attack != "apgd-dlr":
+            out.append(make_attack(attack, module, eps, pgd)(x, y))
+            continue
+        # APGD attacks only the images the model gets right and leaves the
+        # others as they are; handing it just those keeps the batch it
+        # differentiates equal to ``module.labels`` (DRTP's target needs them).
+        with torch.no_grad():
+            correct = module(x).argmax(1) == y
+        adv = x.clone()
+        if correct.any():
+            module.labels = y[correct]
+            adv[correct] = make_attack(attack, module, eps, pgd)(x[correct], y[correct])
+        out.append(adv)
     return torch.cat(out)
 
 

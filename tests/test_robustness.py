@@ -202,6 +202,66 @@ def test_fgsm_error_on_a_binary_linear_model_never_falls_with_eps():
     assert errors == sorted(errors) and errors[-1] > errors[0]
 
 
+def test_apgd_dlr_attacks_a_saturated_softmax_that_masks_pgd_and_finds_what_the_geometry_allows():
+    """A linear net with huge logits (as DFA's grow): the cross-entropy's input
+    gradient is exactly zero in float32, so PGD cannot move; the DLR loss is
+    blind to the scale. On a linear net the smallest L-inf step that flips
+    sample i to class k is margin_ik / ||w_y - w_k||_1 (the box never binds
+    here), so which images an attack can fool at eps is known exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), Linear(16, 4))
+    rule = make_rule("bp").attach(model, torch.Generator().manual_seed(1), (1, 4, 4))
+    with torch.no_grad():
+        model[1].weight.normal_().mul_(3000.0)
+        model[1].bias.zero_()
+    pixels = 0.45 + 0.1 * torch.rand(400, 1, 4, 4)  # eps <= 0.4 never leaves [0, 1]
+    module = rb.attacked_model(model, rule, PLAIN, "true")
+    with torch.no_grad():
+        top2 = module(pixels).topk(2).values
+        pixels = pixels[top2[:, 0] - top2[:, 1] > 150]  # exp(-150) is 0 in float32
+        logits = module(pixels)
+    assert len(pixels) > 200
+    labels = logits.argmax(1)  # every image starts correct
+    x = pixels.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(F.cross_entropy(module(x), labels), x)
+    assert torch.equal(grad, torch.zeros_like(grad))  # masked: no sign for FGSM or PGD to follow
+    weight = model[1].weight.detach()
+    margins = logits.gather(1, labels[:, None]) - logits
+    norms = (weight[labels][:, None, :] - weight[None]).abs().sum(-1)
+    needed = (margins / norms).masked_fill(margins == 0, float("inf")).min(1).values  # / 255 / std = 1 in PLAIN
+    eps = 0.015
+    pgd = {"steps": 40, "step_size": 0.002, "random_start": False}
+    with frozen_parameters(model.parameters()):
+        assert torch.equal(rb.adversarial(module, pixels, labels, "pgd", eps, pgd, 100), pixels)
+        adv = rb.adversarial(module, pixels, labels, "apgd-dlr", eps, pgd, 100)
+    fooled = module(adv).argmax(1) != labels
+    assert (adv - pixels).abs().max() <= eps + 1e-6
+    assert not fooled[needed > eps].any()  # nothing beyond the geometry
+    assert 0.1 < (needed < eps).float().mean() < 0.9  # the test has images on both sides
+    assert fooled[needed < 0.9 * eps].all()  # and everything clearly within it
+
+
+def test_apgd_dlr_leaves_misclassified_images_alone_and_sends_drtp_the_labels_it_attacks():
+    torch.manual_seed(2)
+    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
+    model = build_network("fc", "mnist", 10)
+    rule = make_rule("drtp").attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
+    model.eval()
+    pixels, labels = torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    module = rb.attacked_model(model, rule, data, "rule")
+    module.labels = labels
+    with torch.no_grad():
+        wrong = module(pixels).argmax(1) != labels
+    seen = []
+    project = rule.project_target
+    rule.project_target = lambda y, logits: (seen.append((len(y), len(logits))), project(y, logits))[1]
+    assert 0 < wrong.sum() < len(labels)
+    with frozen_parameters(model.parameters()):
+        adv = rb.adversarial(module, pixels, labels, "apgd-dlr", 0.05, {"steps": 5}, 40)
+    assert torch.equal(adv[wrong], pixels[wrong])
+    assert seen and all(n_labels == n_logits for n_labels, n_logits in seen)
+
+
 def test_eps_0_is_the_records_own_test_error_and_fgsm_error_grows_with_eps(runs):
     data_dir, out = runs
     settings = rb.Settings(gradients=("true",), states=rb.STATES, **QUICK)
@@ -213,12 +273,13 @@ def test_eps_0_is_the_records_own_test_error_and_fgsm_error_grows_with_eps(runs)
         expected = {"final": summary["final_test_error"], "best": summary["test_error_at_best_val"]}
         for state, entry in result["states"].items():
             assert entry["clean_error"] == expected[state]
-            assert [r["error"] for r in entry["attacks"] if r["eps"] == 0] == [expected[state]] * 2
+            assert [r["error"] for r in entry["attacks"] if r["eps"] == 0] == [expected[state]] * len(rb.ATTACKS)
     # at eps 0 both library attacks return the images bit for bit (what the eps-0 shortcut relies on)
     model, rule, data, _ = loaded(folder_of(out, "fa"), data_dir)
     pixels, labels = pixels_of(data)
     module = rb.attacked_model(model, rule, data, "true")
-    for attack in (torchattacks.FGSM(module, eps=0.0), torchattacks.PGD(module, eps=0.0, alpha=0.01, steps=3)):
+    for attack in (torchattacks.FGSM(module, eps=0.0), torchattacks.PGD(module, eps=0.0, alpha=0.01, steps=3),
+                   torchattacks.APGD(module, eps=0.0, steps=3, loss="dlr")):
         assert torch.equal(attack(pixels, labels), pixels)
     errors = [rb.pixel_error(model, data, rb.adversarial(module, pixels, labels, "fgsm", eps, None, 40), labels, 40)
               for eps in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]
@@ -331,7 +392,7 @@ def test_which_rules_have_a_rule_gradient_column(name, applicable):
 
 
 @pytest.mark.parametrize("name", ["fa", "dfa", "drtp", "brsf", "ep", "ff"])
-@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+@pytest.mark.parametrize("attack", rb.ATTACKS)
 def test_attacks_stay_in_pixel_space_within_eps(name, attack):
     torch.manual_seed(0)
     data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
@@ -340,8 +401,10 @@ def test_attacks_stay_in_pixel_space_within_eps(name, attack):
     short = {"free_steps": 8, "nudged_steps": 6} if name == "ep" else {}
     rule = make_rule(name, **short).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
     model.eval()
-    pixels, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    pixels = torch.rand(8, 1, 28, 28)
     pixels[:, :, :3] = torch.tensor([0.0, 1.0, 0.5]).view(1, 1, 3, 1)  # rows at the bounds
+    with torch.no_grad():  # labels the net gets right: APGD leaves wrong ones alone
+        labels = rb.attacked_model(model, rule, data, "true")(pixels).argmax(1)
     pgd = {"steps": 4, "step_size": 0.05, "random_start": True}
     with frozen_parameters(model.parameters()):
         for path in ("true", "rule") if rb.rule_gradient(model, rule)[0] else ("true",):
