@@ -420,6 +420,7 @@ def robustness_plot(runs, out_dir):
     paths = []
     for state in ("final", "best"):
         summary = robustness_summary(rows[rows.kind == "attack"], state)
+        summary = summary[summary.kind == "attack"]
         for dataset in dict.fromkeys(summary.dataset):
             part = summary[summary.dataset == dataset]
             archs = _ordered(set(part.arch), ARCH_ORDER)

@@ -632,6 +632,33 @@ def test_table_gives_mean_and_std_over_seeds(tmp_path):
     assert "| bp | 4.0 ± 1.4 (2) |" in text.split("**Corruptions")[1]
 
 
+def test_headline_is_each_runs_strongest_attack_at_the_datasets_eps_then_the_seeds_mean(tmp_path):
+    from benchmark import tables
+    # per seed: (clean, {attack: (true, rule)} at eps 0.1); at eps 0.3 everything is 100 (not the headline's)
+    seeds = [(2.0, {"fgsm": (30.0, 5.0), "pgd": (20.0, 9.0), "apgd-dlr": (90.0, 7.0)}),
+             (4.0, {"fgsm": (50.0, 3.0), "pgd": (70.0, 1.0), "apgd-dlr": (60.0, 2.0)})]
+    for seed, (clean, by_attack) in enumerate(seeds):
+        folder = tmp_path / f"mnist-fc-fa-seed{seed}"
+        folder.mkdir()
+        json.dump(fake_record("mnist", "fc", "fa", seed, [clean]), open(folder / "record.json", "w"))
+        attacks = []
+        for attack, (true, rule_error) in by_attack.items():
+            for gradient, at_01 in (("true", true), ("rule", rule_error)):
+                attacks += [{"attack": attack, "gradient": gradient, "eps": 0.0, "error": clean},
+                            {"attack": attack, "gradient": gradient, "eps": 0.1, "error": at_01},
+                            {"attack": attack, "gradient": gradient, "eps": 0.3, "error": 100.0}]
+        json.dump({"states": {"final": {"attacks": attacks, "corruptions": []}}}, open(folder / "robustness.json", "w"))
+    runs, _ = tables.load_runs([str(tmp_path)])
+    text = tables.robustness_markdown(tables.robustness_summary(tables.load_robustness(runs), "final"))
+    headline = text.split("**Headline at ε=0.1")[1].split("**")[1]
+    assert "| FC clean | FC true | FC rule |" in headline
+    # clean 2 and 4; true: max(30, 20, 90) = 90 and max(50, 70, 60) = 70; rule: 9 and 3
+    assert "| fa | 3.0 ± 1.4 (2) | 80.0 ± 14.1 (2) | 6.0 ± 4.2 (2) |" in headline
+    # the plot draws attacks only: its panels are (attack, gradient) pairs, never the headline's
+    paths = __import__("benchmark.plots", fromlist=["robustness_plot"]).robustness_plot(runs, str(tmp_path / "p"))
+    assert [os.path.basename(p) for p in paths if p.endswith(".png")] == ["robustness_final_mnist.png"]
+
+
 def test_algos_selects_runs_but_bp_still_serves_as_the_transfer_source(runs):
     _, out = runs
     for settings in (rb.Settings(rules=("fa",)), rb.Settings(skip_rules=("bp",))):
