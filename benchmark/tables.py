@@ -521,6 +521,7 @@ def robustness_blocks(summary, state="final"):
         archs = _robust_order(set(data.arch), ARCH_ORDER)
         blocks = []
         headline = data[data.kind == "headline"]
+        attack_names = ", ".join(a.upper() for a in dict.fromkeys(data[data.kind == "attack"].attack))
         if not headline.empty:
             kinds = [("clean", "")] + [("strongest", g) for g in GRADIENT_TITLES if g in set(headline.gradient)]
             columns = [((a, kind), f"{arch_title(a)} {kind[1] or 'clean'}") for a in archs for kind in kinds]
@@ -528,8 +529,7 @@ def robustness_blocks(summary, state="final"):
                 headline, columns,
                 lambda key, p=headline: (p.arch == key[0]) & (p.attack == key[1][0]) & (p.gradient == key[1][1]),
                 f"Headline at ε={headline.eps.iloc[0]:.3g}: clean error, and per gradient the strongest attack's "
-                f"error (the largest over {', '.join(a.upper() for a in dict.fromkeys(data[data.kind == 'attack'].attack))}"
-                f" in each run) (%)"))
+                f"error (the largest over {attack_names} in each run) (%)"))
         attacks = data[data.kind == "attack"]
         for (attack, gradient), part in attacks.groupby(["attack", "gradient"], sort=False):
             eps_values = sorted(set(part.eps))
