@@ -225,7 +225,7 @@ def training_options(func):
                      help="Train on N training images only (0 = all), a fixed class-stratified sample "
                           "(the same for every run); for quick checks."),
         click.option("--rule-opt", multiple=True, metavar="KEY=VALUE",
-                     help="Rule option, e.g. --rule-opt alpha=0.1 for dtp-par (see the README)."),
+                     help="Rule option, e.g. --rule-opt alpha=0.1 for dtp-par (python cli.py rules lists them)."),
         click.option("--data-dir", type=click.Path(file_okay=False), envvar=DATA_ENV, default="data",
                      show_default=True, help=f"torchvision data root (env {DATA_ENV})."),
         click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT, show_default=True,
