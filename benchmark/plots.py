@@ -413,9 +413,11 @@ def search_plot(searches, out_dir):
 
 
 def robustness_plot(runs, out_dir):
-    """Test error against eps, one line per rule (mean ± std over seeds), one
-    panel per architecture (columns) and attack x gradient (rows); one figure
-    per dataset and kept model state. Nothing without robustness results."""
+    """Test error against eps, one line per rule (mean ± std over seeds); one
+    figure per dataset and kept model state. Panels: one per architecture
+    (columns) and attack x gradient (rows); with a single architecture, the
+    attacks as rows and the gradients as columns. Nothing without robustness
+    results."""
     rows = load_robustness(runs)
     paths = []
     for state in ("final", "best"):
@@ -424,30 +426,42 @@ def robustness_plot(runs, out_dir):
         for dataset in dict.fromkeys(summary.dataset):
             part = summary[summary.dataset == dataset]
             archs = _ordered(set(part.arch), ARCH_ORDER)
-            kinds = list(dict.fromkeys(zip(part.attack, part.gradient)))
-            fig, axes = plt.subplots(len(kinds), len(archs), figsize=(4.2 * len(archs), 3.2 * len(kinds)),
-                                     squeeze=False, sharey=True)
+            if len(archs) == 1:
+                attacks = list(dict.fromkeys(part.attack))
+                gradients = [g for g in GRADIENT_TITLES if g in set(part.gradient)]
+                panels = {(archs[0], a, g): (i, j) for i, a in enumerate(attacks) for j, g in enumerate(gradients)}
+                shape = (len(attacks), len(gradients))
+            else:
+                kinds = list(dict.fromkeys(zip(part.attack, part.gradient)))
+                panels = {(arch, a, g): (i, j) for i, (a, g) in enumerate(kinds) for j, arch in enumerate(archs)}
+                shape = (len(kinds), len(archs))
+            fig, axes = plt.subplots(*shape, figsize=(4.2 * shape[1] + 2.4, 3.2 * shape[0]), squeeze=False,
+                                     sharey=True)
             labels = _ordered_labels(part.label)
-            for i, (attack, gradient) in enumerate(kinds):
-                for j, arch in enumerate(archs):
-                    ax = axes[i][j]
-                    cell = part[(part.attack == attack) & (part.gradient == gradient) & (part.arch == arch)]
-                    for label in labels:
-                        line = cell[cell.label == label].sort_values("eps")
-                        if line.empty:
-                            continue
-                        ax.errorbar(line.eps, line["mean"], yerr=line["std"].fillna(0), label=label,
-                                    color=colour(label), linestyle=LINESTYLES[variant_index(label, labels)],
-                                    marker="o", markersize=3, capsize=2, linewidth=1.2)
-                    ax.set_title(f"{arch_title(arch)}: {attack.upper()}, {GRADIENT_TITLES.get(gradient, gradient)}",
-                                 fontsize=9)
-                    if i == len(kinds) - 1:
-                        ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
-                    ax.set_ylim(0, 100)
-                    ax.grid(alpha=0.3)
-                axes[i][0].set_ylabel("test error (%)")
-            fig.suptitle(f"{DATASET_TITLES.get(dataset, dataset)}: adversarial error of the {state} models")
-            fig.tight_layout(rect=(0, 0, 0.82, 0.97))
+            for ax in axes.flat:
+                ax.set_visible(False)
+            for (arch, attack, gradient), (i, j) in panels.items():
+                ax = axes[i][j]
+                cell = part[(part.attack == attack) & (part.gradient == gradient) & (part.arch == arch)]
+                if cell.empty:
+                    continue
+                ax.set_visible(True)
+                for label in labels:
+                    line = cell[cell.label == label].sort_values("eps")
+                    if line.empty:
+                        continue
+                    ax.errorbar(line.eps, line["mean"], yerr=line["std"].fillna(0), label=label,
+                                color=colour(label), linestyle=LINESTYLES[variant_index(label, labels)],
+                                marker="o", markersize=3, capsize=2, linewidth=1.2)
+                ax.set_title(f"{arch_title(arch)}: {attack.upper()}, {GRADIENT_TITLES.get(gradient, gradient)}",
+                             fontsize=9)
+                ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
+                ax.set_ylabel("test error (%)")
+                ax.set_ylim(0, 100)
+                ax.grid(alpha=0.3)
+            fig.suptitle(f"{DATASET_TITLES.get(dataset, dataset)}: adversarial error of the {state} models "
+                         f"(mean ± std over seeds)")
+            fig.tight_layout(rect=(0, 0, 1 - 2.4 / (4.2 * shape[1] + 2.4), 0.97))
             _figure_legend(fig, axes, loc="center right")
             paths += save(fig, out_dir, f"robustness_{state}_{dataset}")
     return paths
