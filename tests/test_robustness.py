@@ -162,6 +162,16 @@ def test_a_transfer_source_trained_by_another_protocol_is_never_paired(runs):
 PLAIN = SimpleNamespace(mean=torch.tensor([0.0]), std=torch.tensor([1.0]))  # the network sees the pixels
 
 
+def mnist_net(rule_name, arch="fc", **options):
+    """An eval-mode MNIST network of ``arch`` (weights from the global stream)
+    with ``rule_name`` attached (its feedback from seed 1), and MNIST-like
+    normalisation statistics in the default dtype (float64 under ``float64``)."""
+    model = build_network(arch, "mnist", 10)
+    rule = make_rule(rule_name, **options).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
+    stats = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
+    return model.eval(), rule, stats
+
+
 def test_fgsm_on_a_linear_model_is_the_hand_computed_step():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), Linear(16, 3))
@@ -243,10 +253,7 @@ def test_apgd_dlr_attacks_a_saturated_softmax_that_masks_pgd_and_finds_what_the_
 
 def test_apgd_dlr_leaves_misclassified_images_alone_and_sends_drtp_the_labels_it_attacks():
     torch.manual_seed(2)
-    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
-    model = build_network("fc", "mnist", 10)
-    rule = make_rule("drtp").attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
-    model.eval()
+    model, rule, data = mnist_net("drtp")
     pixels, labels = torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,))
     module = rb.attacked_model(model, rule, data, "rule")
     module.labels = labels
@@ -295,10 +302,7 @@ def input_gradient(module, pixels, labels):
 
 def test_true_gradient_of_an_fa_net_is_autograd_on_a_plain_bp_net_and_the_rule_gradient_is_not():
     torch.manual_seed(0)
-    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
-    fa_net = build_network("fc", "mnist", 10)
-    rule = make_rule("fa").attach(fa_net, torch.Generator().manual_seed(1), (1, 28, 28))
-    fa_net.eval()
+    fa_net, rule, data = mnist_net("fa")
     plain = build_network("fc", "mnist", 10).eval()  # no rule ever attached: PyTorch's own autograd
     missing, extra = plain.load_state_dict(fa_net.state_dict(), strict=False)
     assert not missing and all(k.endswith("feedback_weight") for k in extra)
@@ -335,10 +339,7 @@ def through_backward_operands(model, rule, x):
 @pytest.mark.parametrize("name", ["fa", "frsf", "usf", "kp"])
 def test_the_rule_gradient_reaches_the_pixels_through_every_layers_feedback(name, float64):
     torch.manual_seed(0)
-    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
-    model = build_network("fc", "mnist", 10)
-    rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
-    model.eval()
+    model, rule, data = mnist_net(name)
     first = feedback_layers(model)[0]
     assert first.rule is None  # training never sends a gradient below layer 1
     text = rb.give_input_feedback(model, rule, seed=0)
@@ -363,10 +364,7 @@ def test_the_direct_rules_gradient_at_the_pixels_is_the_output_signal_through_b0
     """DFA: e @ B_0 (e the mean cross-entropy's gradient at the logits); DRTP:
     the one-hot target / N @ B_0; B_0 of the input's size, drawn like B_l."""
     torch.manual_seed(0)
-    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
-    model = build_network(arch, "mnist", 10)
-    rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
-    model.eval()
+    model, rule, data = mnist_net(name, arch)
     rb.give_input_feedback(model, rule, seed=0)
     b0 = feedback_layers(model)[0].feedback_weight
     assert b0.shape == (10, 28 * 28)
@@ -395,12 +393,9 @@ def test_which_rules_have_a_rule_gradient_column(name, applicable):
 @pytest.mark.parametrize("attack", rb.ATTACKS)
 def test_attacks_stay_in_pixel_space_within_eps(name, attack):
     torch.manual_seed(0)
-    data = SimpleNamespace(mean=torch.tensor([0.13]), std=torch.tensor([0.31]))
-    model = build_network("fc", "mnist", 10)
     # EP relaxes at every gradient; the nudge needs as many steps as hidden layers (5) to reach s_1
     short = {"free_steps": 8, "nudged_steps": 6} if name == "ep" else {}
-    rule = make_rule(name, **short).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
-    model.eval()
+    model, rule, data = mnist_net(name, **short)
     pixels = torch.rand(8, 1, 28, 28)
     pixels[:, :, :3] = torch.tensor([0.0, 1.0, 0.5]).view(1, 1, 3, 1)  # rows at the bounds
     with torch.no_grad():  # labels the net gets right: APGD leaves wrong ones alone
