@@ -13,6 +13,8 @@ import click
 
 from benchmark.errors import BiobenchError, ConfigError, GridFailed, ResultsMissing, RunDiverged, RunInterrupted
 from benchmark.paths import DATA_ENV, check_data_dir, check_folders, check_out_dir
+# torch-free, so the robustness command's defaults come from the module that defines them
+from benchmark import robustness as rb
 
 DEFAULT_OUT = os.path.join("results", "runs")
 
@@ -668,13 +670,13 @@ def report(runs, metric, out, title):
 @click.option("--eps", "eps_text", default=None,
               help="L-inf budgets in pixel units [0, 1], comma-separated, fractions allowed (default: MNIST and "
                    "Fashion-MNIST 0,0.05,0.1,0.2,0.3; CIFAR-10 0,2/255,4/255,8/255,16/255).")
-@click.option("--attacks", "attacks_text", default="fgsm,pgd,apgd-dlr", show_default=True,
+@click.option("--attacks", "attacks_text", default=",".join(rb.ATTACKS), show_default=True,
               help="fgsm, pgd (cross-entropy), apgd-dlr (APGD on the scale-free DLR loss: not masked by a saturated "
                    "softmax).")
-@click.option("--gradients", "gradients_text", default="true,rule,transfer", show_default=True,
+@click.option("--gradients", "gradients_text", default=",".join(rb.GRADIENTS), show_default=True,
               help="Which gradient the attacks follow: true (exact), rule (the rule's backward path), transfer "
                    "(examples made on the BP run of the same dataset, arch and seed).")
-@click.option("--corruptions", "corruptions_text", default="gaussian_noise,gaussian_blur,contrast",
+@click.option("--corruptions", "corruptions_text", default=",".join(rb.CORRUPTIONS),
               show_default=True, help="Corruptions at severities 1-5 (CIFAR-10-C parameters), or none.")
 @click.option("--pgd-steps", type=click.IntRange(min=1), default=None,
               help="PGD and APGD-DLR iterations (default: MNIST 40, CIFAR-10 10; Madry et al. 2018).")
@@ -709,7 +711,6 @@ def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, p
                tensorboard):
     """Adversarial error (FGSM, PGD; true-gradient, rule-gradient and transfer
     attacks) and corruption error of every complete run, into its run folder."""
-    from benchmark import robustness as rb
     settings = rb.Settings(
         eps=rb.parse_eps(eps_text) if eps_text is not None else None,
         attacks=rb.parse_names(attacks_text, rb.ATTACKS, "--attacks"),
