@@ -11,10 +11,10 @@ import signal
 
 import click
 
-from benchmark.errors import BiobenchError, ConfigError, GridFailed, ResultsMissing, RunDiverged, RunInterrupted
-from benchmark.paths import DATA_ENV, check_data_dir, check_folders, check_out_dir
 # torch-free, so the robustness command's defaults come from the module that defines them
 from benchmark import robustness as rb
+from benchmark.errors import BiobenchError, ConfigError, GridFailed, ResultsMissing, RunDiverged, RunInterrupted
+from benchmark.paths import DATA_ENV, check_data_dir, check_folders, check_out_dir
 
 DEFAULT_OUT = os.path.join("results", "runs")
 
