@@ -435,8 +435,9 @@ def robustness_plot(runs, out_dir):
                 kinds = list(dict.fromkeys(zip(part.attack, part.gradient)))
                 panels = {(arch, a, g): (i, j) for i, (a, g) in enumerate(kinds) for j, arch in enumerate(archs)}
                 shape = (len(kinds), len(archs))
-            fig, axes = plt.subplots(*shape, figsize=(4.2 * shape[1] + 2.4, 3.2 * shape[0]), squeeze=False,
-                                     sharey=True)
+            legend_width = 2.4  # inches kept free on the right for the figure legend
+            width = 4.2 * shape[1] + legend_width
+            fig, axes = plt.subplots(*shape, figsize=(width, 3.2 * shape[0]), squeeze=False, sharey=True)
             labels = _ordered_labels(part.label)
             for ax in axes.flat:
                 ax.set_visible(False)
@@ -461,7 +462,7 @@ def robustness_plot(runs, out_dir):
                 ax.grid(alpha=0.3)
             fig.suptitle(f"{DATASET_TITLES.get(dataset, dataset)}: adversarial error of the {state} models "
                          f"(mean ± std over seeds)")
-            fig.tight_layout(rect=(0, 0, 1 - 2.4 / (4.2 * shape[1] + 2.4), 0.97))
+            fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 0.97))
             _figure_legend(fig, axes, loc="center right")
             paths += save(fig, out_dir, f"robustness_{state}_{dataset}")
     return paths
