@@ -20,8 +20,8 @@ from datetime import datetime
 
 from .errors import ClusterError
 from .grid import ERROR_NAME, TERMINAL, cell_state, run_cell
-from .locks import RunLock
-from .records import run_folders
+from .locks import LOCK_NAME, RunLock
+from .records import CHECKPOINT_NAME, RECORD_NAME, run_folders
 
 LOGS = "slurm-logs"
 
@@ -174,6 +174,13 @@ def _task_finished(job):
 
 
 STATUS_ORDER = ("complete", "running", "resumable", "failed", "diverged", "missing")
+# What a cell leaves in its folder at any stage; a folder with none of them
+# (plots/, tables/ written beside the runs) is not a run.
+_RUN_FILES = (RECORD_NAME, CHECKPOINT_NAME, LOCK_NAME, ERROR_NAME)
+
+
+def _holds_a_run(folder):
+    return any(os.path.exists(os.path.join(folder, name)) for name in _RUN_FILES)
 
 
 def grid_status(out, cells=None):
@@ -181,7 +188,7 @@ def grid_status(out, cells=None):
     expected ``cells``, which adds the missing ones)."""
     names = set()
     if os.path.isdir(out):
-        names = set(run_folders(out)) - {LOGS}
+        names = {name for name in run_folders(out) if name != LOGS and _holds_a_run(os.path.join(out, name))}
     wanted = {c.run_name(): c.epochs for c in cells or []}
     queued = submitted_elsewhere(out) if os.path.isdir(os.path.join(out, LOGS)) else {}
     result = {status: [] for status in STATUS_ORDER}

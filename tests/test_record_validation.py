@@ -194,3 +194,15 @@ def test_table_and_grid_status_count_the_same_run_folders(tmp_path):
     counted = [line.strip() for line in status.stdout.splitlines() if line.startswith("  ")]
     assert sorted(counted) == in_table
     assert "complete: 2" in status.stdout
+
+
+def test_grid_status_leaves_out_folders_that_hold_no_run(tmp_path):
+    """plots/ and tables/ written beside the runs (plot/table --out) are not runs, missing or otherwise."""
+    write_json(str(tmp_path / "a-run" / "record.json"), fake_record("mnist", "fc", "bp", 0, [3.0, 2.0]))
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "table_best.md").write_text("| rule |\n")
+    status = CliRunner().invoke(cli, ["grid", "--status", str(tmp_path)])
+    assert status.exit_code == 0, status.output
+    counted = [line.strip() for line in status.stdout.splitlines() if line.startswith("  ")]
+    assert counted == ["a-run"] and "missing: 0" in status.stdout
