@@ -2,7 +2,9 @@
 and what of a record must match between two runs that should be equal."""
 import json
 import os
+import signal
 import struct
+import subprocess
 
 import torch
 
@@ -95,3 +97,18 @@ def chain_batch(width):
     import torch
     g = torch.Generator().manual_seed(5)
     return torch.randn(6, width, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+
+
+def run_process_group(args, timeout, **kwargs):
+    """subprocess.run for a command that starts processes of its own (a grid's
+    workers): on timeout the whole group is killed, so the test fails with the
+    output so far instead of hanging on pipes a grandchild still holds."""
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          **kwargs) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"{args} ran past {timeout} s:\n{stdout}{stderr}") from None
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)

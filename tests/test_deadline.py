@@ -15,7 +15,7 @@ from benchmark.config import RunConfig
 from benchmark.locks import RunLock
 from benchmark.train import Trainer
 from cli import Duration, cli
-from helpers import make_tiny_mnist
+from helpers import make_tiny_mnist, run_process_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -164,8 +164,7 @@ def test_the_gpu_window_script_runs_end_to_end_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, DEVICE="cpu", QUICK="1", DATA_PACK=pack, OUT_DIR=str(out), DEADLINE="180s", EPOCHS="2",
                ARCHS="fc,conv", RUNS=str(tmp_path / "runs"), PYTHON=sys.executable)
-    result = subprocess.run(["bash", "benchmark/gpu_window.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = run_process_group(["bash", "benchmark/gpu_window.sh"], timeout=600, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(os.listdir(out)) == ["bench.md", "cuda-tests.txt", "grid.log", "records.tar.gz", "table.md"]
     assert "grid finished: 6 complete" in (out / "grid.log").read_text()
