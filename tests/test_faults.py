@@ -251,7 +251,9 @@ def test_a_killed_grid_worker_is_named_and_every_cell_stays_resumable(tmp_path):
     (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert "worker process died" in line and victim[0] in line
     status = CliRunner().invoke(cli, ["grid", "--status", out]).output
-    assert "running: 0" in status and "resumable: 2" in status, status
+    tracebacks = [open(os.path.join(out, n, "error.txt")).read() for n in os.listdir(out)
+                  if os.path.exists(os.path.join(out, n, "error.txt"))]  # a surviving cell that raised says why
+    assert "running: 0" in status and "resumable: 2" in status, status + "".join(tracebacks)
     assert not [n for n in os.listdir(out) if RunLock(os.path.join(out, n)).held()]
 
 
