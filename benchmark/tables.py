@@ -506,8 +506,9 @@ def _robust_block(part, columns, column_key, title):
 
 
 ROBUSTNESS_FOOTER = ("Mean ± sample std over seeds (number of seeds); L-inf eps in pixel units [0, 1], eps 0 being the "
-                     "clean error on the same test images; the rule-gradient tables have no row for rules whose "
-                     "backward is exact (bp, pc, target propagation, PEPITA, FF).")
+                     "clean error on the same test images; the rule-gradient tables have no row for rules without a "
+                     "backward path of their own: bp and pc send the error down through W (their rule gradient is "
+                     "the true one), target propagation, PEPITA and FF send no error down between layers.")
 
 
 def robustness_blocks(summary, state="final"):
