@@ -147,6 +147,11 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
     except (KeyboardInterrupt, RunInterrupted):
         raise  # stop the grid; the cell's checkpoint lets the next run resume it
     except Exception as exc:  # one failing cell must not stop the grid
+        if _worker_state["stopping"]:
+            # A SIGTERM's KeyboardInterrupt that landed inside torch (a save, a
+            # load) comes out as a RuntimeError: the cell was stopped, not broken;
+            # its last checkpoint stands and the grid marks its record interrupted.
+            raise RunInterrupted("stopped by a signal") from exc
         with open(os.path.join(run_dir, ERROR_NAME), "w", encoding="utf-8") as handle:
             handle.write(traceback.format_exc())
         return config.run_name(), "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]

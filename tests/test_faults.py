@@ -214,6 +214,32 @@ def test_a_second_signal_while_stopping_still_leaves_the_record_interrupted(tiny
     assert json.load(open(os.path.join(only_run_dir(out), "record.json")))["status"] == "interrupted"
 
 
+
+def test_a_stopping_workers_cell_that_raises_is_interrupted_not_failed(tiny_root, tmp_path, monkeypatch):
+    """A SIGTERM's KeyboardInterrupt that lands inside torch (a save, a load)
+    surfaces as a RuntimeError. In a worker told to stop, that is the stop, not
+    a broken cell: no error.txt, so --status keeps it resumable. A worker not
+    told to stop still records a real failure."""
+    from benchmark import grid
+    from benchmark.config import RunConfig
+    from benchmark.errors import RunInterrupted
+    from benchmark.train import Trainer
+
+    def torch_wrapped_interrupt(self, run_dir, resume=False, notes=None):
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+    monkeypatch.setattr(Trainer, "run", torch_wrapped_interrupt)
+    out = str(tmp_path / "grid")
+    config = RunConfig(dataset="mnist", arch="fc", rule="fa", epochs=1, batch_size=32).as_record()
+    monkeypatch.setitem(grid._worker_state, "stopping", True)
+    with pytest.raises(RunInterrupted):
+        grid.run_cell(config, out, tiny_root, "cpu", 1)
+    run_dir = os.path.join(out, RunConfig.from_record(config).run_name())
+    assert not os.path.exists(os.path.join(run_dir, "error.txt"))
+    monkeypatch.setitem(grid._worker_state, "stopping", False)
+    name, status, message = grid.run_cell(config, out, tiny_root, "cpu", 1)
+    assert status == "failed" and message.startswith("RuntimeError") and os.path.exists(
+        os.path.join(run_dir, "error.txt"))
+
 # 7. a learning rate that overflows inside the optimiser ----------------------------------------------
 def test_an_overflowing_learning_rate_is_a_diverged_run_not_a_traceback(tiny_root, tmp_path):
     out = tmp_path / "runs"
