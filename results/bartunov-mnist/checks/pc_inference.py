@@ -10,6 +10,7 @@ command in ../README.md). Run from the repository root:
 """
 import glob
 import json
+import platform
 
 import torch
 
@@ -35,3 +36,5 @@ for arch in ("fc", "lc"):
             energies = [m["energy_after"] for m in rule.layer_metrics(model, x, y)]
             print(f"| {run.split('/')[-1]} | {rate}, {steps} | {', '.join(f'{a:.0f}' for a in angles)} | "
                   f"{', '.join(f'{e:.4f}' for e in energies)} |", flush=True)
+print(f"\nThe first 128 MNIST test images; each run's final checkpoint; torch {torch.__version__}, "
+      f"{platform.processor() or platform.machine()}, 1 thread.")
