@@ -214,6 +214,51 @@ def test_a_second_signal_while_stopping_still_leaves_the_record_interrupted(tiny
     assert json.load(open(os.path.join(only_run_dir(out), "record.json")))["status"] == "interrupted"
 
 
+# 7. a learning rate that overflows inside the optimiser ----------------------------------------------
+def test_an_overflowing_learning_rate_is_a_diverged_run_not_a_traceback(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    result = invoke(run_args(tiny_root, out, "--lr", "1e38", rule="bp"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "run diverged at epoch 1" in result.output
+    assert json.load(open(os.path.join(only_run_dir(out), "record.json")))["status"] == "diverged"
+
+
+# 8. a grid worker killed by the OS ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_killed_grid_worker_is_named_and_every_cell_stays_resumable(tmp_path):
+    data = make_tiny_mnist(str(tmp_path / "data"), n_train=2000, n_test=200)
+    out = str(tmp_path / "grid")
+    command = [sys.executable, os.path.join(ROOT, "cli.py"), "grid", "--datasets", "mnist", "--archs", "fc",
+               "--algos", "bp,fa", "--seeds", "1", "--epochs", "30", "--batch-size", "32", "--jobs", "2",
+               "--data-dir", data, "--out", out, "--quiet"]
+    grid = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Both cells must have a finished epoch (a checkpoint) before one worker is
+    # killed: under load one cell can lag, and a cell with nothing kept is
+    # "missing", not resumable. Then kill the first cell's worker.
+    workers = {}
+    deadline = time.time() + 120
+    while len(workers) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+        for name in os.listdir(out) if os.path.isdir(out) else []:
+            record = os.path.join(out, name, "record.json")
+            try:
+                if json.load(open(record))["summary"]["epochs_done"] >= 1:
+                    workers[name] = int(open(os.path.join(out, name, "run.lock")).read().split()[1])
+            except (OSError, ValueError, KeyError):
+                pass
+    assert len(workers) == 2, f"no epoch finished in time in every cell: {sorted(workers)}"
+    victim = min(workers.items())
+    os.kill(victim[1], signal.SIGKILL)  # what the out-of-memory killer does
+    _, stderr = grid.communicate(timeout=120)
+    assert grid.returncode == 1 and "Traceback" not in stderr, stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "worker process died" in line and victim[0] in line
+    status = CliRunner().invoke(cli, ["grid", "--status", out]).output
+    tracebacks = [open(os.path.join(out, n, "error.txt")).read() for n in os.listdir(out)
+                  if os.path.exists(os.path.join(out, n, "error.txt"))]  # a surviving cell that raised says why
+    assert "running: 0" in status and "resumable: 2" in status, status + "".join(tracebacks)
+    assert not [n for n in os.listdir(out) if RunLock(os.path.join(out, n)).held()]
+
 
 def test_a_stopping_workers_cell_that_raises_is_interrupted_not_failed(tiny_root, tmp_path, monkeypatch):
     """A SIGTERM's KeyboardInterrupt that lands inside torch (a save, a load)
@@ -236,51 +281,9 @@ def test_a_stopping_workers_cell_that_raises_is_interrupted_not_failed(tiny_root
     run_dir = os.path.join(out, RunConfig.from_record(config).run_name())
     assert not os.path.exists(os.path.join(run_dir, "error.txt"))
     monkeypatch.setitem(grid._worker_state, "stopping", False)
-    name, status, message = grid.run_cell(config, out, tiny_root, "cpu", 1)
+    _, status, message = grid.run_cell(config, out, tiny_root, "cpu", 1)
     assert status == "failed" and message.startswith("RuntimeError") and os.path.exists(
         os.path.join(run_dir, "error.txt"))
-
-# 7. a learning rate that overflows inside the optimiser ----------------------------------------------
-def test_an_overflowing_learning_rate_is_a_diverged_run_not_a_traceback(tiny_root, tmp_path):
-    out = tmp_path / "runs"
-    result = invoke(run_args(tiny_root, out, "--lr", "1e38", rule="bp"))
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "run diverged at epoch 1" in result.output
-    assert json.load(open(os.path.join(only_run_dir(out), "record.json")))["status"] == "diverged"
-
-
-# 8. a grid worker killed by the OS ---------------------------------------------------------------------
-@pytest.mark.slow
-def test_a_killed_grid_worker_is_named_and_every_cell_stays_resumable(tmp_path):
-    data = make_tiny_mnist(str(tmp_path / "data"), n_train=2000, n_test=200)
-    out = str(tmp_path / "grid")
-    command = [sys.executable, os.path.join(ROOT, "cli.py"), "grid", "--datasets", "mnist", "--archs", "fc",
-               "--algos", "bp,fa", "--seeds", "1", "--epochs", "30", "--batch-size", "32", "--jobs", "2",
-               "--data-dir", data, "--out", out, "--quiet"]
-    grid = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    victim = None
-    deadline = time.time() + 120
-    while victim is None and time.time() < deadline:  # the cell that has a finished epoch, and its worker
-        time.sleep(0.2)
-        for name in os.listdir(out) if os.path.isdir(out) else []:
-            record = os.path.join(out, name, "record.json")
-            try:
-                if json.load(open(record))["summary"]["epochs_done"] >= 1:
-                    victim = name, int(open(os.path.join(out, name, "run.lock")).read().split()[1])
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-    assert victim, "no epoch finished in time"
-    os.kill(victim[1], signal.SIGKILL)  # what the out-of-memory killer does
-    _, stderr = grid.communicate(timeout=120)
-    assert grid.returncode == 1 and "Traceback" not in stderr, stderr
-    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert "worker process died" in line and victim[0] in line
-    status = CliRunner().invoke(cli, ["grid", "--status", out]).output
-    tracebacks = [open(os.path.join(out, n, "error.txt")).read() for n in os.listdir(out)
-                  if os.path.exists(os.path.join(out, n, "error.txt"))]  # a surviving cell that raised says why
-    assert "running: 0" in status and "resumable: 2" in status, status + "".join(tracebacks)
-    assert not [n for n in os.listdir(out) if RunLock(os.path.join(out, n)).held()]
 
 
 # 11. a resumed segment records its own thread count ----------------------------------------------------
