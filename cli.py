@@ -527,13 +527,14 @@ def bench(device, sections, quick, threads, families):
               echo=click.echo, families=families or None)
 
 
+def warn(message):
+    click.echo(f"warning: {message}", err=True)
+
+
 def _load_summary(runs, metric, seeds, strict):
     from benchmark.errors import RecordError, ResultsMissing
     from benchmark.tables import load_runs, summarize_runs
     check_folders("--runs", runs)
-
-    def warn(message):
-        click.echo(f"warning: {message}", err=True)
     try:
         table, bad = load_runs(runs, strict=strict, warn=warn)
     except RecordError as exc:
@@ -573,7 +574,7 @@ def table(runs, metric, seeds, out, fmt, strict):
     if metric in tables.ROBUST_METRICS:
         state = tables.ROBUST_METRICS[metric]
         runs_table, _, bad = _load_summary(runs, "best", seeds, strict)
-        summary = tables.robustness_summary(tables.load_robustness(runs_table), state)
+        summary = tables.robustness_summary(tables.load_robustness(runs_table, warn), state)
         if summary.empty:
             raise ResultsMissing(f"no robustness results of {state} models under {', '.join(runs)} (run: python "
                                  f"cli.py robustness --runs {' '.join(runs)})")
@@ -619,7 +620,7 @@ def plot(runs, metric, out):
     from benchmark.records import find_searches
     table, summary, _ = _load_summary(runs, metric, None, False)
     check_out_dir(out)
-    paths = plots.all_plots(table, summary, metric, out, find_searches(runs))
+    paths = plots.all_plots(table, summary, metric, out, find_searches(runs), warn)
     for path in paths:
         click.echo(path)
 
@@ -660,7 +661,7 @@ def report(runs, metric, out, title):
     from benchmark.report import render
     table, summary, _ = _load_summary(runs, metric, None, False)
     check_out_dir(os.path.dirname(os.path.abspath(out)), "--out")
-    write_text(out, render(table, summary, metric, find_searches(runs), title or ", ".join(runs)))
+    write_text(out, render(table, summary, metric, find_searches(runs), title or ", ".join(runs), warn))
     click.echo(out)
 
 

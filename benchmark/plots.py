@@ -412,13 +412,13 @@ def search_plot(searches, out_dir):
     return paths
 
 
-def robustness_plot(runs, out_dir):
+def robustness_plot(runs, out_dir, warn=None):
     """Test error against eps, one line per rule (mean ± std over seeds); one
     figure per dataset and kept model state. Panels: one per architecture
     (columns) and attack x gradient (rows); with a single architecture, the
     attacks as rows and the gradients as columns. Nothing without robustness
     results."""
-    rows = load_robustness(runs)
+    rows = load_robustness(runs, warn)
     paths = []
     for state in ("final", "best"):
         summary = robustness_summary(rows[rows.kind == "attack"], state)
@@ -468,9 +468,10 @@ def robustness_plot(runs, out_dir):
     return paths
 
 
-def all_plots(runs, summary, metric, out_dir, searches=()):
-    """Every plot the records (and searches) allow; returns the file paths."""
+def all_plots(runs, summary, metric, out_dir, searches=(), warn=None):
+    """Every plot the records (and searches) allow; returns the file paths.
+    ``warn``: told of robustness results left out (:func:`load_robustness`)."""
     return (bar_plot(summary, out_dir, metric) + curve_plot(runs, out_dir) + alignment_plot(runs, out_dir)
             + target_propagation_plot(runs, out_dir) + family_metrics_plot(runs, out_dir)
             + params_plot(summary, out_dir, metric)
-            + search_plot(searches, out_dir) + robustness_plot(runs, out_dir))
+            + search_plot(searches, out_dir) + robustness_plot(runs, out_dir, warn))

@@ -85,7 +85,7 @@ def _plots(runs, summary, metric, searches):
         return found
 
 
-def render(runs, summary, metric, searches, title):
+def render(runs, summary, metric, searches, title, warn=None):
     columns, rows = tables.results_grid(summary, "±", tables.markdown_paper_text)
     results = [{"label": label, "cells": cells} for label, cells in rows]
     params = [{"dataset": tables.DATASET_TITLES.get(r.dataset, r.dataset), "arch": r.arch, "rule": r.rule,
@@ -94,7 +94,7 @@ def render(runs, summary, metric, searches, title):
     chosen = tables.chosen_table(searches)
     problems = [{"status": r.status, "run": os.path.basename(os.path.dirname(r.path)), "epochs": r.epochs_done,
                  "path": r.path} for _, r in runs[runs.status != "complete"].iterrows()]
-    robust = tables.load_robustness(runs)
+    robust = tables.load_robustness(runs, warn)
     robustness = [(heading, blocks) for state in ("final", "best")
                   for heading, blocks in tables.robustness_blocks(tables.robustness_summary(robust, state), state)]
     devices, versions, code = _provenance(runs)

@@ -85,6 +85,7 @@ def _row(record, path):
            "forward_params": record["params"]["forward_total"],
            "feedback_params": record["params"]["feedback_total"], "path": path,
            "finished_at": record.get("finished_at") or "",
+           "best_val_epoch": summary.get("best_val_epoch"),
            "setting": json.dumps(setting, sort_keys=True, default=str),
            "train_subset": cfg.get("train_subset", 0) or 0,
            "seconds_per_epoch": _mean(record["curves"].get("seconds", []))}
@@ -405,27 +406,72 @@ GRADIENT_TITLES = {"true": "true gradient", "rule": "rule gradient", "transfer":
 CORRUPTION_TITLES = {"gaussian_noise": "noise", "gaussian_blur": "blur", "contrast": "contrast"}
 
 
-def load_robustness(runs):
-    """One row per number of every robustness.json beside the records of
-    ``runs`` (a :func:`load_runs` table): ``kind`` ``attack`` (attack,
-    gradient, eps) or ``corruption`` (corruption, severity; severity 0 is
-    the run's mean over its severities), with the run's dataset, arch, rule,
-    label and seed."""
-    rows = []
-    for _, run in runs.iterrows():
-        path = os.path.join(os.path.dirname(run.path), "robustness.json")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                result = json.load(handle)
-        except (OSError, ValueError):
+def _read_robustness(run):
+    path = os.path.join(os.path.dirname(run.path), "robustness.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _evaluated_runs(runs, warn):
+    """``(run, robustness.json)`` of the complete runs that have one, each
+    seed of a cell once (:func:`one_per_seed`), so a copied folder or two
+    overlapping roots cannot count a seed twice."""
+    found = {}
+    for index, run in runs.iterrows():
+        result = _read_robustness(run)
+        if result is None:
             continue
+        if run.status != "complete":
+            warn(f"{os.path.dirname(run.path)} is {run.status}: its robustness.json is left out")
+            continue
+        found[index] = result
+    evaluated = runs.loc[list(found)]
+    kept = []
+    for key, cell in evaluated.groupby(["dataset", "arch", "rule", "label"], sort=False):
+        cell_kept, dropped = one_per_seed(cell)
+        for _, extra in dropped.iterrows():
+            warn(f"seed {extra.seed} of {' '.join(key[:2])} {key[3]} has more than one robustness.json; counted "
+                 f"{cell_kept[cell_kept.seed == extra.seed].iloc[0].path}'s, not {extra.path}'s")
+        kept += [(run, found[index]) for index, run in cell_kept.iterrows()]
+    return kept
+
+
+def _evaluated_epoch_is_current(run, state, entry, warn):
+    """Whether ``entry`` (one state of a robustness.json) evaluated the model
+    the record now describes: a run resumed for more epochs after its
+    evaluation keeps the old file, which would otherwise stand for the new model."""
+    expected = run.epochs_done if state == "final" else run.best_val_epoch
+    evaluated = entry.get("epoch")
+    if evaluated is None or expected is None or pd.isna(expected) or int(evaluated) == int(expected):
+        return True
+    warn(f"{os.path.dirname(run.path)}: robustness.json evaluated the {state} model of epoch {evaluated}, the "
+         f"record's is epoch {int(expected)}; left out (run: python cli.py robustness --runs "
+         f"{os.path.dirname(run.path)})")
+    return False
+
+
+def load_robustness(runs, warn=None):
+    """One row per number of every robustness.json beside the complete
+    records of ``runs`` (a :func:`load_runs` table; each seed once, states
+    evaluated on an older model left out, with a ``warn``ing): ``kind``
+    ``attack`` (attack, gradient, eps) or ``corruption`` (corruption,
+    severity; severity 0 is the run's mean over its severities), with the
+    run's dataset, arch, rule, label and seed."""
+    warn = warn or (lambda message: None)
+    rows = []
+    for run, result in _evaluated_runs(runs, warn):
         settings = result.get("settings", {})
         pgd = settings.get("pgd", {})
         protocol = (f"{result.get('test_images', '?')} images, PGD {pgd.get('steps', '?')} x "
                     f"{pgd.get('step_size', 0):.3g}" + ("" if pgd.get("random_start", True) else ", no random start"))
         cell = {"dataset": run.dataset, "arch": run.arch, "rule": run.rule, "label": run.label, "seed": run.seed,
-                "protocol": protocol}
+                "protocol": protocol, "attack_set": "+".join(sorted(settings.get("attacks", [])))}
         for state, entry in result.get("states", {}).items():
+            if not _evaluated_epoch_is_current(run, state, entry, warn):
+                continue
             for row in entry.get("attacks", []):
                 rows.append({**cell, "state": state, "kind": "attack", "attack": row["attack"],
                              "gradient": row["gradient"], "eps": row["eps"], "error": row["error"]})
@@ -437,14 +483,18 @@ def load_robustness(runs):
             for name, errors in by_name.items():  # "severity 0": the run's mean over its severities
                 rows.append({**cell, "state": state, "kind": "corruption", "attack": name, "gradient": "",
                              "eps": 0, "error": sum(errors) / len(errors)})
-    table = pd.DataFrame(rows, columns=["dataset", "arch", "rule", "label", "seed", "protocol", "state", "kind",
-                                        "attack", "gradient", "eps", "error"])
-    # Runs evaluated with another protocol than most (fewer images, fewer PGD steps: EP's) are rows of their own.
+    table = pd.DataFrame(rows, columns=["dataset", "arch", "rule", "label", "seed", "protocol", "attack_set", "state",
+                                        "kind", "attack", "gradient", "eps", "error"])
+    # Runs evaluated with another protocol than most (fewer images, fewer PGD steps: EP's; another set of
+    # attacks, whose "strongest" would mean something else) are rows of their own.
     for dataset, part in table.groupby("dataset"):
-        usual = part.protocol.mode().iloc[0]
-        other = (table.dataset == dataset) & (table.protocol != usual)
-        table.loc[other, "label"] = table.loc[other, "label"] + " [" + table.loc[other, "protocol"] + "]"
-    return table
+        usual_protocol, usual_attacks = (part.protocol + "\n" + part.attack_set).mode().iloc[0].split("\n")
+        here = table.dataset == dataset
+        other_attacks = here & (table.attack_set != usual_attacks)
+        other = here & ((table.protocol != usual_protocol) | other_attacks)
+        suffix = table.protocol.where(~other_attacks, table.protocol + ", attacks " + table.attack_set)
+        table.loc[other, "label"] = table.loc[other, "label"] + " [" + suffix[other] + "]"
+    return table.drop(columns="attack_set")
 
 
 # The eps of the headline block, per dataset: where the rules' columns differ

@@ -678,6 +678,56 @@ def test_runs_evaluated_with_another_protocol_are_rows_of_their_own(tmp_path):
     assert "| ep [100 images, PGD 40 x 0.01] | 10.0 (1) |" in text and "| fa | 20.0 (1) |" in text
 
 
+def write_evaluated_run(folder, algo, seed, error, record=None, **result):
+    """A run folder holding a record and a robustness.json whose PGD error at eps 0.1 is ``error``."""
+    folder.mkdir(parents=True)
+    json.dump(record or fake_record("mnist", "fc", algo, seed, [5.0]), open(folder / "record.json", "w"))
+    json.dump({"settings": {"attacks": ["fgsm", "pgd"]}, **result,
+               "states": {"final": {"epoch": 1, "attacks": [{"attack": "pgd", "gradient": "true", "eps": 0.1,
+                                                             "error": error}], "corruptions": []}}},
+              open(folder / "robustness.json", "w"))
+
+
+def test_a_seed_evaluated_twice_counts_once_with_a_warning(tmp_path):
+    from benchmark import tables
+    write_evaluated_run(tmp_path / "a" / "mnist-fc-fa-seed0", "fa", 0, 50.0)
+    write_evaluated_run(tmp_path / "a" / "mnist-fc-fa-seed1", "fa", 1, 70.0)
+    write_evaluated_run(tmp_path / "copy" / "mnist-fc-fa-seed0", "fa", 0, 50.0)  # a copied folder
+    runs, _ = tables.load_runs([str(tmp_path / "a"), str(tmp_path / "copy")])
+    warnings = []
+    text = tables.robustness_markdown(tables.robustness_summary(tables.load_robustness(runs, warnings.append)))
+    assert "| fa | 60.0 ± 14.1 (2) |" in text  # not 56.7 over three
+    assert len(warnings) == 1 and "seed 0 of mnist fc fa has more than one robustness.json" in warnings[0]
+
+
+def test_results_of_an_older_model_or_an_unfinished_run_are_left_out_with_a_warning(tmp_path):
+    from benchmark import tables
+    write_evaluated_run(tmp_path / "mnist-fc-bp-seed0", "bp", 0, 90.0)
+    # resumed for two more epochs after its evaluation: the file describes the epoch-1 model
+    write_evaluated_run(tmp_path / "mnist-fc-fa-seed0", "fa", 0, 40.0,
+                        record=fake_record("mnist", "fc", "fa", 0, [5.0, 4.0, 3.0]))
+    write_evaluated_run(tmp_path / "mnist-fc-dfa-seed0", "dfa", 0, 30.0,
+                        record=fake_record("mnist", "fc", "dfa", 0, [5.0], status="running"))
+    runs, _ = tables.load_runs([str(tmp_path)])
+    warnings = []
+    rows = tables.load_robustness(runs, warnings.append)
+    assert set(rows.rule) == {"bp"}
+    assert any("mnist-fc-fa-seed0: robustness.json evaluated the final model of epoch 1, the record's is epoch 3"
+               in w for w in warnings)
+    assert any("mnist-fc-dfa-seed0 is running" in w for w in warnings)
+
+
+def test_runs_evaluated_with_other_attacks_are_rows_of_their_own(tmp_path):
+    from benchmark import tables
+    for seed in range(2):
+        write_evaluated_run(tmp_path / f"mnist-fc-fa-seed{seed}", "fa", seed, 80.0,
+                            settings={"attacks": ["pgd", "fgsm", "apgd-dlr"]})
+    write_evaluated_run(tmp_path / "mnist-fc-fa-seed2", "fa", 2, 20.0)  # without APGD: its strongest is weaker
+    runs, _ = tables.load_runs([str(tmp_path)])
+    labels = set(tables.load_robustness(runs).label)
+    assert labels == {"fa", "fa [? images, PGD ? x 0, attacks fgsm+pgd]"}
+
+
 def test_tensorboard_gets_the_results_of_runs_it_already_mirrors(runs, tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     from benchmark.board import write_robustness
