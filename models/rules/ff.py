@@ -143,7 +143,9 @@ class ForwardForward(LearningRule):
     @torch.no_grad()
     def layer_metrics(self, model, x, y):
         """Per hidden layer: mean square activity (goodness / units) of positive
-        and of negative data (random wrong labels, a fixed probe stream)."""
+        and of negative data (wrong labels drawn as the ``negatives`` option
+        says, by default the hard ones from the model's own prediction; a
+        fixed probe stream)."""
         stream, self.generator = self.generator, self.probe_generator(x.device)
         try:
             wrong = self.wrong_labels(y, self.output_layer(self.hidden_pass(x, None)[-1]))

@@ -20,7 +20,10 @@ included. Squared errors are summed over units and averaged over the batch.
   activation of layer l's own segment applied *before* the transposed op and
   nothing after, so the output layer (logits, no activation) is inverted by
   a plain linear map. Its Jacobian ``V_l diag(act_l'(v))`` has its diagonal
-  on the side backprop's ``W_l^T diag(act_l'(a_l))`` has it.
+  on the side backprop's ``W_l^T diag(act_l'(a_l))`` has it, but taken at
+  ``v = h_l = act_l(a_l)``, not at ``a_l`` (as in Ernoult et al.'s code): for
+  tanh within [0.42, 1], where backprop's ``1 - h_l^2`` reaches 0 for a
+  saturated unit.
 * ``tanh``: the other TP rules' inverse, ``G_l(v) = act_{l-1}(V_l v + c_l)``
   (tanh in the built-in nets). Its Jacobian ``diag(act_{l-1}') V_l`` cannot
   equal ``W_l^T`` or ``W_l^T diag(...)``, which limits how close the targets
