@@ -40,12 +40,15 @@ import zlib
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, RecordError, RunError, RunInterrupted
-from .io import write_json
+from .io import atomic_path, write_json
 from .records import BEST_MODEL_NAME, CHECKPOINT_NAME, code_version, find_records, load_record, versions
 
 SCHEMA = "biobench.robustness/1"
 RESULT_NAME = "robustness.json"
 PARTIAL_NAME = "robustness.partial.json"
+# A BP run's true-gradient adversarial examples, kept for the runs that take
+# them as transfer examples (git-ignored; see ``source_examples``).
+EXAMPLES_FOLDER = "transfer-examples"
 ATTACKS = ("fgsm", "pgd", "apgd-dlr")
 GRADIENTS = ("true", "rule", "transfer")
 STATES = ("final", "best")
@@ -609,9 +612,11 @@ class Evaluation:
                         for eps in s["eps"]:
                             unit = f"{state}/{attack}/{gradient}/{eps!r}"
 
-                            def compute(attack=attack, eps=eps, module=module, unit=unit):
+                            def compute(attack=attack, eps=eps, module=module, unit=unit, gradient=gradient):
                                 reseed(rule, unit_seed(config["seed"], unit))
                                 adv = adversarial(module, pixels, labels, attack, eps, s["pgd"], s["batch_size"])
+                                if gradient == "true" and config["algo"] == "bp":  # a transfer source's examples
+                                    keep_examples(job.run_dir, state, attack, eps, s, adv)
                                 return pixel_error(model, data, adv, labels, eval_batch)
                             error = clean if eps == 0 else self._unit(unit, compute)
                             entry["attacks"].append({"attack": attack, "gradient": gradient, "eps": eps,
@@ -669,28 +674,67 @@ _SOURCE_CACHE = {}
 _SOURCE_MODEL = {}
 
 
+def examples_path(source_dir, state, attack, eps, settings):
+    """Where the BP run ``source_dir`` keeps its ``state`` model's examples of
+    ``attack`` at ``eps`` under the resolved ``settings``: the name holds a
+    digest of what makes them (the settings that reach an attack: the images,
+    PGD, the batches) and of the model file, so another protocol or a
+    retrained model never reads them."""
+    model_file = os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
+    making = {k: settings[k] for k in ("norm", "pixel_range", "pgd", "test_subset", "subset_seed", "batch_size")}
+    key = json.dumps([state, attack, repr(eps), making, file_digest(model_file)], sort_keys=True)
+    return os.path.join(source_dir, EXAMPLES_FOLDER,
+                        f"{state}-{attack}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt")
+
+
+def keep_examples(source_dir, state, attack, eps, settings, adv):
+    import torch
+    with atomic_path(examples_path(source_dir, state, attack, eps, settings)) as tmp:
+        torch.save(adv.cpu(), tmp)
+
+
+def kept_examples(source_dir, state, attack, eps, settings, like):
+    """The kept examples, on ``like``'s device, or None (none kept, or a file
+    that does not hold a tensor of ``like``'s shape)."""
+    import torch
+    path = examples_path(source_dir, state, attack, eps, settings)
+    try:
+        adv = torch.load(path, map_location=like.device, weights_only=True)
+    except Exception:  # missing or damaged: made again
+        return None
+    return adv if isinstance(adv, torch.Tensor) and adv.shape == like.shape and adv.dtype == like.dtype else None
+
+
+_SOURCE_CACHE = {}
+_SOURCE_MODEL = {}
+
+
 def source_examples(source_dir, record, state, attack, eps, settings, data_dir, device, pixels, labels):
-    """The BP source's true-gradient adversarial examples, made once per
-    process (every target of one source reuses them) with the seed of the
-    source's own true-gradient unit: they are the examples its own white-box
-    column was measured on."""
+    """The BP source's true-gradient adversarial examples, made with the seed
+    of the source's own true-gradient unit: they are the examples its own
+    white-box column was measured on. Made once: the source's own evaluation
+    keeps them in its folder (``transfer-examples/``), and a target that
+    finds none makes and keeps them; within a process they stay in memory."""
     from models.layers import frozen_parameters
+    model_file = os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
     key = (os.path.realpath(source_dir), state, attack, eps, json.dumps(settings, sort_keys=True),
-           file_digest(os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)))
+           file_digest(model_file))
     if key not in _SOURCE_CACHE:
         if len(_SOURCE_CACHE) > 64:
             _SOURCE_CACHE.clear()
-        data = dataset_of(record["config"]["dataset"], data_dir)
-        model_file = os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
-        model_key = (os.path.realpath(source_dir), state, file_digest(model_file))
-        if _SOURCE_MODEL.get("key") != model_key:  # the last source's model, built once for all its examples
-            _SOURCE_MODEL.update(key=model_key, loaded=load_model(source_dir, record, state, data, device))
-        model, rule, _ = _SOURCE_MODEL["loaded"]
-        with frozen_parameters(model.parameters()):
-            reseed(rule, unit_seed(record["config"]["seed"], f"{state}/{attack}/true/{eps!r}"))
-            module = attacked_model(model, rule, data, "true")
-            _SOURCE_CACHE[key] = adversarial(module, pixels, labels, attack, eps, settings["pgd"],
-                                             settings["batch_size"])
+        adv = kept_examples(source_dir, state, attack, eps, settings, pixels)
+        if adv is None:
+            data = dataset_of(record["config"]["dataset"], data_dir)
+            model_key = (os.path.realpath(source_dir), state, file_digest(model_file))
+            if _SOURCE_MODEL.get("key") != model_key:  # the last source's model, built once for all its examples
+                _SOURCE_MODEL.update(key=model_key, loaded=load_model(source_dir, record, state, data, device))
+            model, rule, _ = _SOURCE_MODEL["loaded"]
+            with frozen_parameters(model.parameters()):
+                reseed(rule, unit_seed(record["config"]["seed"], f"{state}/{attack}/true/{eps!r}"))
+                module = attacked_model(model, rule, data, "true")
+                adv = adversarial(module, pixels, labels, attack, eps, settings["pgd"], settings["batch_size"])
+            keep_examples(source_dir, state, attack, eps, settings, adv)
+        _SOURCE_CACHE[key] = adv
     return _SOURCE_CACHE[key]
 
 

@@ -456,6 +456,37 @@ def test_transfer_examples_come_from_the_bp_net_and_never_touch_the_target(runs,
     assert result["states"]["final"]["transfer_source"]["run_id"] == os.path.basename(folder_of(out, "bp"))
 
 
+def test_the_bp_runs_own_examples_are_kept_and_serve_its_targets_bit_for_bit(runs, tmp_path, monkeypatch):
+    data_dir, out = runs
+    fresh = str(tmp_path / "fresh")
+    shutil.copytree(out, fresh)
+    settings = rb.Settings(gradients=("true", "transfer"), attacks=("pgd",), eps=[0.0, 0.1], states=("final",),
+                           **QUICK)
+    rb.Evaluation(job_for(out, "bp", settings), settings, data_dir, torch.device("cpu")).run()
+    (kept,) = os.listdir(os.path.join(folder_of(out, "bp"), rb.EXAMPLES_FOLDER))
+    attacked = []
+    real = rb.attacked_model
+    monkeypatch.setattr(rb, "attacked_model",
+                        lambda model, rule, *rest: attacked.append(rule.name) or real(model, rule, *rest))
+    monkeypatch.setattr(rb, "_SOURCE_CACHE", {})
+    transfer = rb.Settings(gradients=("transfer",), attacks=("pgd",), eps=[0.0, 0.1], states=("final",), **QUICK)
+    reused = rb.Evaluation(job_for(out, "fa", transfer), transfer, data_dir, torch.device("cpu")).run()
+    assert attacked == []  # no attack was made again: the BP run's own examples were read
+    # without kept examples the target makes them itself (and keeps them): the same tensor, the same error
+    monkeypatch.setattr(rb, "_SOURCE_CACHE", {})
+    made = rb.Evaluation(job_for(fresh, "fa", transfer), transfer, data_dir, torch.device("cpu")).run()
+    assert attacked == ["bp"] and made["states"] == reused["states"]
+    load = lambda root: torch.load(os.path.join(folder_of(root, "bp"), rb.EXAMPLES_FOLDER, kept))  # noqa: E731
+    assert torch.equal(load(out), load(fresh))
+    # a damaged file is made again, not read
+    open(os.path.join(folder_of(out, "bp"), rb.EXAMPLES_FOLDER, kept), "wb").write(b"not a tensor")
+    monkeypatch.setattr(rb, "_SOURCE_CACHE", {})
+    os.unlink(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME))
+    again = rb.Evaluation(job_for(out, "fa", transfer), transfer, data_dir, torch.device("cpu")).run()
+    assert attacked == ["bp", "bp"] and again["states"] == reused["states"]
+    assert torch.equal(load(out), load(fresh))
+
+
 def test_resuming_an_interrupted_evaluation_gives_the_same_file(runs, tmp_path, monkeypatch):
     data_dir, out = runs
     other = str(tmp_path / "other")
