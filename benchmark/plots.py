@@ -195,6 +195,19 @@ def _per_layer_panels(records, dataset, arch, rules, keys, height):
     return fig, axes, n_layers
 
 
+def _angle_axis(axes_row):
+    """0-90 degrees, or 0-180 when a line of the row goes past 90 (an update
+    more than orthogonal to BP's), so no angle is drawn off the panel."""
+    largest = max((np.nanmax(line.get_ydata()) for ax in axes_row for line in ax.lines
+                   if np.isfinite(line.get_ydata()).any()), default=0.0)
+    for ax in axes_row:
+        if largest > 92:
+            ax.set_ylim(-3, 183)
+            ax.set_yticks([0, 45, 90, 135, 180])
+        else:
+            ax.set_ylim(-3, 95)
+
+
 def _figure_legend(fig, axes, title="rule", **placement):
     """One legend for all panels, each rule once."""
     handles = {}
@@ -219,15 +232,18 @@ def alignment_plot(runs, out_dir):
             for row in range(2):
                 ax = axes[row][layer]
                 ax.set_xlabel("epoch")
-                ax.set_ylim(-3, 95)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
                 ax.grid(alpha=0.3)
             if not axes[0][layer].lines:
                 axes[0][layer].text(0.5, 0.5, "no feedback matrix:\nthe first layer sends\nno error down",
                                     ha="center", va="center", transform=axes[0][layer].transAxes, fontsize=9)
                 axes[0][layer].set_xticks([])
-        axes[1][-1].text(0.5, 0.5, "output layer: its own\nerror is exact (0 degrees)", ha="center",
-                         va="center", transform=axes[1][-1].transAxes, fontsize=9)
+        for row in range(2):
+            _angle_axis(axes[row])
+        output_angles = [np.nanmax(np.abs(line.get_ydata())) for line in axes[1][-1].lines]
+        if all(angle < 0.5 for angle in output_angles):  # PC and EP's read-outs are not BP's: no such note then
+            axes[1][-1].text(0.5, 0.5, "output layer: its own\nerror is exact (0 degrees)", ha="center",
+                             va="center", transform=axes[1][-1].transAxes, fontsize=9)
         axes[0][0].set_ylabel("angle W vs B (degrees)")
         axes[1][0].set_ylabel("angle update vs BP gradient (degrees)")
         title = (f"Alignment, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} (mean over seeds; "
@@ -306,8 +322,7 @@ def target_propagation_plot(runs, out_dir):
         _format_layer_panels(axes, n_layers, TP_PANELS, {
             "reconstruction_error": "no inverse\n(first layer, or DTP's output)",
             "target_distance": "no target\n(trained on the task loss)", "update_angle": "no data"})
-        for layer in range(n_layers):
-            axes[0][layer].set_ylim(-3, 95)
+        _angle_axis(axes[0])
         title = (f"Target propagation, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)} "
                  f"(fixed probe batch, mean over seeds)")
         paths += _finish_layer_figure(fig, axes, title, (0, 0, 0.9, 0.96), out_dir,

@@ -14,6 +14,7 @@ from benchmark.io import write_json
 from benchmark.records import SCHEMA
 from benchmark.tables import load_runs, summarize_runs, to_csv, to_latex
 from cli import cli
+from helpers import fake_record
 
 PAPER_MNIST_FC_FA = 1.85  # Bartunov et al. 2018, Table 1
 
@@ -147,3 +148,25 @@ def test_report_escapes_every_text_taken_from_records_and_searches(tmp_path, mon
         assert any(text in shown for shown in page.texts), where
     assert sum(text == f"data{EVIL}" for text in page.texts) == 2  # parameter and chosen tables
     assert sum(text == f"curves data{EVIL}" for text in page.texts) == 2  # the plot's alt and caption
+
+
+@pytest.mark.parametrize("pc_angles, ylim_top, output_note", [((30.0, 24.0), 95, False), ((120.0, 0.0), 183, True)])
+def test_alignment_panels_show_every_angle_and_note_exact_outputs_only_when_they_are(
+        tmp_path, monkeypatch, pc_angles, ylim_top, output_note):
+    from benchmark import plots
+    first_layer, output = pc_angles
+    record = fake_record("mnist", "fc", "pc", 0, [5.0, 4.0])
+    for entry in record["alignment"]:
+        entry["layers"][0]["update_angle"], entry["layers"][-1]["update_angle"] = first_layer, output
+    folder = tmp_path / "runs" / "mnist-fc-pc-seed0"
+    folder.mkdir(parents=True)
+    write_json(str(folder / "record.json"), record)
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, out_dir, name: figures.append((name, fig)) or [name])
+    runs, _ = load_runs([str(tmp_path / "runs")])
+    plots.alignment_plot(runs, str(tmp_path / "plots"))
+    ((name, fig),) = [(n, f) for n, f in figures if n.startswith("alignment")]
+    update_row = fig.axes[len(fig.axes) // 2:]
+    assert update_row[0].get_ylim()[1] == ylim_top  # an update more than orthogonal to BP's stays on the panel
+    notes = [t.get_text() for t in update_row[-1].texts]
+    assert any("error is exact" in note for note in notes) is output_note
