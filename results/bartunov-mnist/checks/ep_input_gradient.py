@@ -19,13 +19,12 @@ import platform
 
 import torch
 import torch.nn.functional as F
+from common import mnist_test
 
-from benchmark.robustness import dataset_of, load_model
+from benchmark.robustness import load_model
 
 torch.set_num_threads(1)
-data = dataset_of("mnist", "../shared/data")
-scale = lambda images: (images.float() / 255 - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)  # noqa: E731
-x, y = scale(data.test.images[:64]), data.test.labels[:64]
+data, x, y = mnist_test(64)
 print("| run | free, nudged steps | cosine: median (images above 0.99) | signs that agree | "
       "norm of EP's estimate / true, median |")
 print("|---|---|---|---|---|")

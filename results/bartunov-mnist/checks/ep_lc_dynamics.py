@@ -17,13 +17,12 @@ import json
 import platform
 
 import torch
+from common import mnist_test
 
-from benchmark.robustness import dataset_of, load_model
+from benchmark.robustness import load_model
 
 torch.set_num_threads(1)
-data = dataset_of("mnist", "../shared/data")
-scale = lambda images: (images.float() / 255 - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)  # noqa: E731
-x, y = scale(data.test.images[:1000]), data.test.labels[:1000]
+data, x, y = mnist_test(1000)
 print("| run | model (epoch) | update order | free residual per hidden layer | test error, first 1,000 (%) |")
 print("|---|---|---|---|---|")
 for run in sorted(glob.glob("results/bartunov-mnist/mnist-lc-ep-seed*")):

@@ -13,16 +13,15 @@ import json
 import platform
 
 import torch
+from common import mnist_test
 
 from benchmark.alignment import angle_degrees, exact_gradients
-from benchmark.robustness import dataset_of, load_model
+from benchmark.robustness import load_model
 
 SETTINGS = [(0.1, 20), (0.05, 40), (0.02, 100)]  # (inference_rate, inference_steps)
 
 torch.set_num_threads(1)
-data = dataset_of("mnist", "../shared/data")
-scale = lambda images: (images.float() / 255 - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)  # noqa: E731
-x, y = scale(data.test.images[:128]), data.test.labels[:128]
+data, x, y = mnist_test(128)
 print("| run | rate, steps | update-vs-BP angle per layer (degrees) | energy per layer after inference |")
 print("|---|---|---|---|")
 for arch in ("fc", "lc"):
