@@ -14,6 +14,7 @@ submitit is imported only here, only when the Slurm executor is asked for.
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import time
 from datetime import datetime
@@ -45,6 +46,27 @@ def slurm_environment():
             "requeues": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
 
 
+def tolerate_requeue_race(submitit):
+    """Make submitit's requeue survive its own success. ``scontrol requeue``
+    has Slurm stop this task at once; when that SIGTERM reaches scontrol
+    before it returns, submitit raises CalledProcessError (-SIGTERM) into the
+    training loop although the job was requeued, and the cell was recorded as
+    failed (seen once in CI, in the preemption test)."""
+    environment = submitit.slurm.slurm.SlurmJobEnvironment
+    original = environment._requeue
+    if getattr(original, "tolerates_race", False):
+        return
+
+    def requeue(self, countdown):
+        try:
+            original(self, countdown)
+        except subprocess.CalledProcessError as exc:
+            if exc.returncode != -signal.SIGTERM:
+                raise
+    requeue.tolerates_race = True
+    environment._requeue = requeue
+
+
 def make_cell_task():
     submitit = import_submitit()
 
@@ -53,6 +75,7 @@ def make_cell_task():
         the same call; the cell then resumes from its epoch checkpoint."""
 
         def __call__(self, config_dict, out, data_dir, device, threads, tensorboard=None):
+            tolerate_requeue_race(import_submitit())
             return run_cell(config_dict, out, data_dir, device, threads, epoch_lines=True,
                             notes={"slurm": slurm_environment()}, tensorboard=tensorboard)
 

@@ -318,3 +318,22 @@ def test_a_record_made_under_other_rule_defaults_is_not_taken_for_the_current_ru
     assert "stale: not run: its record ran with feedback_init='kaiming' (now 'xavier')" in result.output
     assert "1 cell(s) not run" in result.output
     assert open(path).read() == before
+
+
+def test_a_requeue_that_slurms_own_sigterm_cuts_short_counts_as_requeued(monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    from benchmark import cluster
+    environment = submitit.slurm.slurm.SlurmJobEnvironment
+    monkeypatch.setattr(environment, "_requeue", environment._requeue)  # restored after the test
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    exit_codes = iter([-signal.SIGTERM, 1])
+
+    def scontrol(cmd, timeout=None):
+        raise subprocess.CalledProcessError(next(exit_codes), cmd)
+    monkeypatch.setattr(subprocess, "check_call", scontrol)
+    cluster.tolerate_requeue_race(submitit)
+    cluster.tolerate_requeue_race(submitit)  # a second task in the same process wraps it once
+    task_environment = environment()
+    task_environment._requeue(1)  # killed by the SIGTERM that the requeue itself sends: requeued
+    with pytest.raises(subprocess.CalledProcessError):
+        task_environment._requeue(1)  # scontrol refused: still an error
