@@ -75,7 +75,7 @@ def make_cell_task():
         the same call; the cell then resumes from its epoch checkpoint."""
 
         def __call__(self, config_dict, out, data_dir, device, threads, tensorboard=None):
-            tolerate_requeue_race(import_submitit())
+            tolerate_requeue_race(submitit)
             return run_cell(config_dict, out, data_dir, device, threads, epoch_lines=True,
                             notes={"slurm": slurm_environment()}, tensorboard=tensorboard)
 

@@ -316,6 +316,11 @@ def dataset_of(name, data_dir):
     return _DATA_CACHE[key]
 
 
+def model_path(run_dir, state):
+    """The file that keeps the run's ``state`` model."""
+    return os.path.join(run_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
+
+
 def load_model(run_dir, record, state, data, device):
     """``(model, rule, epoch)``: the run's network built by the trainer's own
     path (``build_model`` with the record's config, so the rule is attached
@@ -326,7 +331,7 @@ def load_model(run_dir, record, state, data, device):
     from .config import RunConfig
     from .train import build_model, seed_everything
     config = RunConfig.from_record(record["config"])
-    path = os.path.join(run_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
+    path = model_path(run_dir, state)
     verify_checkpoint(path)
     try:
         saved = torch.load(path, map_location=device, weights_only=False)
@@ -616,7 +621,7 @@ class Evaluation:
                                 reseed(rule, unit_seed(config["seed"], unit))
                                 adv = adversarial(module, pixels, labels, attack, eps, s["pgd"], s["batch_size"])
                                 if gradient == "true" and config["algo"] == "bp":  # a transfer source's examples
-                                    keep_examples(job.run_dir, state, attack, eps, s, adv)
+                                    keep_examples(examples_path(job.run_dir, state, attack, eps, s), adv)
                                 return pixel_error(model, data, adv, labels, eval_batch)
                             error = clean if eps == 0 else self._unit(unit, compute)
                             entry["attacks"].append({"attack": attack, "gradient": gradient, "eps": eps,
@@ -670,34 +675,28 @@ class Evaluation:
                 "sha256": file_digest(os.path.join(source_dir, source_models[source_state]))}
 
 
-_SOURCE_CACHE = {}
-_SOURCE_MODEL = {}
-
-
 def examples_path(source_dir, state, attack, eps, settings):
     """Where the BP run ``source_dir`` keeps its ``state`` model's examples of
     ``attack`` at ``eps`` under the resolved ``settings``: the name holds a
     digest of what makes them (the settings that reach an attack: the images,
     PGD, the batches) and of the model file, so another protocol or a
     retrained model never reads them."""
-    model_file = os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
     making = {k: settings[k] for k in ("norm", "pixel_range", "pgd", "test_subset", "subset_seed", "batch_size")}
-    key = json.dumps([state, attack, repr(eps), making, file_digest(model_file)], sort_keys=True)
+    key = json.dumps([state, attack, repr(eps), making, file_digest(model_path(source_dir, state))], sort_keys=True)
     return os.path.join(source_dir, EXAMPLES_FOLDER,
                         f"{state}-{attack}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt")
 
 
-def keep_examples(source_dir, state, attack, eps, settings, adv):
+def keep_examples(path, adv):
     import torch
-    with atomic_path(examples_path(source_dir, state, attack, eps, settings)) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(adv.cpu(), tmp)
 
 
-def kept_examples(source_dir, state, attack, eps, settings, like):
-    """The kept examples, on ``like``'s device, or None (none kept, or a file
-    that does not hold a tensor of ``like``'s shape)."""
+def kept_examples(path, like):
+    """The examples kept at ``path``, on ``like``'s device, or None (none
+    kept, or a file that does not hold a tensor of ``like``'s shape)."""
     import torch
-    path = examples_path(source_dir, state, attack, eps, settings)
     try:
         adv = torch.load(path, map_location=like.device, weights_only=True)
     except Exception:  # missing or damaged: made again
@@ -716,16 +715,14 @@ def source_examples(source_dir, record, state, attack, eps, settings, data_dir, 
     keeps them in its folder (``transfer-examples/``), and a target that
     finds none makes and keeps them; within a process they stay in memory."""
     from models.layers import frozen_parameters
-    model_file = os.path.join(source_dir, CHECKPOINT_NAME if state == "final" else BEST_MODEL_NAME)
-    key = (os.path.realpath(source_dir), state, attack, eps, json.dumps(settings, sort_keys=True),
-           file_digest(model_file))
-    if key not in _SOURCE_CACHE:
+    path = os.path.realpath(examples_path(source_dir, state, attack, eps, settings))  # names all they depend on
+    if path not in _SOURCE_CACHE:
         if len(_SOURCE_CACHE) > 64:
             _SOURCE_CACHE.clear()
-        adv = kept_examples(source_dir, state, attack, eps, settings, pixels)
+        adv = kept_examples(path, pixels)
         if adv is None:
             data = dataset_of(record["config"]["dataset"], data_dir)
-            model_key = (os.path.realpath(source_dir), state, file_digest(model_file))
+            model_key = (os.path.realpath(source_dir), state, file_digest(model_path(source_dir, state)))
             if _SOURCE_MODEL.get("key") != model_key:  # the last source's model, built once for all its examples
                 _SOURCE_MODEL.update(key=model_key, loaded=load_model(source_dir, record, state, data, device))
             model, rule, _ = _SOURCE_MODEL["loaded"]
@@ -733,9 +730,9 @@ def source_examples(source_dir, record, state, attack, eps, settings, data_dir, 
                 reseed(rule, unit_seed(record["config"]["seed"], f"{state}/{attack}/true/{eps!r}"))
                 module = attacked_model(model, rule, data, "true")
                 adv = adversarial(module, pixels, labels, attack, eps, settings["pgd"], settings["batch_size"])
-            keep_examples(source_dir, state, attack, eps, settings, adv)
-        _SOURCE_CACHE[key] = adv
-    return _SOURCE_CACHE[key]
+            keep_examples(path, adv)
+        _SOURCE_CACHE[path] = adv
+    return _SOURCE_CACHE[path]
 
 
 # many runs -----------------------------------------------------------------------------------------

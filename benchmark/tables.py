@@ -488,7 +488,7 @@ def load_robustness(runs, warn=None):
     # Runs evaluated with another protocol than most (fewer images, fewer PGD steps: EP's; another set of
     # attacks, whose "strongest" would mean something else) are rows of their own.
     for dataset, part in table.groupby("dataset"):
-        usual_protocol, usual_attacks = (part.protocol + "\n" + part.attack_set).mode().iloc[0].split("\n")
+        usual_protocol, usual_attacks = part.groupby(["protocol", "attack_set"]).size().idxmax()
         here = table.dataset == dataset
         other_attacks = here & (table.attack_set != usual_attacks)
         other = here & ((table.protocol != usual_protocol) | other_attacks)
