@@ -436,8 +436,9 @@ def robustness_plot(runs, out_dir, warn=None):
     rows = load_robustness(runs, warn)
     paths = []
     for state in ("final", "best"):
-        summary = robustness_summary(rows[rows.kind == "attack"], state)
-        summary = summary[summary.kind == "attack"]
+        everything = robustness_summary(rows[rows.kind == "attack"], state)
+        paths += _headline_plot(everything[everything.kind == "headline"], state, out_dir)
+        summary = everything[everything.kind == "attack"]
         for dataset in dict.fromkeys(summary.dataset):
             part = summary[summary.dataset == dataset]
             archs = _ordered(set(part.arch), ARCH_ORDER)
@@ -480,6 +481,51 @@ def robustness_plot(runs, out_dir, warn=None):
             fig.tight_layout(rect=(0, 0, 1 - legend_width / width, 0.97))
             _figure_legend(fig, axes, loc="center right")
             paths += save(fig, out_dir, f"robustness_{state}_{dataset}")
+    return paths
+
+
+HEADLINE_BARS = (("clean", "", "clean", "#bbbbbb"), ("strongest", "true", "true gradient", "#d62728"),
+                 ("strongest", "rule", "rule gradient", "#1f77b4"),
+                 ("strongest", "transfer", "transfer from BP", "#ff7f0e"))
+
+
+def _headline_plot(headline, state, out_dir):
+    """The headline table as bars: per rule, the clean error and each
+    gradient's strongest attack at the dataset's headline eps; one panel per
+    architecture. The question it answers at a glance: is a rule robust, or
+    only to an attacker who follows its feedback path?"""
+    paths = []
+    for dataset in dict.fromkeys(headline.dataset):
+        part = headline[headline.dataset == dataset]
+        archs = _ordered(set(part.arch), ARCH_ORDER)
+        labels = _ordered_labels(part.label)
+        fig, axes = plt.subplots(len(archs), 1, figsize=(max(8.0, 0.55 * len(labels) + 2), 3.0 * len(archs)),
+                                 squeeze=False, sharex=True)
+        width = 0.8 / len(HEADLINE_BARS)
+        for ax, arch in zip(axes[:, 0], archs):
+            for k, (attack, gradient, title, bar_colour) in enumerate(HEADLINE_BARS):
+                cell = part[(part.arch == arch) & (part.attack == attack) & (part.gradient == gradient)]
+                by_label = {r.label: r for r in cell.itertuples()}
+                x = [i + (k - 1.5) * width for i, label in enumerate(labels) if label in by_label]
+                found = [by_label[label] for label in labels if label in by_label]
+                if not found:
+                    continue
+                ax.bar(x, [r.mean for r in found], width, color=bar_colour, label=title,
+                       yerr=[0 if r.n < 2 else r.std for r in found], capsize=1.5, error_kw={"linewidth": 0.8})
+            ax.set_title(f"{arch_title(arch)}", fontsize=10)
+            ax.set_ylabel("test error (%)")
+            ax.set_ylim(0, 100)
+            ax.grid(axis="y", alpha=0.3)
+        axes[-1, 0].set_xticks(range(len(labels)))
+        axes[-1, 0].set_xticklabels(labels, rotation=40, ha="right", fontsize=8)
+        axes[-1, 0].set_xlabel("learning rule")
+        eps = part.eps.iloc[0]
+        fig.suptitle(f"{DATASET_TITLES.get(dataset, dataset)}, {state} models: clean error and the strongest "
+                     f"attack's error at eps {eps:.3g} (L-inf, pixels in [0, 1]), mean ± std over seeds")
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="attack follows")
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        paths += save(fig, out_dir, f"robustness_headline_{state}_{dataset}")
     return paths
 
 

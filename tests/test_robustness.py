@@ -680,9 +680,24 @@ def test_headline_is_each_runs_strongest_attack_at_the_datasets_eps_then_the_see
     assert "| FC clean | FC true | FC rule |" in headline
     # clean 2 and 4; true: max(30, 20, 90) = 90 and max(50, 70, 60) = 70; rule: 9 and 3
     assert "| fa | 3.0 ± 1.4 (2) | 80.0 ± 14.1 (2) | 6.0 ± 4.2 (2) |" in headline
-    # the plot draws attacks only: its panels are (attack, gradient) pairs, never the headline's
-    paths = __import__("benchmark.plots", fromlist=["robustness_plot"]).robustness_plot(runs, str(tmp_path / "p"))
-    assert [os.path.basename(p) for p in paths if p.endswith(".png")] == ["robustness_final_mnist.png"]
+    # the line plot draws attacks only (panels are (attack, gradient) pairs); the headline is drawn as bars whose
+    # heights are the table's numbers
+    import matplotlib.pyplot as plt
+
+    from benchmark import plots
+    drawn = []
+    real_save = plots.save
+    plots.save = lambda fig, out_dir, name: drawn.append((name, fig)) or real_save(fig, out_dir, name)
+    try:
+        paths = plots.robustness_plot(runs, str(tmp_path / "p"))
+    finally:
+        plots.save = real_save
+    assert [os.path.basename(p) for p in paths if p.endswith(".png")] == [
+        "robustness_headline_final_mnist.png", "robustness_final_mnist.png"]
+    bars = {c.get_label(): [round(b.get_height(), 6) for b in c.patches]
+            for c in drawn[0][1].axes[0].containers if hasattr(c, "patches")}
+    assert bars == {"clean": [3.0], "true gradient": [80.0], "rule gradient": [6.0]}
+    plt.close("all")
 
 
 def test_algos_selects_runs_but_bp_still_serves_as_the_transfer_source(runs):
