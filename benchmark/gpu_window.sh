@@ -9,7 +9,8 @@
 # WORK (what the grid trains):
 #   cifar10           FC, LC, conv x BP, FA, DFA on CIFAR-10 (JPEG), 1 seed, EPOCHS (100)
 #   mnist-every-rule  the bartunov-mnist preset (every rule, FC/conv/LC), 3 seeds, EPOCHS (3),
-#                     10% validation, then `robustness` on the finished runs (ROBUST_TIME)
+#                     10% validation, then `robustness` on the finished runs (ROBUST_TIME; EP apart,
+#                     with 100 images and PGD-20, for ROBUST_EP_TIME)
 #   lenet             BioTorch's LeNet protocol on MNIST and Fashion-MNIST, 3 seeds, EPOCHS (100)
 #
 #   bash benchmark/pack_gpu_data.sh ../shared/data gpu-data mnist,torchattacks   # here (what WORK reads)
@@ -81,11 +82,18 @@ echo "== $WORK grid until the deadline ($DEADLINE)"
 tail -3 "$OUT_DIR/grid.log"
 if [ "$WORK" = mnist-every-rule ] && [ "${ROBUST_TIME:-3m}" != 0 ]; then  # 0: records only (timeout 0 never stops)
   # the models stay here, so the evaluation must too; an unfinished run keeps no robustness.json
-  echo "== robustness for ${ROBUST_TIME:-3m}"
+  # EP relaxes at every attack gradient: it goes last, with the smaller protocol of docs/robustness.md
+  echo "== robustness for ${ROBUST_TIME:-3m}, then EP's for ${ROBUST_EP_TIME:-1m}"
   timeout "${ROBUST_TIME:-3m}" "$PY" cli.py robustness --runs "$RUNS" --jobs "$JOBS" --device "$DEVICE" \
-    --data-dir "$data" ${ROBUST_EXTRA:-} > "$OUT_DIR/robustness.log" 2>&1
+    --data-dir "$data" --skip-algos ep ${ROBUST_EXTRA:-} > "$OUT_DIR/robustness.log" 2>&1
   rc=$?; tail -3 "$OUT_DIR/robustness.log"
   [ $rc -eq 0 ] || [ $rc -eq 124 ] || status=1
+  if [ "${ROBUST_EP_TIME:-1m}" != 0 ]; then
+    timeout "${ROBUST_EP_TIME:-1m}" "$PY" cli.py robustness --runs "$RUNS" --jobs "$JOBS" --device "$DEVICE" \
+      --data-dir "$data" --algos ep --test-subset 100 --pgd-steps 20 > "$OUT_DIR/robustness-ep.log" 2>&1
+    rc=$?; tail -3 "$OUT_DIR/robustness-ep.log"
+    [ $rc -eq 0 ] || [ $rc -eq 124 ] || status=1
+  fi
 fi
 "$PY" cli.py table --runs "$RUNS" > "$OUT_DIR/table.md" 2>&1 || status=1
 (cd "$RUNS" && find . \( -name record.json -o -name robustness.json \) | tar -czf "$OUT_DIR/records.tar.gz" -T -) \
