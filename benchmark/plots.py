@@ -522,9 +522,9 @@ def _headline_plot(headline, state, out_dir):
         eps = part.eps.iloc[0]
         fig.suptitle(f"{DATASET_TITLES.get(dataset, dataset)}, {state} models: clean error and the strongest "
                      f"attack's error at eps {eps:.3g} (L-inf, pixels in [0, 1]), mean ± std over seeds")
-        fig.tight_layout(rect=(0, 0, 1, 0.95))
-        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="attack follows")
-        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        legend_width = 1.7  # inches kept free on the right for the figure legend
+        fig.tight_layout(rect=(0, 0, 1 - legend_width / fig.get_figwidth(), 0.95))
+        _figure_legend(fig, axes, title="attack follows", loc="upper right", bbox_to_anchor=(1.0, 0.95))
         paths += save(fig, out_dir, f"robustness_headline_{state}_{dataset}")
     return paths
 

@@ -658,7 +658,7 @@ def test_table_gives_mean_and_std_over_seeds(tmp_path):
     assert "| bp | 4.0 ± 1.4 (2) |" in text.split("**Corruptions")[1]
 
 
-def test_headline_is_each_runs_strongest_attack_at_the_datasets_eps_then_the_seeds_mean(tmp_path):
+def test_headline_is_each_runs_strongest_attack_at_the_datasets_eps_then_the_seeds_mean(tmp_path, monkeypatch):
     from benchmark import tables
     # per seed: (clean, {attack: (true, rule)} at eps 0.1); at eps 0.3 everything is 100 (not the headline's)
     seeds = [(2.0, {"fgsm": (30.0, 5.0), "pgd": (20.0, 9.0), "apgd-dlr": (90.0, 7.0)}),
@@ -687,11 +687,9 @@ def test_headline_is_each_runs_strongest_attack_at_the_datasets_eps_then_the_see
     from benchmark import plots
     drawn = []
     real_save = plots.save
-    plots.save = lambda fig, out_dir, name: drawn.append((name, fig)) or real_save(fig, out_dir, name)
-    try:
-        paths = plots.robustness_plot(runs, str(tmp_path / "p"))
-    finally:
-        plots.save = real_save
+    monkeypatch.setattr(plots, "save", lambda fig, out_dir, name: drawn.append((name, fig))
+                        or real_save(fig, out_dir, name))
+    paths = plots.robustness_plot(runs, str(tmp_path / "p"))
     assert [os.path.basename(p) for p in paths if p.endswith(".png")] == [
         "robustness_headline_final_mnist.png", "robustness_final_mnist.png"]
     bars = {c.get_label(): [round(b.get_height(), 6) for b in c.patches]
