@@ -546,6 +546,7 @@ class Evaluation:
         self.key = fingerprint(job, settings)
         self.partial_path = os.path.join(job.run_dir, PARTIAL_NAME)
         self.done = self._load_partial()
+        self.reused = len(self.done)  # units an interrupted earlier call finished: their time is not this call's
 
     def _load_partial(self):
         try:
@@ -645,6 +646,7 @@ class Evaluation:
             by_kind[kind] = round(by_kind.get(kind, 0.0) + done["seconds"], 1)
         result["timing"] = {"seconds": round(time.time() - started, 1),
                             "unit_seconds": round(sum(u["seconds"] for u in self.done.values()), 1),
+                            "units_from_earlier_calls": self.reused,
                             "seconds_by_kind": by_kind,
                             "device": str(self.device), "torch_threads": torch.get_num_threads()}
         write_json(os.path.join(job.run_dir, RESULT_NAME), result)

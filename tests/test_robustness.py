@@ -122,6 +122,7 @@ def test_a_dataset_without_pixel_bounds_is_refused(runs):
     json.dump(record, open(path, "w"))
     result = run_cli(["robustness", "--runs", out, "--data-dir", data_dir, *QUICK_ARGS])
     assert result.exit_code == 2 and "'my-sensors' has no known pixel bounds" in result.output
+    assert result.output.strip().count("\n") == 0, result.output
     assert robustness_files(out) == []
 
 
@@ -518,6 +519,7 @@ def test_resuming_an_interrupted_evaluation_gives_the_same_file(runs, tmp_path, 
     resumed = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
     assert len(counted) == units - 6  # the six finished units were read back, not recomputed
     assert without_timing(resumed) == without_timing(whole)
+    assert resumed["timing"]["units_from_earlier_calls"] == 6 and whole["timing"]["units_from_earlier_calls"] == 0
     assert json.load(open(os.path.join(job.run_dir, rb.RESULT_NAME)))["states"] == whole["states"]
     assert not os.path.exists(os.path.join(job.run_dir, rb.PARTIAL_NAME))
 
@@ -789,3 +791,17 @@ def test_tensorboard_gets_the_results_of_runs_it_already_mirrors(runs, tmp_path)
     (expected,) = [r["error"] for r in result["states"]["final"]["attacks"] if r["attack"] == "pgd" and r["eps"] == 0.1]
     points = {e.step: e.value for e in events.Scalars("robustness_final/pgd_true")}
     assert points[100] == pytest.approx(expected)
+
+
+def test_a_later_call_mirrors_runs_evaluated_before(runs, tmp_path):
+    """--tensorboard mirrors every selected run with current results, not only
+    the runs this call evaluated."""
+    pytest.importorskip("tensorboard")
+    data_dir, out = runs
+    args = ["robustness", "--runs", out, "--data-dir", data_dir, *QUICK_ARGS, "--gradients", "true", "--eps", "0,0.1"]
+    assert run_cli(args).exit_code == 0
+    board = tmp_path / "board"
+    (board / os.path.basename(folder_of(out, "fa"))).mkdir(parents=True)
+    result = run_cli([*args, "--tensorboard", str(board)])
+    assert result.exit_code == 0, result.output
+    assert "0 to evaluate" in result.output and "robustness scalars added to 1 run(s)" in result.output
