@@ -730,8 +730,8 @@ def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, p
     job_list = rb.plan(runs, settings, warn=lambda message: click.echo(message, err=True))
     if not job_list:
         raise ResultsMissing(f"no complete runs under {', '.join(runs)}")
-    counts, _ = rb.run_all(job_list, settings, data_dir, device=device, jobs_count=jobs, threads=threads,
-                                   echo=lambda message: click.echo(message, err=True))
+    counts = rb.run_all(job_list, settings, data_dir, device=device, jobs_count=jobs, threads=threads,
+                        echo=lambda message: click.echo(message, err=True))
     if board:  # every selected run with current results, so a later call can mirror runs evaluated before
         from benchmark.board import write_robustness
         current = [job.run_dir for job in job_list if rb.job_status(job, settings) == "done"]

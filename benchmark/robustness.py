@@ -777,8 +777,7 @@ def summary_line(result):
 
 
 def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None, echo=print):
-    """Evaluate every job not done yet; returns ``({status: count}, [run
-    folders evaluated now])``. BP runs
+    """Evaluate every job not done yet; returns ``{status: count}``. BP runs
     go first and each source's targets follow it, so a worker that made a
     source's examples reuses them."""
     import multiprocessing
@@ -790,14 +789,11 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
     threads = threads or max(1, (os.cpu_count() or 1) // jobs_count)
     echo(f"robustness: {len(jobs)} run(s), {len(jobs) - len(todo)} already evaluated, {len(todo)} to evaluate "
          f"({jobs_count} job(s) x {threads} thread(s))")
-    counts, started, evaluated = {}, time.time(), []
-    folders = {job.name: job.run_dir for job in todo}
+    counts, started = {}, time.time()
 
     def report(done, result):
         name, status, message = result
         counts[status] = counts.get(status, 0) + 1
-        if status == "evaluated":
-            evaluated.append(folders[name])
         elapsed = time.time() - started
         eta = elapsed / done * (len(todo) - done)
         echo(f"[{done}/{len(todo)}] {name}: {status}: {message}  (elapsed {elapsed / 60:.1f} min, "
@@ -808,7 +804,7 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
         if jobs_count == 1:
             for done, arg in enumerate(args, 1):
                 report(done, evaluate_job(*arg))
-            return counts, evaluated
+            return counts
         pool = ProcessPoolExecutor(max_workers=jobs_count)
         try:
             futures = [pool.submit(evaluate_job, *arg) for arg in args]
@@ -825,5 +821,5 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
     except KeyboardInterrupt:
         raise RunInterrupted("robustness interrupted; rerun the same command to go on (finished attacks of the "
                              "interrupted runs are kept in their robustness.partial.json)") from None
-    return counts, evaluated
+    return counts
 
