@@ -29,6 +29,10 @@ class BiobenchGroup(click.Group):
         except BiobenchError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # A bad option value is one line too, not click's usage block.
+            click.echo(f"error: {exc.format_message()}", err=True)
+            ctx.exit(exc.exit_code)
 
 
 class RegistryChoice(click.Choice):
@@ -348,8 +352,31 @@ def select_grid(preset, datasets, archs, rules):
             if name not in registry:
                 raise ConfigError(f"{flag}: unknown {registry.kind} {name!r}; allowed: "
                                   f"{', '.join(registry.names())}")
+            # A preset names its block's cells; a selection narrows it, never
+            # adds cells that would land in the preset's folder unannounced.
+            if preset and name not in base[key]:
+                raise ConfigError(f"{flag}: {name!r} is not in preset {preset!r}; it has "
+                                  f"{', '.join(base[key])}")
         chosen[key] = names
     return chosen
+
+
+def apply_preset_settings(preset, options, seeds, out):
+    """A campaign preset's own epochs, validation split, seeds and folder,
+    where the command line does not set them. Returns (seeds, out)."""
+    from benchmark.grid import PRESETS
+    settings = PRESETS.get(preset, {}).get("settings", {})
+    typed = given_on_command_line(list(settings))
+    for name, value in settings.items():
+        if name in typed:
+            continue
+        if name == "seeds":
+            seeds = value
+        elif name == "out":
+            out = value
+        else:
+            options[name] = value
+    return seeds, out
 
 
 def quiet_echo(quiet):
@@ -358,10 +385,13 @@ def quiet_echo(quiet):
 
 @cli.command()
 @click.option("--preset", type=RegistryChoice(preset_names),
-              help="A named grid mirroring the paper's Table 1 cells.")
-@click.option("--datasets", default=None, help="Comma-separated datasets (overrides the preset).")
-@click.option("--archs", default=None, help="Comma-separated architectures (overrides the preset).")
-@click.option("--algos", "rules", default=None, help="Comma-separated learning rules (overrides the preset).")
+              help="A named grid. bartunov-*: the paper's Table 1 cells (and every other rule); table1-*: one "
+                   "block of the Table 1 campaign at length, with its own --epochs, --val-split, --seeds and "
+                   "--out (values typed on the command line win).")
+@click.option("--datasets", default=None, help="Comma-separated datasets (with --preset: a subset of its own).")
+@click.option("--archs", default=None, help="Comma-separated architectures (with --preset: a subset of its own).")
+@click.option("--algos", "rules", default=None,
+              help="Comma-separated learning rules (with --preset: a subset of its own).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Number of seeds (0..N-1).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -388,16 +418,22 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
         cells = cells_from_search(from_search, seeds, options)
     else:
         chosen = select_grid(preset, datasets, archs, rules)
+        seeds, out = apply_preset_settings(preset, options, seeds, out)
         cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["rules"], range(seeds), options,
                            parse_rule_options(rule_opt))
     if status_dir is not None:
         from benchmark.cluster import grid_status
         check_folders("--status", [status_dir])
         selected = preset or datasets or archs or rules or from_search
-        for status, names in grid_status(status_dir, cells if selected else None).items():
+        statuses = grid_status(status_dir, cells if selected else None)
+        for status, names in statuses.items():
             click.echo(f"{status}: {len(names)}")
             for name in names:
                 click.echo(f"  {name}")
+        if selected:
+            from benchmark.campaign import campaign_markdown, campaign_rows, convergence_markdown, convergence_rows
+            click.echo("\n" + campaign_markdown(campaign_rows(status_dir, cells, statuses)))
+            click.echo("\n" + convergence_markdown(convergence_rows(status_dir, cells)))
         return
     check_data_dir(data_dir)
     check_out_dir(out)
