@@ -210,9 +210,10 @@ def training_options(func):
         click.option("--lr-schedule", type=click.Choice(["constant", "multistep", "cosine"]), default="constant",
                      show_default=True,
                      help="multistep: lr times --lr-gamma after each of --lr-milestones epochs; cosine: from lr "
-                          "to 0 over --epochs."),
+                          "to 0 over --epochs (so a cosine run of other --epochs is another run, never extended)."),
         click.option("--lr-milestones", type=EpochList(), default="", help="e.g. 50,75 (with multistep)."),
-        click.option("--lr-gamma", type=FiniteFloat(0, 1), default=0.1, show_default=True),
+        click.option("--lr-gamma", type=FiniteFloat(0, 1), default=0.1, show_default=True,
+                     help="multistep only: the factor at each milestone."),
         click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True), default=None,
                      help="Decoupled decay: multiply every forward weight by (1 - WD) after each step. Default: "
                           "the rule's "

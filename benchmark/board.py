@@ -57,25 +57,22 @@ def write_robustness(directory, run_dirs):
     ``robustness_<state>/corruption_<name>`` carry the error, the step being
     eps x 1000 (or the severity): TensorBoard's x axis then reads as eps.
     Returns how many runs were mirrored."""
-    import json
-
-    from .robustness import RESULT_NAME
+    from .records import ROBUSTNESS_NAME, load_robustness_result
     check_available()
     from torch.utils.tensorboard import SummaryWriter
     mirrored = 0
     for run_dir in run_dirs:
         board_run = os.path.join(directory, os.path.basename(os.path.normpath(run_dir)))
-        path = os.path.join(run_dir, RESULT_NAME)
+        path = os.path.join(run_dir, ROBUSTNESS_NAME)
         if not (os.path.isdir(board_run) and os.path.isfile(path)):
             continue
-        with open(path, encoding="utf-8") as handle:
-            result = json.load(handle)
+        result = load_robustness_result(path)  # RecordError (one line) for a file of the wrong shape
         writer = SummaryWriter(log_dir=board_run)
         for state, entry in result["states"].items():
-            for row in entry["attacks"]:
+            for row in entry.get("attacks", []):
                 writer.add_scalar(f"robustness_{state}/{row['attack']}_{row['gradient']}", row["error"],
                                   round(row["eps"] * 1000))
-            for row in entry["corruptions"]:
+            for row in entry.get("corruptions", []):
                 writer.add_scalar(f"robustness_{state}/corruption_{row['corruption']}", row["error"], row["severity"])
         writer.close()
         mirrored += 1

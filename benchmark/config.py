@@ -11,12 +11,17 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .records import LATER_FIELDS
+from .records import LATER_FIELDS, PROTOCOL_FIELDS
 
 # Records were first written with ``algo`` for the learning rule; they keep
 # that field name (old records load unchanged), while the code says ``rule``.
 RECORD_NAMES = {"rule": "algo"}
 CODE_NAMES = {v: k for k, v in RECORD_NAMES.items()}
+
+
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "multistep", "cosine")
+LENGTH_DEPENDENT_SCHEDULES = ("cosine",)
 
 
 @dataclass
@@ -58,15 +63,22 @@ class RunConfig:
 
     def identity(self):
         """Short hash of the config without ``epochs``: the same run continued
-        for more epochs (``--resume``) keeps its folder. Fields added after
-        the first release are hashed only when set, so older runs keep their
-        names."""
-        fields = dict(self.as_record(), epochs=None)
+        for more epochs (``--resume``, a grid rerun) keeps its folder; except
+        under a schedule whose shape depends on the run's length (cosine),
+        where a longer run is another run (its early epochs had larger
+        rates), so ``epochs`` is hashed. Fields added after the first release
+        are hashed only when set, so older runs keep their names."""
+        fields = dict(self.as_record(), epochs=self.epochs if self.schedule_spans_the_run() else None)
         for key, unset in LATER_FIELDS.items():
             if fields[key] == unset:
                 del fields[key]
         blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+    def schedule_spans_the_run(self):
+        """Whether every epoch's learning rate depends on ``epochs`` (cosine);
+        multistep's milestones are absolute epochs."""
+        return self.lr_schedule in LENGTH_DEPENDENT_SCHEDULES
 
     def run_name(self):
         return f"{self.dataset}-{self.arch}-{self.rule}-seed{self.seed}-{self.identity()}"
@@ -82,10 +94,6 @@ def make_checked_rule(name, options):
         raise ConfigError(str(exc)) from None
 
 
-OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "multistep", "cosine")
-
-
 def check_protocol(options):
     """The optimiser settings make sense together (ConfigError otherwise)."""
     optimizer, schedule = options.get("optimizer", "adam"), options.get("lr_schedule", "constant")
@@ -99,6 +107,11 @@ def check_protocol(options):
         raise ConfigError("--lr-milestones applies to --lr-schedule multistep")
     if schedule == "multistep" and not options.get("lr_milestones"):
         raise ConfigError("--lr-schedule multistep needs --lr-milestones, e.g. 50,75")
+    gamma = options.get("lr_gamma", PROTOCOL_FIELDS["lr_gamma"])
+    if gamma != PROTOCOL_FIELDS["lr_gamma"] and schedule != "multistep":
+        # refused rather than ignored: it would change the run's name and table label, not its training
+        raise ConfigError(f"--lr-gamma {gamma:g} applies to --lr-schedule multistep only (--lr-schedule is "
+                          f"{schedule})")
 
 
 def learning_rate(config, epoch):

@@ -149,7 +149,7 @@ def _run_cell(config, out, data_dir, device, epoch_lines, stream, notes, tensorb
         try:
             record = trainer.run(run_dir, resume=state == "resumable", notes=notes)
         except DeadlineReached as exc:
-            if discard_if_nothing_kept(run_dir, exc, resumed=state != "missing"):
+            if discard_if_nothing_kept(run_dir, exc.epochs_kept, resumed=state != "missing"):
                 return config.run_name(), "deferred", "not started: the deadline came first"
             return config.run_name(), "stopped", f"{exc} (resumable)"
         s = record["summary"]
@@ -261,9 +261,15 @@ def mark_orphans_interrupted(cells, out):
 def worker_died_message(cells, out):
     """Name the cells whose worker died (their record still said running) and mark them interrupted."""
     killed = mark_orphans_interrupted(cells, out)
-    return (f"a grid worker process died (killed by the OS, e.g. out of memory, or kill -9) while training "
-            f"{', '.join(killed) or 'a cell'}; the other running cells kept their last complete epoch: rerun the "
-            f"same command to resume them all")
+    return pool_died_message("grid", f"training {', '.join(killed) or 'a cell'}",
+                             "the other running cells kept their last complete epoch")
+
+
+def pool_died_message(command, doing, kept):
+    """The one line for a ``command`` whose worker process died while
+    ``doing`` (naming the runs it held); ``kept``: what a rerun resumes from."""
+    return (f"a {command} worker process died (killed by the OS, e.g. out of memory, or kill -9) while {doing}; "
+            f"{kept}: rerun the same command to resume them all")
 
 
 def forget_pool_wakeups():

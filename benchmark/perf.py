@@ -293,15 +293,14 @@ def bench_harness(device, families=("mnist", "cifar10"), archs=("fc", "conv", "l
 
 
 # 5. converted networks -----------------------------------------------------------------------------
-CONVERT_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp")
-
-
-def bench_convert(device, batch=128, repeats=7, rules=CONVERT_RULES):
+def bench_convert(device, batch=128, repeats=7, rules=None):
     """A ResNet-20 training step (Adam) as plain PyTorch and converted to each
-    rule: the converted ``bp`` step against the plain one is what conversion
-    itself costs; every rule against converted ``bp`` is what the rule costs."""
-    from models.convert import convert
+    rule (default: every rule convert takes): the converted ``bp`` step against
+    the plain one is what conversion itself costs; every rule against converted
+    ``bp`` is what the rule costs."""
+    from models.convert import backward_rules, convert
     from models.zoo import resnet20
+    rules = backward_rules() if rules is None else rules
 
     def step(model):
         model.to(device)

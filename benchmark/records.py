@@ -46,6 +46,12 @@ BEST_MODEL_NAME = "model_best.pt"  # the best-validation model, with a validatio
 SEARCH_NAME = "search.json"  # a search's own record (benchmark.search)
 SEARCH_TRIALS = "trials"  # the folder of a search's trial runs
 SEARCH_SCHEMA = "biobench.search/1"
+# cli.py robustness's results beside a run's record (benchmark.robustness), and
+# its finished units of an unfinished evaluation
+ROBUSTNESS_NAME = "robustness.json"
+ROBUSTNESS_PARTIAL_NAME = "robustness.partial.json"
+ROBUSTNESS_SCHEMA = "biobench.robustness/1"
+ROBUSTNESS_STATES = ("final", "best")  # the kept models: checkpoint.pt, model_best.pt
 REQUIRED_KEYS = ("schema", "status", "config", "curves", "summary", "params", "alignment")
 CURVE_KEYS = ("epoch", "train_loss", "train_error", "test_loss", "test_error", "val_error", "seconds")
 STATUSES = ("running", "complete", "diverged", "interrupted")
@@ -302,6 +308,87 @@ def _check_alignment(epoch):
             _check_fields(row, ".", LAYER_FIELDS)
         except InvalidRecord as exc:
             raise InvalidRecord(f".layers[{index}]{exc}") from None
+
+
+# robustness.json and robustness.partial.json -------------------------------------------------------------
+def _list_of(kind):
+    test, words = kind
+    return (lambda value: isinstance(value, list) and all(map(test, value))), f"a list, each {words}"
+
+
+# What tables, plots, the report, TensorBoard and a later robustness call read
+# (all optional but ``states``: files written by hand for tests hold less).
+ROBUSTNESS_FIELDS = ({"states": OBJECT}, {"schema": TEXT, "settings": OBJECT, "test_images": INT, "fingerprint": TEXT,
+                                          "notes": _list_of(TEXT)})
+ROBUSTNESS_SETTINGS = ({}, {"eps": _list_of(NUMBER), "attacks": _list_of(TEXT), "gradients": _list_of(TEXT),
+                            "states": _list_of(TEXT), "corruptions": OBJECT, "pgd": OBJECT})
+ROBUSTNESS_PGD = ({}, {"steps": INT, "step_size": NUMBER, "random_start": (lambda v: isinstance(v, bool), "true or "
+                                                                                                        "false")})
+ROBUSTNESS_STATE = ({}, {"model_file": TEXT, "epoch": _or_null(INT), "sha256": TEXT, "clean_error": NUMBER,
+                         "attacks": LIST, "corruptions": LIST, "transfer_source": OBJECT})
+ROBUSTNESS_ROWS = {"attacks": ({"attack": TEXT, "gradient": TEXT, "eps": NUMBER, "error": NUMBER}, {}),
+                   "corruptions": ({"corruption": TEXT, "severity": INT, "error": NUMBER}, {"level": NUMBER})}
+PARTIAL_FIELDS = ({"fingerprint": TEXT, "units": OBJECT}, {"call": TEXT})
+PARTIAL_UNIT = ({"error": NUMBER, "seconds": NUMBER}, {})
+
+
+def _read_json_object(path, what):
+    """The JSON object in ``path``; RecordError (one line, naming the file) otherwise."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if not isinstance(content, dict):
+        raise RecordError(f"{path}: not a {what} (top level is {type(content).__name__})")
+    return content
+
+
+def load_robustness_result(path):
+    """Read and check one robustness.json; RecordError naming the file and
+    the first field a reader would trip on."""
+    result = _read_json_object(path, ROBUSTNESS_SCHEMA + " file")
+    try:
+        check_robustness_result(result)
+    except InvalidRecord as exc:
+        raise RecordError(f"{path}: {exc}") from None
+    return result
+
+
+def check_robustness_result(result):
+    _check_fields(result, "", ROBUSTNESS_FIELDS)
+    if result.get("schema", ROBUSTNESS_SCHEMA) != ROBUSTNESS_SCHEMA:
+        _fail("schema", result["schema"], repr(ROBUSTNESS_SCHEMA))
+    settings = result.get("settings", {})
+    _check_fields(settings, "settings.", ROBUSTNESS_SETTINGS)
+    _check_fields(settings.get("pgd", {}), "settings.pgd.", ROBUSTNESS_PGD)
+    for state, entry in result["states"].items():
+        if state not in ROBUSTNESS_STATES:
+            raise InvalidRecord(f"states.{state} is not a model state; allowed: {', '.join(ROBUSTNESS_STATES)}")
+        if not isinstance(entry, dict):
+            _fail(f"states.{state}", entry, OBJECT[1])
+        _check_fields(entry, f"states.{state}.", ROBUSTNESS_STATE)
+        for key, fields in ROBUSTNESS_ROWS.items():
+            for index, row in enumerate(entry.get(key, [])):
+                where = f"states.{state}.{key}[{index}]"
+                if not isinstance(row, dict):
+                    _fail(where, row, OBJECT[1])
+                _check_fields(row, where + ".", fields)
+
+
+def load_robustness_partial(path):
+    """Read and check a robustness.partial.json (the finished units of an
+    unfinished evaluation); RecordError naming the file and the bad field."""
+    partial = _read_json_object(path, "robustness partial file")
+    try:
+        _check_fields(partial, "", PARTIAL_FIELDS)
+        for unit, done in partial["units"].items():
+            if not isinstance(done, dict):
+                _fail(f"units[{unit!r}]", done, OBJECT[1])
+            _check_fields(done, f"units[{unit!r}].", PARTIAL_UNIT)
+    except InvalidRecord as exc:
+        raise RecordError(f"{path}: {exc}") from None
+    return partial
 
 
 def walk_folders(root):

@@ -28,8 +28,10 @@ changes between the columns is only *which gradient* the attack follows:
 Corruptions (Gaussian noise, Gaussian blur, contrast; severities 1-5 with
 CIFAR-10-C's parameters, Hendrycks & Dietterich 2019) use torchvision's
 functional transforms. Results go into each run folder as ``robustness.json``
-(atomic); finished parts of an interrupted evaluation wait in
-``robustness.partial.json`` and are reused by the same command.
+(atomic), merged with what an earlier call wrote there and this one did not
+recompute (:func:`merge_earlier`); finished parts of an interrupted
+evaluation wait in ``robustness.partial.json`` and are reused by the same
+command.
 """
 import hashlib
 import json
@@ -39,19 +41,28 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, RecordError, RunError, RunInterrupted
+from .errors import ConfigError, GridFailed, RecordError, RunError, RunInterrupted
 from .io import atomic_path, write_json
-from .records import BEST_MODEL_NAME, CHECKPOINT_NAME, code_version, find_records, load_record, versions
+from .records import (
+    BEST_MODEL_NAME,
+    CHECKPOINT_NAME,
+    code_version,
+    find_records,
+    load_record,
+    load_robustness_partial,
+    load_robustness_result,
+    versions,
+)
+from .records import ROBUSTNESS_NAME as RESULT_NAME
+from .records import ROBUSTNESS_PARTIAL_NAME as PARTIAL_NAME
+from .records import ROBUSTNESS_SCHEMA as SCHEMA
+from .records import ROBUSTNESS_STATES as STATES
 
-SCHEMA = "biobench.robustness/1"
-RESULT_NAME = "robustness.json"
-PARTIAL_NAME = "robustness.partial.json"
 # A BP run's true-gradient adversarial examples, kept for the runs that take
 # them as transfer examples (git-ignored; see ``source_examples``).
 EXAMPLES_FOLDER = "transfer-examples"
 ATTACKS = ("fgsm", "pgd", "apgd-dlr")
 GRADIENTS = ("true", "rule", "transfer")
-STATES = ("final", "best")
 # Hendrycks & Dietterich 2019, CIFAR-10-C (32 x 32 images, so also MNIST's
 # 28 x 28; ImageNet-C's blur would wipe a digit out): noise std, blur sigma,
 # contrast factor, for severities 1-5.
@@ -283,14 +294,17 @@ def file_digest(path):
 
 
 def job_status(job, settings):
-    """``done`` when the run's robustness.json has these settings and models, else ``todo``."""
-    path = os.path.join(job.run_dir, RESULT_NAME)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            done = json.load(handle)
-    except (OSError, ValueError):
-        return "todo"
-    return "done" if done.get("fingerprint") == fingerprint(job, settings) else "todo"
+    """``done`` when the run's robustness.json has these settings and models,
+    else ``todo``; RecordError (one line) for a file of the wrong shape, which
+    a later evaluation could not merge with (see :func:`merge_earlier`)."""
+    done = earlier_result(job.run_dir)
+    return "done" if done is not None and done.get("fingerprint") == fingerprint(job, settings) else "todo"
+
+
+def earlier_result(run_dir):
+    """The run's robustness.json, checked (``load_robustness_result``), or None when it has none."""
+    path = os.path.join(run_dir, RESULT_NAME)
+    return load_robustness_result(path) if os.path.exists(path) else None
 
 
 def fingerprint(job, settings):
@@ -344,13 +358,61 @@ def load_model(run_dir, record, state, data, device):
         epoch, expected = saved["epoch"], record["summary"]["best_val_epoch"]
     if epoch != expected:
         raise RunError(f"{path} holds epoch {epoch}, but the record says {expected}; the folder is inconsistent")
+    check_saved_config(path, saved["record"]["config"] if state == "final" else saved["config"], record, run_dir)
     seed_everything(config.seed)
     model, rule, _ = build_model(config, data, device)
+    check_state_dict(path, saved["model"], model.state_dict(), f"the {config.arch} network of {run_dir}'s record")
     model.load_state_dict(saved["model"])
     if state == "final":
         rule.load_state_dict(saved["rule_state"])
     model.eval()
     return model, rule, epoch
+
+
+def check_state_dict(path, kept, expected, what):
+    """RunError naming ``path`` unless the state dict ``kept`` has the tensors
+    of ``expected`` (torch's own message spans lines and names no file)."""
+    missing = [k for k in expected if k not in kept]
+    unexpected = [k for k in kept if k not in expected]
+    reshaped = [k for k in expected if k in kept and tuple(kept[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        first = (missing or unexpected or reshaped)[0]
+        raise RunError(f"{path} does not hold {what}: {len(missing)} tensor(s) missing, {len(unexpected)} "
+                       f"unexpected, {len(reshaped)} of another shape (the first: {first!r})")
+
+
+def check_saved_config(path, saved, record, run_dir):
+    """The config a model file was saved with must be its folder's record's
+    (but ``epochs``: a resumed run extends it after its best epoch): a file
+    copied from another run (another seed) has the same epoch and may well have
+    the same test error."""
+    from .config import RunConfig
+    kept, recorded = (RunConfig.from_record(c).as_record() for c in (saved, record["config"]))
+    differing = sorted(k for k in recorded if k != "epochs" and kept.get(k) != recorded[k])
+    if differing:
+        shown = ", ".join(f"{k} {kept.get(k)!r}" for k in differing[:3])
+        raise RunError(f"{path} holds the model of another run ({shown}; the record of {run_dir} says "
+                       f"{', '.join(f'{k} {recorded[k]!r}' for k in differing[:3])})")
+
+
+def load_checked_model(run_dir, record, state, data, data_dir, device):
+    """:func:`load_model` checked against the run's record, for the evaluated
+    model and its transfer source alike: the test set's size and, on the whole
+    test set, the error the record has for that state (proof that the data
+    under --data-dir and the weights are the run's). Returns ``(model, rule,
+    epoch, whole test error)``."""
+    from .data import Normalizer
+    from .train import error_and_loss
+    name = os.path.basename(os.path.normpath(run_dir))
+    recorded_size = record.get("data", {}).get("test_size")
+    if recorded_size is not None and recorded_size != len(data.test):
+        raise RunError(f"run {name} was tested on {recorded_size} images, but {record['config']['dataset']} "
+                       f"under {data_dir} has {len(data.test)}: point --data-dir at the data it was trained on")
+    model, rule, epoch = load_model(run_dir, record, state, data, device)
+    whole = error_and_loss(model, data.test.to(device), Normalizer(data.mean, data.std, device),
+                           record["config"].get("eval_batch_size", 1000))[0]
+    check_test_error(model_path(run_dir, state), record, state, whole)
+    return model, rule, epoch, whole
 
 
 def attacked_model(model, rule, data, path):
@@ -403,16 +465,15 @@ def attacked_model(model, rule, data, path):
     return Attacked().to(device).eval()
 
 
-def check_test_error(job, record, state, measured):
-    """The loaded model on the whole test set must give the error its record
-    has for that state: proof that the data under --data-dir and the weights
-    are the run's. Up to 0.1% of the test images may flip (another processor
-    or thread count rounds the logits differently), which on a small test set
-    means none."""
+def check_test_error(path, record, state, measured):
+    """The loaded model (kept in ``path``) on the whole test set must give the
+    error its record has for that state. Up to 0.1% of the test images may
+    flip (another processor or thread count rounds the logits differently),
+    which on a small test set means none."""
     summary = record["summary"]
     recorded = summary["final_test_error"] if state == "final" else summary["test_error_at_best_val"]
     if recorded is not None and abs(measured - recorded) > 0.1 + 1e-9:
-        raise RunError(f"run {job.name}'s {state} model has test error {measured:.2f}% on this data, but its record "
+        raise RunError(f"the {state} model {path} has test error {measured:.2f}% on this data, but its record "
                        f"says {recorded:.2f}%: the data under --data-dir or the kept model is not the run's")
 
 
@@ -549,12 +610,14 @@ class Evaluation:
         self.reused = len(self.done)  # units an interrupted earlier call finished: their time is not this call's
 
     def _load_partial(self):
-        try:
-            with open(self.partial_path, encoding="utf-8") as handle:
-                partial = json.load(handle)
-        except (OSError, ValueError):
+        """The units an interrupted call of these settings finished (none for other settings)."""
+        if not os.path.exists(self.partial_path):
             return {}
-        return partial.get("units", {}) if partial.get("fingerprint") == self.key else {}
+        try:
+            partial = load_robustness_partial(self.partial_path)
+        except RecordError as exc:
+            raise RecordError(f"{exc}; delete it to evaluate this run from the start") from None
+        return partial["units"] if partial["fingerprint"] == self.key else {}
 
     def _unit(self, unit, compute):
         """The unit's number: from a finished earlier attempt, else computed and kept."""
@@ -569,7 +632,7 @@ class Evaluation:
 
         from models.layers import frozen_parameters
 
-        from .data import Normalizer, Split, stratified_subset
+        from .data import Normalizer, stratified_subset
         from .train import error_and_loss
         started = time.time()
         job, s = self.job, self.settings
@@ -577,27 +640,20 @@ class Evaluation:
         data = dataset_of(config["dataset"], self.data_dir)
         if data.test.images.dtype != torch.uint8:
             raise RunError(f"dataset {config['dataset']} does not hold 8-bit images, so it has no pixel bounds")
-        recorded_size = record.get("data", {}).get("test_size")
-        if recorded_size is not None and recorded_size != len(data.test):
-            raise RunError(f"run {job.name} was tested on {recorded_size} images, but {config['dataset']} under "
-                           f"{self.data_dir} has {len(data.test)}: point --data-dir at the data it was trained on")
-        full_test = Split(data.test.images.to(self.device), data.test.labels.to(self.device))
-        test = full_test
-        if s["test_subset"] and s["test_subset"] < len(test):
-            subset = data.test.subset(stratified_subset(data.test.labels, s["test_subset"], seed=s["subset_seed"]))
-            test = Split(subset.images.to(self.device), subset.labels.to(self.device))
-        pixels, labels = test.images.float().div(255), test.labels
+        whole_set = s["test_subset"] == 0 or s["test_subset"] >= len(data.test)
+        test = (data.test if whole_set else data.test.subset(
+            stratified_subset(data.test.labels, s["test_subset"], seed=s["subset_seed"]))).to(self.device)
+        pixels, labels = test.images.float().div(255), test.labels  # the images every number here is measured on
         eval_batch = config.get("eval_batch_size", 1000)
         result = {"schema": SCHEMA, "run_id": job.name, "fingerprint": self.key,
                   "config": {k: config[k] for k in ("dataset", "arch", "algo", "seed")},
                   "settings": s, "test_images": len(labels), "attack_library": "torchattacks",
                   "versions": library_versions(), "code": code_version(), "states": {}, "notes": list(job.notes)}
         for state, file_name in job.models.items():
-            model, rule, epoch = load_model(job.run_dir, record, state, data, self.device)
+            model, rule, epoch, whole = load_checked_model(job.run_dir, record, state, data, self.data_dir,
+                                                           self.device)
             normalizer = Normalizer(data.mean, data.std, self.device)
-            whole = error_and_loss(model, full_test, normalizer, eval_batch)[0]
-            check_test_error(job, record, state, whole)
-            clean = whole if test is full_test else error_and_loss(model, test, normalizer, eval_batch)[0]
+            clean = whole if whole_set else error_and_loss(model, test, normalizer, eval_batch)[0]
             model.eval()
             applicable, rule_text = rule_gradient(model, rule)
             if applicable and not hasattr(rule, "estimate_input_gradient"):
@@ -628,8 +684,12 @@ class Evaluation:
                             entry["attacks"].append({"attack": attack, "gradient": gradient, "eps": eps,
                                                      "error": error})
                 if "transfer" in s["gradients"] and job.source:
-                    entry["transfer_source"] = self._transfer(entry, state, model, data, pixels, labels, eval_batch,
-                                                              clean)
+                    source = self._transfer(entry, state, model, data, pixels, labels, eval_batch, clean)
+                    if source is None:
+                        result["notes"].append(f"transfer ({state}): the BP run {os.path.basename(job.source)} keeps "
+                                               f"no {BEST_MODEL_NAME}, and its final model is not this state's")
+                    else:
+                        entry["transfer_source"] = source
             for name, levels in s["corruptions"].items():
                 for severity, level in enumerate(levels, start=1):
                     unit = f"{state}/corruption/{name}/{severity}"
@@ -649,6 +709,7 @@ class Evaluation:
                             "units_from_earlier_calls": self.reused,
                             "seconds_by_kind": by_kind,
                             "device": str(self.device), "torch_threads": torch.get_num_threads()}
+        result = merge_earlier(result, earlier_result(job.run_dir), job.run_dir)
         write_json(os.path.join(job.run_dir, RESULT_NAME), result)
         try:
             os.unlink(self.partial_path)
@@ -657,24 +718,107 @@ class Evaluation:
         return result
 
     def _transfer(self, entry, state, model, data, pixels, labels, eval_batch, clean):
-        """Errors of ``model`` on the BP source's adversarial examples; returns the source's description."""
+        """Errors of ``model`` on the adversarial examples of the BP source's
+        model of the same ``state``, checked against the source's record first;
+        returns the source's description, or None when it keeps no such model."""
         source_dir = self.job.source
         source_record = load_record(os.path.join(source_dir, "record.json"))
         source_models = kept_models(source_dir, source_record, STATES)
-        source_state = state if state in source_models else "final"
+        if state not in source_models:
+            return None
+        try:
+            source_model(source_dir, source_record, state, self.data_dir, self.device)
+        except RunError as exc:
+            raise RunError(f"transfer source of {self.job.name}: {exc}") from None
         for attack in self.settings["attacks"]:
             for eps in self.settings["eps"]:
                 unit = f"{state}/{attack}/transfer/{eps!r}"
 
                 def compute(attack=attack, eps=eps):
-                    adv = source_examples(source_dir, source_record, source_state, attack, eps, self.settings,
+                    adv = source_examples(source_dir, source_record, state, attack, eps, self.settings,
                                           self.data_dir, self.device, pixels, labels)
                     return pixel_error(model, data, adv, labels, eval_batch)
                 error = clean if eps == 0 else self._unit(unit, compute)
                 entry["attacks"].append({"attack": attack, "gradient": "transfer", "eps": eps, "error": error})
-        return {"run_id": os.path.basename(source_dir), "state": source_state,
-                "model_file": source_models[source_state],
-                "sha256": file_digest(os.path.join(source_dir, source_models[source_state]))}
+        return {"run_id": os.path.basename(source_dir), "state": state, "model_file": source_models[state],
+                "sha256": file_digest(os.path.join(source_dir, source_models[state]))}
+
+
+# The settings that decide a row's number besides the model and the row's own
+# (attack, gradient, eps): rows made under other values are never kept beside new ones.
+PROTOCOL_KEYS = ("norm", "pixel_range", "pgd", "test_subset", "subset_seed", "batch_size")
+
+
+def merge_earlier(result, earlier, run_dir):
+    """``result`` (this call's) with what the run's ``earlier``
+    robustness.json holds and this call did not recompute (other states,
+    attacks, gradients, eps, corruptions), so a narrower call never drops
+    results: kept where they were measured with the same protocol
+    (``PROTOCOL_KEYS``) on the model file still there, transfer rows only
+    from this call's source or when this call had none. Notes say what was
+    kept or dropped."""
+    if earlier is None:
+        return result
+    old_settings, notes = earlier.get("settings", {}), result["notes"]
+    if any(old_settings.get(key) != result["settings"][key] for key in PROTOCOL_KEYS):
+        notes.append(f"earlier results made with other settings ({', '.join(PROTOCOL_KEYS)}) were replaced")
+        return result
+    kept_any = False
+    for state, old in earlier["states"].items():
+        path = model_path(run_dir, state)
+        if not os.path.exists(path) or old.get("sha256") != file_digest(path):
+            if state not in result["states"]:
+                notes.append(f"{state}: earlier results of another model file were dropped")
+            continue
+        if state not in result["states"]:
+            result["states"][state] = old
+            notes.append(f"{state}: kept from an earlier call")
+            kept_any = True
+            continue
+        kinds = _keep_rows(result["states"][state], old)
+        if kinds:
+            notes.append(f"{state}: {', '.join(kinds)} rows kept from an earlier call")
+            kept_any = True
+    if kept_any:
+        result["settings"] = merged_settings(result["settings"], old_settings, result["states"])
+        result["states"] = {state: result["states"][state] for state in STATES if state in result["states"]}
+    return result
+
+
+def _keep_rows(entry, old):
+    """Add to ``entry`` (one state, this call's) the rows of ``old`` (the same
+    state, earlier) it has not; returns their kinds (gradients, corruption)."""
+    same_source = entry.get("transfer_source") in (None, old.get("transfer_source"))
+    have = {(r["attack"], r["gradient"], r["eps"]) for r in entry["attacks"]}
+    attacks = [r for r in old.get("attacks", []) if (r["attack"], r["gradient"], r["eps"]) not in have
+               and (r["gradient"] != "transfer" or same_source)]
+    if any(r["gradient"] == "transfer" for r in attacks) and "transfer_source" in old:
+        entry["transfer_source"] = old["transfer_source"]
+    have = {(r["corruption"], r["severity"]) for r in entry["corruptions"]}
+    corruptions = [r for r in old.get("corruptions", []) if (r["corruption"], r["severity"]) not in have]
+    entry["attacks"] += attacks
+    entry["corruptions"] += corruptions
+    return sorted({r["gradient"] for r in attacks}) + (["corruption"] if corruptions else [])
+
+
+def merged_settings(new, old, states):
+    """``new`` with the lists of ``old`` added (this call's first), the states
+    those in ``states``; the rows of ``states`` sorted as one call writes them."""
+    def union(first, second):
+        return list(dict.fromkeys([*first, *second]))
+    levels = {**old.get("corruptions", {}), **new["corruptions"]}
+    merged = dict(new, eps=sorted(set(new["eps"]) | set(old.get("eps", []))),
+                  attacks=union(new["attacks"], old.get("attacks", [])),
+                  gradients=union(new["gradients"], old.get("gradients", [])),
+                  corruptions={name: levels[name] for name in union(new["corruptions"], old.get("corruptions", {}))},
+                  states=[state for state in STATES if state in states])
+    attack_order = {name: i for i, name in enumerate(merged["attacks"])}
+    corruption_order = {name: i for i, name in enumerate(merged["corruptions"])}
+    for entry in states.values():
+        entry["attacks"].sort(key=lambda r: (GRADIENTS.index(r["gradient"]) if r["gradient"] in GRADIENTS
+                                             else len(GRADIENTS), attack_order.get(r["attack"], 0), r["eps"]))
+        entry["corruptions"].sort(key=lambda r: (corruption_order.get(r["corruption"], 0), r["severity"]))
+    return merged
 
 
 def examples_path(source_dir, state, attack, eps, settings):
@@ -724,10 +868,7 @@ def source_examples(source_dir, record, state, attack, eps, settings, data_dir, 
         adv = kept_examples(path, pixels)
         if adv is None:
             data = dataset_of(record["config"]["dataset"], data_dir)
-            model_key = (os.path.realpath(source_dir), state, file_digest(model_path(source_dir, state)))
-            if _SOURCE_MODEL.get("key") != model_key:  # the last source's model, built once for all its examples
-                _SOURCE_MODEL.update(key=model_key, loaded=load_model(source_dir, record, state, data, device))
-            model, rule, _ = _SOURCE_MODEL["loaded"]
+            model, rule = source_model(source_dir, record, state, data_dir, device)
             with frozen_parameters(model.parameters()):
                 reseed(rule, unit_seed(record["config"]["seed"], f"{state}/{attack}/true/{eps!r}"))
                 module = attacked_model(model, rule, data, "true")
@@ -735,6 +876,18 @@ def source_examples(source_dir, record, state, attack, eps, settings, data_dir, 
             keep_examples(path, adv)
         _SOURCE_CACHE[path] = adv
     return _SOURCE_CACHE[path]
+
+
+def source_model(source_dir, record, state, data_dir, device):
+    """``(model, rule)`` of the BP source's ``state``, checked against its
+    record as an evaluated model is (:func:`load_checked_model`); the last
+    source's stays loaded, for all its examples and targets."""
+    key = (os.path.realpath(source_dir), state, file_digest(model_path(source_dir, state)), str(device))
+    if _SOURCE_MODEL.get("key") != key:
+        data = dataset_of(record["config"]["dataset"], data_dir)
+        _SOURCE_MODEL.update(key=key, loaded=load_checked_model(source_dir, record, state, data, data_dir,
+                                                                device)[:2])
+    return _SOURCE_MODEL["loaded"]
 
 
 # many runs -----------------------------------------------------------------------------------------
@@ -781,18 +934,28 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
     go first and each source's targets follow it, so a worker that made a
     source's examples reuses them."""
     import multiprocessing
+    import socket
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    from .grid import forget_pool_wakeups
+    from .grid import forget_pool_wakeups, pool_died_message
+    from .locks import RunLock
     todo = [job for job in jobs if job_status(job, settings) == "todo"]
     todo.sort(key=lambda j: (j.record["config"]["algo"] != "bp", j.source or j.run_dir, j.run_dir))
     threads = threads or max(1, (os.cpu_count() or 1) // jobs_count)
     echo(f"robustness: {len(jobs)} run(s), {len(jobs) - len(todo)} already evaluated, {len(todo)} to evaluate "
          f"({jobs_count} job(s) x {threads} thread(s))")
-    counts, started = {}, time.time()
+    counts, started, reported = {}, time.time(), set()
+    targets = {}  # a BP run's folder -> the runs whose transfer examples it makes
+    for job in jobs:
+        if job.source:
+            targets.setdefault(os.path.realpath(job.source), []).append(job.name)
 
-    def report(done, result):
+    def report(done, job, result):
         name, status, message = result
+        reported.add(job.run_dir)
+        if status == "failed" and os.path.realpath(job.run_dir) in targets:
+            message += f" (it is the transfer source of {', '.join(targets[os.path.realpath(job.run_dir)])})"
         counts[status] = counts.get(status, 0) + 1
         elapsed = time.time() - started
         eta = elapsed / done * (len(todo) - done)
@@ -803,13 +966,24 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
     try:
         if jobs_count == 1:
             for done, arg in enumerate(args, 1):
-                report(done, evaluate_job(*arg))
+                report(done, arg[0], evaluate_job(*arg))
             return counts
         pool = ProcessPoolExecutor(max_workers=jobs_count)
         try:
-            futures = [pool.submit(evaluate_job, *arg) for arg in args]
+            futures = {pool.submit(evaluate_job, *arg): arg[0] for arg in args}
+            # each worker's lock line (RunLock writes "host pid"), to tell which runs a dead pool held
+            workers = {f"{socket.gethostname()} {child.pid}" for child in multiprocessing.active_children()}
             for done, future in enumerate(as_completed(futures), 1):
-                report(done, future.result())
+                report(done, futures[future], future.result())
+        except BrokenProcessPool:
+            # A worker was killed (out of memory, kill -9); the pool has ended the
+            # others. Their runs keep their finished units in robustness.partial.json.
+            pool.shutdown(wait=True)
+            held = [job.name for job in todo if job.run_dir not in reported and RunLock(job.run_dir).holder()
+                    in workers and job_status(job, settings) == "todo"]
+            raise GridFailed(pool_died_message("robustness", f"evaluating {', '.join(held) or 'a run'}",
+                                               "the finished attacks of each are kept in its "
+                                               f"{PARTIAL_NAME}")) from None
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             for worker in multiprocessing.active_children():

@@ -3,7 +3,7 @@ import os
 import shutil
 
 from .config import resolve_run_config
-from .errors import ConfigError, RunError, RunInterrupted
+from .errors import ConfigError, RunError
 from .locks import RunLock
 from .records import CHECKPOINT_NAME
 
@@ -29,11 +29,11 @@ def claim_run_dir(out, name, resume):
     raise RunError(f"too many runs named {name} in {out}")
 
 
-def discard_if_nothing_kept(run_dir, stopped, resumed):
-    """Remove the folder of a run that ``stopped`` (a RunInterrupted) before
-    its first epoch, when it was not resumed: there is nothing to resume, and
-    rerunning the command then reuses the name. Returns whether it did."""
-    if stopped.epochs_kept != 0 or resumed:
+def discard_if_nothing_kept(run_dir, epochs_kept, resumed):
+    """Remove the folder of a run that stopped (or crashed) before its first
+    epoch, when it was not resumed: there is nothing to resume, and rerunning
+    the command then reuses the name. Returns whether it did."""
+    if epochs_kept != 0 or resumed:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return True
@@ -53,6 +53,10 @@ def start_run(options, rule_options, data_dir, out, device="auto", progress=True
         raise ConfigError(str(exc)) from None
     first = os.path.join(out, config.run_name())
     if resume and not os.path.exists(os.path.join(first, CHECKPOINT_NAME)):
+        if config.schedule_spans_the_run():
+            raise RunError(f"--resume: no checkpoint for this config at {first}: a {config.lr_schedule} schedule "
+                           f"depends on --epochs, so a run of {config.epochs} epochs is a run of its own and no "
+                           f"shorter one is extended into it; run without --resume to train it")
         raise RunError(f"--resume: no checkpoint for this config at {first}; run without --resume first")
     run_dir = claim_run_dir(out, config.run_name(), resume)
     # The same lock grid cells take: two processes never train in one folder, resumed or not.
@@ -66,6 +70,6 @@ def start_run(options, rule_options, data_dir, out, device="auto", progress=True
             notes["repeat_of"] = os.path.basename(first)
         try:
             return trainer.run(run_dir, resume=resume, notes=notes), run_dir
-        except RunInterrupted as exc:
-            discard_if_nothing_kept(run_dir, exc, resume)
+        except Exception:  # stopped or crashed: the record on disk is the checkpoint's, marked interrupted
+            discard_if_nothing_kept(run_dir, trainer.epochs_kept(), resume)
             raise

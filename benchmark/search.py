@@ -13,6 +13,8 @@ choice.
 Successive halving (optional, ``halving=eta``): every trial trains
 ``min_epochs``; the best ``1/eta`` (rounded up) continue to ``eta`` times as
 many epochs (resumed from their checkpoints), and so on until ``epochs``.
+Under a cosine schedule, whose rates depend on the run's length, a longer
+trial is a run of its own (``RunConfig.identity``): each rung trains afresh.
 """
 import dataclasses
 import hashlib

@@ -14,7 +14,7 @@ import pandas as pd
 from models import RULES
 
 from .errors import RecordError
-from .records import LATER_FIELDS, find_records, load_record
+from .records import LATER_FIELDS, ROBUSTNESS_NAME, find_records, load_record, load_robustness_result
 
 # Output files keep the column names they were first published with.
 OUTPUT_COLUMNS = {"rule": "algo"}
@@ -406,12 +406,15 @@ GRADIENT_TITLES = {"true": "true gradient", "rule": "rule gradient", "transfer":
 CORRUPTION_TITLES = {"gaussian_noise": "noise", "gaussian_blur": "blur", "contrast": "contrast"}
 
 
-def _read_robustness(run):
-    path = os.path.join(os.path.dirname(run.path), "robustness.json")
+def _read_robustness(run, warn):
+    """The run's robustness.json (checked), or None: none there, or a bad one (skipped with a ``warn``ing)."""
+    path = os.path.join(os.path.dirname(run.path), ROBUSTNESS_NAME)
+    if not os.path.exists(path):
+        return None
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+        return load_robustness_result(path)
+    except RecordError as exc:
+        warn(f"skipped {exc}")
         return None
 
 
@@ -421,7 +424,7 @@ def _evaluated_runs(runs, warn):
     overlapping roots cannot count a seed twice."""
     found = {}
     for index, run in runs.iterrows():
-        result = _read_robustness(run)
+        result = _read_robustness(run, warn)
         if result is None:
             continue
         if run.status != "complete":

@@ -126,8 +126,14 @@ def signals_deferred():
             signal.signal(sig, handler)
 
 
-def check_resumable(record, epochs, run_dir):
-    done = record["summary"]["epochs_done"]
+def check_resumable(record, config, run_dir):
+    """RunError unless the run in ``run_dir`` can go on to ``config.epochs``."""
+    done, epochs, planned = record["summary"]["epochs_done"], config.epochs, record["config"]["epochs"]
+    if config.schedule_spans_the_run() and planned != epochs:
+        # Its epochs so far had another schedule's rates: going on would pass a mix for an epochs-long run.
+        raise RunError(f"--resume --epochs {epochs}: {run_dir} was trained on a {planned}-epoch "
+                       f"{config.lr_schedule} schedule, whose every rate depends on its length; run without "
+                       f"--resume for a {epochs}-epoch run (it gets a folder of its own)")
     if done > epochs:
         raise RunError(f"--resume --epochs {epochs}: {run_dir} already has {done} epochs; give --epochs {done} "
                        f"or more to extend it (a record never claims fewer epochs than it has)")
@@ -196,6 +202,7 @@ class Trainer:
         # run has timed one, an epoch is taken to last ``epoch_estimate`` seconds.
         self.deadline, self.epoch_estimate = deadline, epoch_estimate
         self.prepared = False
+        self.kept = None  # the record of the checkpoint on disk, once run() has one
 
     def prepare(self):
         """Load the data, build the model, attach the rule; idempotent."""
@@ -239,6 +246,9 @@ class Trainer:
             raise mark_stopped(run_dir, self.kept, resume) from None
         except OSError as exc:  # a full disk, a folder gone: what is on disk decides what is kept
             raise mark_stopped(run_dir, self.kept, resume, exc) from None
+        except Exception:  # a crash (a bug): the record must not say "running"; the error keeps its traceback
+            mark_stopped(run_dir, self.kept, resume)
+            raise
         finally:
             if board is not None:
                 board.close()
@@ -249,9 +259,13 @@ class Trainer:
         write_json(records.record_path(run_dir), record)
         return record
 
+    def epochs_kept(self):
+        """Complete epochs in the run's checkpoint on disk (0 before it has one)."""
+        return self.kept["summary"]["epochs_done"] if self.kept is not None else 0
+
     def _resume(self, run_dir):
         state = load_checkpoint(run_dir, self.config.as_record(), self.device)
-        check_resumable(state["record"], self.config.epochs, run_dir)
+        check_resumable(state["record"], self.config, run_dir)
         record = restore_training_state(state, self.model, self.optimizer, self.rule, self.generators)
         note_resumed(record, describe_device(self.device))
         return record

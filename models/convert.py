@@ -1,5 +1,6 @@
-"""``convert``: any PyTorch model, trained by any rule of the feedback-alignment
-family (or BP), with its own parameters.
+"""``convert``: any PyTorch model, trained with its own parameters and its
+user's own loop by any rule whose whole update is one backward pass (BP and
+the feedback-alignment family; rules with a step of their own are refused).
 
 Every ``nn.Linear`` and ``nn.Conv2d`` of the model becomes biobench's layer of
 that kind *holding the same Parameter objects* under the same names, so the
@@ -19,11 +20,15 @@ import sys
 import torch
 from torch import nn
 
-from .layers import Conv2d, FeedbackLayer, Linear, feedback_layers
+from .layers import Conv2d, FeedbackLayer, Linear, feedback_layers, layer_label, traced_layer_inputs
 from .rules import RULES, make_rule
 
-# Rules convert supports on any graph; target propagation needs a chain (see below).
-GRAPH_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp")
+
+def backward_rules():
+    """The rules convert takes: those whose whole update is one ``loss.backward()``
+    and optimiser step (``LearningRule.learns_by_backward``), so the user's own
+    training loop is the rule's update."""
+    return [name for name in RULES.registered() if RULES.get(name).learns_by_backward]
 
 
 def _swapped(module):
@@ -74,6 +79,71 @@ def exact_modules(model):
     return counts
 
 
+def _refuse_empty_layers(model):
+    """A layer without weights (e.g. ``nn.Linear(10, 0)``) has nothing to learn
+    and sizes its feedback by zero: one line naming it, not a ZeroDivisionError."""
+    from benchmark.errors import ConfigError
+    for module in model.modules():
+        if (type(module) in (nn.Linear, nn.Conv2d) or isinstance(module, FeedbackLayer)) \
+                and module.weight.numel() == 0:
+            raise ConfigError(f"convert: {layer_label(model, module)} has an empty weight of shape "
+                              f"{tuple(module.weight.shape)}; a layer without weights cannot learn")
+
+
+def record_layer_order(model, input_shape):
+    """Store, for ``feedback_layers``, the order in which one forward pass of
+    ``input_shape`` runs the layers: which layer is first (it sends no error
+    down) and which is the output is the forward pass's, not ``__init__``'s."""
+    from benchmark.errors import ConfigError
+    try:
+        traced = list(traced_layer_inputs(model, input_shape))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"convert: {type(model).__name__} cannot run one input of input_shape "
+                          f"{tuple(input_shape)}: {first_line}") from None
+    never_run = [layer for layer in feedback_layers(model) if layer not in traced]
+    # Layers this pass skips (say a head used in training mode only) are neither first nor output.
+    model.biobench_layer_order = traced[:-1] + never_run + traced[-1:]
+
+
+class FirstForwardOrderCheck:
+    """Without ``input_shape`` convert takes the registration order. The
+    model's first forward pass shows whether it runs the first and the output
+    layer first and last; where it does not, that and every later forward is
+    refused until the model is converted again with ``input_shape``. The hooks
+    are bound methods, so a deep copy of the model checks its own layers."""
+
+    def __init__(self, model):
+        self.model, self.layers, self.calls = model, feedback_layers(model), []
+        self.handles = [layer.register_forward_pre_hook(self.note) for layer in self.layers]
+        self.handles += [model.register_forward_pre_hook(self.start), model.register_forward_hook(self.check)]
+
+    def start(self, model, args):
+        self.calls.clear()
+
+    def note(self, layer, args):
+        self.calls.append(layer)
+
+    def check(self, model, args, output):
+        if not self.calls:
+            return
+        first, last = self.calls[0], self.calls[-1]
+        if first is self.layers[0] and last is self.layers[-1]:
+            self.remove()
+            return
+        from benchmark.errors import ConfigError
+        names = {module: name for name, module in model.named_modules()}
+        raise ConfigError(f"convert: {type(model).__name__} runs {names[first]!r} first and {names[last]!r} "
+                          f"last but registers {names[self.layers[0]]!r} first and {names[self.layers[-1]]!r} "
+                          f"last, and without input_shape convert took the registration order; convert it "
+                          f"again with input_shape (one sample's shape) so that it traces the order")
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
 def detach_rule(model):
     """Undo a previous conversion's rule: no rule on any layer, no feedback buffers."""
     for layer in feedback_layers(model):
@@ -84,9 +154,20 @@ def detach_rule(model):
             del layer.feedback_route
 
 
-def _forgive_missing_feedback(module, incompatible):
-    """A plain model's checkpoint has no feedback: keep the drawn one."""
-    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if ".feedback_" not in f".{k}"]
+def feedback_keys(model):
+    """The ``state_dict`` keys of the feedback buffers a rule added to the
+    model's layers (a user's own ``feedback_*`` names elsewhere are not among them)."""
+    return {f"{name}.{buffer}" if name else buffer
+            for name, module in model.named_modules() if isinstance(module, FeedbackLayer)
+            for buffer, _ in module.named_buffers(recurse=False) if buffer.startswith("feedback_")}
+
+
+def _keep_drawn_feedback(layer, state_dict, prefix, *args):
+    """A plain model's checkpoint has no feedback: the layer keeps the drawn one
+    (load_state_dict hands this hook its own copy of the checkpoint)."""
+    for name, buffer in layer.named_buffers(recurse=False):
+        if name.startswith("feedback_"):
+            state_dict.setdefault(prefix + name, buffer)
 
 
 def convert(model, rule, *, seed=0, input_shape=None, strict=False, init_weights="keep", quiet=False,
@@ -117,11 +198,24 @@ def convert(model, rule, *, seed=0, input_shape=None, strict=False, init_weights
         learning_rule = make_rule(rule, **rule_options)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if not learning_rule.learns_by_backward:
+        raise ConfigError(f"convert: rule {rule!r} updates the weights in its own train_step, not by "
+                          f"loss.backward() and an optimiser step, so a converted model would not learn by "
+                          f"{rule}; train it with `cli.py run --algo {rule}` (your network as an architecture "
+                          f"plug-in: docs/extending.md); convert takes {', '.join(backward_rules())}")
+    _refuse_empty_layers(model)
     model = swap_layers(model)
     layers = feedback_layers(model)
     if not layers:
         raise ConfigError(f"convert: {type(model).__name__} has no Linear, Conv2d or LocallyConnected2d layer "
                           f"for a rule to train")
+    previous_check = getattr(model, "biobench_order_check", None)
+    if previous_check is not None:
+        previous_check.remove()
+        del model.biobench_order_check
+    if input_shape is not None:
+        record_layer_order(model, input_shape)
+        layers = feedback_layers(model)
     exact = exact_modules(model)
     if exact and strict:
         raise ConfigError("convert(strict=True): no rule reaches " + ", ".join(f"{n} ({c})" for n, c in exact.items()))
@@ -135,9 +229,12 @@ def convert(model, rule, *, seed=0, input_shape=None, strict=False, init_weights
     except ValueError as exc:
         raise ConfigError(f"convert: {exc}") from None
     for layer in layers:
-        if not getattr(layer, "_forgives_missing_feedback", False):
-            layer.register_load_state_dict_post_hook(_forgive_missing_feedback)
-            layer._forgives_missing_feedback = True
+        if not getattr(layer, "_keeps_drawn_feedback", False):
+            layer.register_load_state_dict_pre_hook(_keep_drawn_feedback)
+            layer._keeps_drawn_feedback = True
+    # Registration order stands in for the forward order only until the first forward checks it.
+    if getattr(model, "biobench_layer_order", None) is None and any(layer.rule is not None for layer in layers):
+        model.biobench_order_check = FirstForwardOrderCheck(model)
     model.biobench_rule = learning_rule
     if not quiet:
         kinds = {}
@@ -151,4 +248,5 @@ def convert(model, rule, *, seed=0, input_shape=None, strict=False, init_weights
 
 def plain_state_dict(model):
     """``model.state_dict()`` without the feedback buffers: the keys of the model before conversion."""
-    return {k: v for k, v in model.state_dict().items() if not k.rsplit(".", 1)[-1].startswith("feedback_")}
+    added = feedback_keys(model)
+    return {k: v for k, v in model.state_dict().items() if k not in added}

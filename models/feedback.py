@@ -63,9 +63,20 @@ class DirectRoute:
     ``e`` (its own error signal) on the way down; the backward pass reaches the
     layers below it only afterwards, so ``e`` is always there when needed."""
 
-    def __init__(self, holder, captures_error):
+    def __init__(self, holder, captures_error, label, input_shape):
         self.holder = holder
         self.captures_error = captures_error
+        self.label = label  # the layer, as messages name it
+        self.input_shape = tuple(input_shape)  # per sample, what B was sized for
+
+    def check_input(self, x):
+        """Refuse, at the forward, an input B was not sized for (the backward's
+        matrix product would fail with shapes that name no layer)."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            from benchmark.errors import ConfigError
+            raise ConfigError(f"{self.label} gets inputs of shape {tuple(x.shape[1:])}, but its direct feedback "
+                              f"was sized for {self.input_shape}; convert the model again with this data's "
+                              f"input_shape")
 
     def input_grad(self, grad_out, backward_weight, input_shape):
         if self.captures_error:
@@ -110,4 +121,6 @@ class FeedbackFunction(torch.autograd.Function):
 
 
 def apply_feedback(x, weight, bias, backward_weight, ops, route=None):
+    if route is not None:
+        route.check_input(x)
     return FeedbackFunction.apply(x, weight, bias, backward_weight, ops, route)

@@ -106,8 +106,46 @@ class Conv2d(FeedbackLayer, nn.Conv2d):
 
 
 def feedback_layers(model):
-    """The model's learnable layers in forward order (module registration order)."""
-    return [m for m in model.modules() if isinstance(m, FeedbackLayer)]
+    """The model's learnable layers in forward order: the order of a traced
+    forward pass where ``convert`` recorded one (``model.biobench_layer_order``),
+    else module registration order (biobench's own networks register theirs
+    in forward order)."""
+    registered = [m for m in model.modules() if isinstance(m, FeedbackLayer)]
+    traced = getattr(model, "biobench_layer_order", None)
+    if traced is not None and len(traced) == len(registered) and set(traced) == set(registered):
+        return list(traced)
+    return registered  # no trace, or the model's layers changed since
+
+
+def layer_label(model, layer):
+    """How a message names ``layer`` of ``model``: its qualified name and kind."""
+    name = next(n for n, m in model.named_modules() if m is layer)
+    return f"layer {name!r} ({type(layer).__name__})" if name else f"the model ({type(layer).__name__})"
+
+
+def traced_layer_inputs(model, input_shape):
+    """``{layer: its per-sample input shape}`` of the model's learnable layers,
+    in the order one dry forward pass of a zero input of ``input_shape`` (one
+    sample's) first calls them (layers the pass never calls are left out)."""
+    layers = [m for m in model.modules() if isinstance(m, FeedbackLayer)]
+    shapes = {}
+
+    def record(module, args):
+        shapes.setdefault(module, tuple(args[0].shape[1:]))
+
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    training = [(m, m.training) for m in model.modules()]
+    model.eval()  # the dry pass must not move BatchNorm's running statistics
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros((1,) + tuple(input_shape), dtype=param.dtype, device=param.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, mode in training:
+            module.train(mode)
+    return shapes
 
 
 @contextmanager

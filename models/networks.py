@@ -91,7 +91,7 @@ def build_network(arch, family, num_classes):
     if family not in INPUT_SHAPES:
         raise ValueError(f"unknown input family {family!r}; allowed: {', '.join(INPUT_SHAPES)}")
     if arch.startswith(TORCHVISION_PREFIX):
-        return swap_layers(torchvision_model(arch[len(TORCHVISION_PREFIX):], num_classes))
+        return swap_layers(torchvision_model(arch[len(TORCHVISION_PREFIX):], family, num_classes))
     return swap_layers(ARCHS.get(arch)(family, num_classes))
 
 

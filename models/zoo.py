@@ -13,10 +13,12 @@ their Linear and Conv2d layers like any user's model):
   shortcuts: strided identity padded with zero channels), Kaiming init;
   ResNet-20 has 269,722 parameters, ResNet-56 853,018.
 * ``torchvision:<name>``: any torchvision classification model, untrained,
-  with ``num_classes`` outputs (for image folders).
+  with ``num_classes`` outputs (for image folders; refused before training
+  on inputs it cannot take, such as MNIST's single channel).
 """
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -115,12 +117,38 @@ def torchvision_names():
     return [TORCHVISION_PREFIX + name for name in models.list_models(module=models)]
 
 
-def torchvision_model(name, num_classes):
+def torchvision_model(name, family, num_classes):
+    """torchvision's ``name``, untrained, with ``num_classes`` outputs, once it
+    is known to run on ``family`` inputs (see :func:`check_takes_inputs`)."""
     from torchvision import models
     if name not in models.list_models(module=models):
         raise ValueError(f"unknown torchvision classification model {name!r}; e.g. "
                          f"{', '.join(models.list_models(module=models)[:6])}, ...")
-    return models.get_model(name, weights=None, num_classes=num_classes)
+    model = models.get_model(name, weights=None, num_classes=num_classes)
+    check_takes_inputs(model, TORCHVISION_PREFIX + name, family)
+    return model
+
+
+def check_takes_inputs(model, arch, family):
+    """ValueError, in one line, unless ``model`` runs on a ``family`` input.
+    torchvision's networks are built for 3-channel images of some least size
+    and are used as published (their stem is not adapted, unlike ResNet-20's):
+    a mismatch is said before training, never met at the first step."""
+    shape = INPUT_SHAPES[family]
+    inputs = f"{family} inputs {'x'.join(map(str, shape))}"
+    stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if stem is not None and stem.in_channels != shape[0]:
+        raise ValueError(f"architecture {arch!r} takes {stem.in_channels}-channel images, not {inputs}")
+    training = model.training
+    model.eval()  # a batch of one through batch norm, and no running statistic changes
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1,) + shape))
+    except (RuntimeError, ValueError, AssertionError) as exc:  # torchvision asserts some sizes (ViT)
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"architecture {arch!r} cannot take {inputs}: {reason}") from None
+    finally:
+        model.train(training)
 
 
 def param_count(model):

@@ -1,5 +1,6 @@
 """convert(): any PyTorch model trained by a rule, the peers' networks, and
 the SGD protocol. Gradients are checked against plain autograd in float64."""
+import copy
 import math
 
 import pytest
@@ -12,7 +13,8 @@ from benchmark.config import RunConfig, learning_rate, resolve_run_config
 from benchmark.errors import ConfigError
 from biobench import convert, plain_state_dict
 from cli import cli
-from models import build_network, feedback_layers, parameter_counts
+from models import RULES, build_network, feedback_layers, make_rule, parameter_counts
+from models.convert import swap_layers
 from models.zoo import lenet, resnet20, resnet56
 
 
@@ -176,8 +178,9 @@ def test_unconvertible_parameters_are_said_or_refused(capsys):
     (lenet("mnist", 10), "cannot invert module 3 (MaxPool2d)"),  # 0 is the resize
 ])
 def test_target_propagation_on_what_it_cannot_invert_is_one_line(model, message):
-    with pytest.raises(ConfigError, match=re_escape(message)):
-        convert(model, "dtp-par", input_shape=(1, 28, 28), quiet=True)
+    # convert refuses target propagation whatever the model; the trainer attaches it to registered networks
+    with pytest.raises(ValueError, match=re_escape(message)):
+        make_rule("dtp-par").attach(swap_layers(model), torch.Generator().manual_seed(0), (1, 28, 28))
 
 
 def re_escape(text):
@@ -192,10 +195,177 @@ def re_escape(text):
     (lambda: convert(SmallResNet(), "fa", feedback_init="ones"), "feedback_init='ones' is not one of"),
     (lambda: convert(nn.Sequential(nn.ReLU()), "fa"), "has no Linear, Conv2d or LocallyConnected2d layer"),
     (lambda: convert(SmallResNet(), "dfa"), "needs the model's input shape"),
+    (lambda: convert(SmallResNet(), "fa", input_shape=(3, 9, 9)),
+     "convert: SmallResNet cannot run one input of input_shape (3, 9, 9): mat1 and mat2 shapes cannot be multiplied"),
 ])
 def test_bad_input_to_convert_is_one_line(call, message):
     with pytest.raises(ConfigError, match=re_escape(message)):
         call()
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 4))
+
+
+# The built-in rules whose whole update is one backward pass (docs/convert.md lists them).
+BACKWARD_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
+
+
+@pytest.mark.parametrize("name", RULES.registered(plugins=False))
+def test_convert_takes_exactly_the_rules_whose_update_is_one_backward_pass(name):
+    """The README's loop (backward, optimiser step) must be the rule's own
+    train_step; a rule with a step of its own is refused, not trained by BP's gradients."""
+    x, y = torch.randn(5, 12, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 0])
+    if name not in BACKWARD_RULES:
+        with pytest.raises(ConfigError, match=rf"rule '{name}' .*train_step.*cli.py run --algo {name}"):
+            convert(mlp(), name, input_shape=(12,), quiet=True)
+        assert not RULES.get(name).learns_by_backward
+        return
+    by_loop, by_rule = (convert(mlp(), name, input_shape=(12,), quiet=True) for _ in range(2))
+    optimizer = torch.optim.SGD(by_loop.parameters(), lr=0.5)
+    F.cross_entropy(by_loop(x), y).backward()
+    optimizer.step()
+    by_rule.biobench_rule.train_step(by_rule, x, y, torch.optim.SGD(by_rule.parameters(), lr=0.5))
+    assert by_loop.state_dict().keys() == by_rule.state_dict().keys()
+    for (key, value), expected in zip(by_loop.state_dict().items(), by_rule.state_dict().values()):
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=key)
+    assert RULES.get(name).learns_by_backward
+
+
+class HeadFirst(nn.Module):
+    """Registers its output layer first and its first layer last."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 10)
+        self.middle = nn.Linear(32, 16)
+        self.stem = nn.Linear(12, 32)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.middle(torch.tanh(self.stem(x)))))
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("rule", ["fa", "dfa"])
+def test_layer_order_is_the_forward_passes_not_the_registration_order(rule):
+    torch.manual_seed(0)
+    plain = HeadFirst()
+    model = convert(copy.deepcopy(plain), rule, input_shape=(12,), quiet=True)
+    x, y = torch.randn(4, 12), torch.tensor([0, 9, 3, 5])
+    seen, error = layer_io(model, x, y)
+    bp = grads(plain, x, y)[1]
+    assert not hasattr(model.stem, "feedback_weight")  # the first layer sends no error down
+    torch.testing.assert_close(model.head.weight.grad, bp["head.weight"])  # the output layer's own error
+    for layer in (model.head, model.middle):
+        assert layer.feedback_weight.shape[0] == (10 if rule == "dfa" else layer.weight.shape[0])
+        sent = (seen[layer]["grad_out"] if rule == "fa" else error) @ layer.feedback_weight
+        torch.testing.assert_close(seen[layer]["grad_in"], sent)
+    assert not torch.allclose(model.middle.weight.grad, bp["middle.weight"])
+
+
+def test_without_input_shape_a_model_run_out_of_registration_order_is_refused_at_its_first_forward():
+    model = convert(HeadFirst(), "fa", quiet=True)
+    with pytest.raises(ConfigError, match=r"runs 'stem' first and 'head' last.*input_shape"):
+        model(torch.randn(2, 12))
+    in_order = convert(SmallResNet(), "fa", quiet=True)  # registered in forward order: nothing to refuse
+    in_order(torch.randn(2, 3, 8, 8))
+    assert convert(HeadFirst(), "bp", quiet=True)(torch.randn(2, 12)).shape == (2, 10)  # BP has no order
+
+
+@pytest.mark.parametrize("model,message", [
+    (nn.Linear(0, 0), "the model (Linear) has an empty weight of shape (0, 0)"),
+    (nn.Sequential(nn.Linear(3, 10), nn.Linear(10, 0)), "layer '1' (Linear) has an empty weight of shape (0, 10)"),
+    (nn.Sequential(nn.Conv2d(3, 0, 3), nn.Conv2d(0, 2, 3)),
+     "layer '0' (Conv2d) has an empty weight of shape (0, 3, 3, 3)"),
+])
+def test_a_layer_without_weights_is_refused_in_one_line(model, message):
+    with pytest.raises(ConfigError, match=re_escape(message)):
+        convert(model, "fa", quiet=True)
+
+
+def test_dfa_on_an_input_of_another_shape_than_input_shape_is_one_line():
+    model = convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                  nn.Linear(8, 4)), "dfa", input_shape=(1, 8, 8), quiet=True)
+    F.cross_entropy(model(torch.randn(2, 1, 8, 8)), torch.tensor([0, 3])).backward()
+    message = "layer '1' (Conv2d) gets inputs of shape (2, 8, 8), but its direct feedback was sized for (2, 6, 6)"
+    with pytest.raises(ConfigError, match=re_escape(message)):
+        F.cross_entropy(model(torch.randn(2, 1, 10, 10)), torch.tensor([0, 3])).backward()
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.feedback_gain = nn.Parameter(torch.ones(6))  # the user's own, not convert's
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)) * self.feedback_gain)
+
+
+def test_plain_state_dict_keeps_the_users_own_feedback_named_parameters():
+    plain_keys = set(Gated().state_dict())
+    model = convert(Gated(), "fa", quiet=True)
+    assert set(plain_state_dict(model)) == plain_keys
+    without_gain = {k: v for k, v in plain_state_dict(model).items() if k != "feedback_gain"}
+    with pytest.raises(RuntimeError, match="Missing key.*feedback_gain"):
+        model.load_state_dict(without_gain)  # only convert's own feedback may be missing
+
+
+def test_usf_scale_has_the_layers_dtype():
+    assert torch.get_default_dtype() == torch.float32
+    layer = convert(mlp().double(), "usf", quiet=True)[3]
+    assert layer.feedback_scale.dtype == torch.float64
+    assert layer.feedback_scale.item() == layer.init_bound() / math.sqrt(3.0)
+
+
+# Every option convert claims for nn.Conv2d (kernel 3 unless set).
+CONV_OPTIONS = [dict(stride=2, padding=1), dict(stride=(2, 1)), dict(dilation=2, padding=2), dict(groups=2),
+                dict(bias=False), dict(padding=1, padding_mode="zeros"), dict(padding=1, padding_mode="reflect"),
+                dict(padding=(1, 2), padding_mode="circular"), dict(padding=1, padding_mode="replicate"),
+                dict(padding="same"), dict(kernel_size=4, padding="same"),
+                dict(kernel_size=(2, 3), padding="same", dilation=(1, 2)),
+                dict(kernel_size=4, padding="same", padding_mode="reflect"), dict(padding="valid")]
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("options", CONV_OPTIONS, ids=str)
+def test_a_converted_convolution_computes_what_nn_conv2d_computes(options):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(4, 6, **{"kernel_size": 3, **options})
+    model = convert(nn.Sequential(nn.Conv2d(2, 4, 1), copy.deepcopy(plain)), "fa", quiet=True)
+    layer = model[1]
+    assert hasattr(layer, "feedback_weight")  # it runs the rule's Function, not nn.Conv2d's forward
+    h = torch.randn(2, 4, 9, 8)
+    out, expected = layer(h), plain(h)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(expected)
+    params = [p for p in (layer.weight, layer.bias) if p is not None]
+    plain_params = [p for p in (plain.weight, plain.bias) if p is not None]
+    for got, want in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(expected, plain_params, g)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_an_optimizer_built_before_convert_still_moves_every_weight_and_bias():
+    torch.manual_seed(0)
+    model = SmallResNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model = convert(model, "fa", quiet=True)
+    F.cross_entropy(model(torch.randn(2, 3, 8, 8)), torch.tensor([0, 1])).backward()
+    optimizer.step()
+    assert before.keys() == dict(model.named_parameters()).keys()
+    for name, param in model.named_parameters():
+        assert not torch.equal(param.detach(), before[name]), name
+
+
+@pytest.mark.parametrize("scheme,bound", [("xavier", math.sqrt(6 / (18 + 36))), ("kaiming", math.sqrt(6 / 18))])
+def test_feedback_bounds_follow_a_grouped_convolutions_fan_in(scheme, bound):
+    # Conv2d(8, 16, 3, groups=4): each output channel reads 8/4 channels through 3x3: fan_in 18, fan_out 36
+    model = convert(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 16, 3, groups=4)), "fa", feedback_init=scheme,
+                    quiet=True)
+    largest = float(model[1].feedback_weight.abs().max())
+    assert 0.9 * bound < largest <= bound
 
 
 # the peers' networks ---------------------------------------------------------------------------------------

@@ -114,28 +114,56 @@ def test_an_epoch_reads_the_device_twice_whatever_its_number_of_batches(tmp_path
     assert 0 < loss < 10 and 0 <= error <= 100
 
 
+# Another processor rounds float32 differently (its instruction set and GEMM blocking order the sums
+# differently). Emulated here (ATEN_CPU_CAPABILITY=avx2 or default with MKL_ENABLE_INSTRUCTIONS=AVX2 or SSE4_2),
+# the three epochs below drift by at most 2e-7 relative in every loss, angle and norm ratio (about 2 float32
+# eps) and flip no image. Allowed elsewhere: 50 times that drift, an absolute 1e-5 for values near 0 (the
+# output layer's update angle is acos near 1, where one rounding of the cosine is 1e-6 degree), and error
+# rates within 0.05 points (5 test images of 10,000, 3 validation of 6,000, 27 training of 54,000).
+OTHER_PROCESSOR_VALUES = {"rel": 1e-5, "abs": 1e-5}
+OTHER_PROCESSOR_ERROR_POINTS = 0.05
+
+
+def assert_record_matches(got, expected, values, error_points):
+    """Curves, alignment and summary of two records within the tolerances
+    (``values`` for losses, angles and ratios; ``error_points`` for error
+    rates, in percentage points); epochs and counts exactly."""
+    def tolerant(key, value):
+        if "epoch" in key:  # epoch numbers and counts
+            return value
+        return pytest.approx(value, rel=0, abs=error_points) if "error" in key else pytest.approx(value, **values)
+
+    def close(mine, theirs):
+        return {key: tolerant(key, value) for key, value in theirs.items()} == mine
+    curves = {k: v for k, v in expected["curves"].items() if k != "seconds"}
+    assert close({k: got["curves"][k] for k in curves}, curves), (got["curves"], curves)
+    assert [e["epoch"] for e in got["alignment"]] == [e["epoch"] for e in expected["alignment"]]
+    for mine, theirs in zip(got["alignment"], expected["alignment"]):
+        assert len(mine["layers"]) == len(theirs["layers"])
+        assert all(close(a, b) for a, b in zip(mine["layers"], theirs["layers"])), (mine, theirs)
+    assert close(got["summary"], expected["summary"]), (got["summary"], expected["summary"])
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_a_committed_mnist_record_regenerates_identically(shared_data, tmp_path):
     """The committed 3-epoch FA cell (seed 0) retrained now: every curve and
-    alignment value the same, as the sync-free epoch changed no arithmetic."""
+    alignment value the same on the processor that made it, as the sync-free
+    epoch changed no arithmetic; within rounding's drift on any other."""
     committed = os.path.join(ROOT, "results", "bartunov-mnist", "mnist-fc-fa-seed0-186cd7e4", "record.json")
     expected = json.load(open(committed))
     cpu = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if expected["host"]["cpu"] not in cpu:
-        pytest.skip(f"the record was made on {expected['host']['cpu']}; other processors round differently")
+    if expected["host"]["cpu"] in cpu:
+        values, error_points = {"rel": 0, "abs": 0}, 0
+    else:
+        values, error_points = OTHER_PROCESSOR_VALUES, OTHER_PROCESSOR_ERROR_POINTS
     out = tmp_path / "runs"
     result = CliRunner().invoke(cli, ["run", "--arch", "fc", "--algo", "fa", "--epochs", "3", "--val-split", "0.1",
                                       "--threads", "2", "--data-dir", shared_data, "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     (name,) = os.listdir(out)
     assert name == os.path.basename(os.path.dirname(committed))  # the same config
-    got = json.load(open(out / name / "record.json"))
-    def without_seconds(curves):
-        return {k: v for k, v in curves.items() if k != "seconds"}
-    assert without_seconds(got["curves"]) == without_seconds(expected["curves"])
-    assert got["alignment"] == expected["alignment"]
-    assert got["summary"] == expected["summary"]
+    assert_record_matches(json.load(open(out / name / "record.json")), expected, values, error_points)
 
 
 # the GPU window, rehearsed -----------------------------------------------------------------------------------

@@ -60,6 +60,36 @@ def test_pc_fpa_at_a_small_rate_converges_to_bp_gradients():
     assert max_relative_error(rule.weight_updates(model, x, y), exact_gradients(model, x, y)) < 1e-9
 
 
+def torch2pc_fixed_prediction_updates(rule, x, y, eta, n):
+    """Torch2PC's ``PCInfer(ErrType="FixedPred", eta, n)`` (Rosenbaum 2022,
+    ``TorchSeq2PC.py``: ``FixedPredPCPredErrs`` then ``SetPCGrads``),
+    transcribed onto the rule's segments with each sample's cross-entropy at
+    the top: each sweep down the layers takes every error from the nodes
+    before that sweep's update, so the errors it returns lag its n updates by one."""
+    vhat = [rule.prefix[0](x) if rule.prefix else x]
+    for segment in rule.segments:
+        vhat.append(segment(vhat[-1]).detach())
+    top = torch.softmax(vhat[-1], 1) - F.one_hot(y, vhat[-1].shape[1])  # dL/dy of the summed cross-entropy
+    v, epsilon = [h.clone() for h in vhat], [None] * (len(vhat) - 1) + [top]
+    for _ in range(n):
+        for layer in reversed(range(len(rule.segments))):
+            epsilon[layer] = vhat[layer] - v[layer]
+            _, sent = torch.autograd.functional.vjp(rule.segments[layer], vhat[layer], epsilon[layer + 1])
+            v[layer] = v[layer] + eta * (epsilon[layer] - sent)
+    return [torch.autograd.grad(segment(vhat[level]), segment.layer.weight, epsilon[level + 1])[0] / len(y)
+            for level, segment in enumerate(rule.segments)]
+
+
+@pytest.mark.parametrize("steps", [3, 6])  # at least L - 1 = 3: every layer has an error
+def test_pc_fpa_inference_steps_k_are_torch2pcs_n_equal_to_k_plus_1(steps):
+    """docs/rules.md states the convention: the same errors after k steps here
+    as after n = k + 1 sweeps of Torch2PC, whose default n = 20 is 19 here."""
+    model, rule, x, y = attached("pc", "fc", mode="fpa", inference_rate=0.3, inference_steps=steps)
+    ours = rule.weight_updates(model, x, y)
+    assert max_relative_error(ours, torch2pc_fixed_prediction_updates(rule, x, y, 0.3, steps + 1)) < 1e-12
+    assert max_relative_error(torch2pc_fixed_prediction_updates(rule, x, y, 0.3, steps), ours) > 1e-2
+
+
 @pytest.mark.parametrize("kind", ["fc", "lc"])
 def test_pc_with_random_feedback_under_fpa_gives_fa_gradients(kind):
     model, rule, x, y = attached("pc-rf", kind, mode="fpa", inference_rate=1.0, inference_steps=3)
@@ -131,11 +161,13 @@ def test_drtp_updates_equal_dfa_route_carrying_the_one_hot_target(kind):
 
 
 # PEPITA --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("options", [{}, {"dropout": 0.0}])
 @pytest.mark.parametrize("error_pass", ["second", "first"])
-def test_pepita_updates_equal_a_hand_computation_of_its_two_forward_passes(error_pass):
+def test_pepita_updates_equal_a_hand_computation_of_its_two_forward_passes(error_pass, options):
     torch.manual_seed(4)
     model = nn.Sequential(nn.Flatten(), Linear(6, 5), nn.Tanh(), Linear(5, 4), nn.Tanh(), Linear(4, 3))
-    rule = make_rule("pepita", error_pass=error_pass).attach(model, torch.Generator().manual_seed(1), (6,))
+    rule = make_rule("pepita", error_pass=error_pass, **options).attach(model, torch.Generator().manual_seed(1),
+                                                                        (6,))
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 1, 0])
     (w1, b1), (w2, b2), (w3, b3) = [(layer.weight.detach().clone(), layer.bias.detach().clone())
                                     for layer in feedback_layers(model)]
@@ -163,11 +195,66 @@ def test_pepita_updates_equal_a_hand_computation_of_its_two_forward_passes(error
     torch.testing.assert_close(feedback_layers(model)[0].bias.detach(), b1 - (h1 - m1).mean(0))
 
 
+def test_pepita_without_dropout_draws_no_random_number():
+    """dropout=0 (the default, the committed results' setting): F is the only
+    draw from the run's generator and a step draws nothing, so every stream
+    after it is what it was before dropout existed."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), Linear(6, 5), nn.Tanh(), Linear(5, 3))
+    generator = torch.Generator().manual_seed(1)
+    rule = make_rule("pepita", dropout=0.0).attach(model, generator, (6,))
+    only_f = torch.Generator().manual_seed(1)
+    torch.empty(3, 6).uniform_(generator=only_f)
+    assert torch.equal(generator.get_state(), only_f.get_state()) and getattr(rule, "generator", None) is None
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 1, 0])
+    state = torch.get_rng_state()
+    rule.train_step(model, x, y, torch.optim.SGD(model.parameters(), lr=0.1))
+    rule.weight_updates(model, x, y)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_pepita_dropout_shares_one_mask_per_hidden_layer_between_its_two_passes():
+    """Dellaferrera & Kreiman's code: inverted dropout after each hidden
+    activation, the same mask in the modulated pass; the training step draws
+    the masks from the rule's stream, the probe batch from a fixed one."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), Linear(6, 5), nn.Tanh(), Linear(5, 4), nn.Tanh(), Linear(4, 3))
+    rule = make_rule("pepita", dropout=0.5).attach(model, torch.Generator().manual_seed(1), (6,))
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 1, 0])
+    (w1, b1), (w2, b2), (w3, b3) = [(layer.weight.detach().clone(), layer.bias.detach().clone())
+                                    for layer in feedback_layers(model)]
+    feedback, t = feedback_layers(model)[0].feedback_weight, F.one_hot(y, 3).double()
+
+    def expected_updates(masks_from):
+        m1 = torch.empty(5, 5).bernoulli_(0.5, generator=masks_from) / 0.5
+        h1 = torch.tanh(x @ w1.t() + b1) * m1
+        m2 = torch.empty(5, 4).bernoulli_(0.5, generator=masks_from) / 0.5
+        h2 = torch.tanh(h1 @ w2.t() + b2) * m2
+        assert (m1 == 0).any() and (m2 == 0).any() and (m1 != 0).any() and (m2 != 0).any()
+        xm = x + (torch.softmax(h2 @ w3.t() + b3, 1) - t) @ feedback
+        n1 = torch.tanh(xm @ w1.t() + b1) * m1  # pass 2: the same masks
+        n2 = torch.tanh(n1 @ w2.t() + b2) * m2
+        em = torch.softmax(n2 @ w3.t() + b3, 1) - t
+        return [(h1 - n1).t() @ xm / 5, (h2 - n2).t() @ n1 / 5, em.t() @ n2 / 5], (h1 - n1).mean(0)
+
+    stream = rule.generator.get_state()
+    expected, _ = expected_updates(rule.probe_generator(x.device))
+    for got, want in zip(rule.weight_updates(model, x, y), expected):
+        torch.testing.assert_close(got, want)
+    assert torch.equal(rule.generator.get_state(), stream)  # the probe left the training stream alone
+    _, bias_step = expected_updates(torch.Generator().set_state(stream))
+    rule.train_step(model, x, y, torch.optim.SGD(model.parameters(), lr=1.0))
+    torch.testing.assert_close(feedback_layers(model)[0].bias.detach(), b1 - bias_step)
+    model.eval()  # evaluation never drops: the plain forward
+    torch.testing.assert_close(model(x), model[5](torch.tanh(model[3](torch.tanh(model[1](x))))))
+
+
 # Forward-Forward -------------------------------------------------------------------------------
 def ff_setup(**options):
     torch.manual_seed(6)
     model = nn.Sequential(nn.Flatten(), Linear(12, 6), nn.Tanh(), Linear(6, 5), nn.Tanh(), Linear(5, 3))
-    rule = make_rule("ff", negatives="random", **options).attach(model, torch.Generator().manual_seed(1), (12,))
+    rule = make_rule("ff", **{"negatives": "random", **options}).attach(model, torch.Generator().manual_seed(1),
+                                                                         (12,))
     return model, rule, torch.randn(4, 12), torch.tensor([0, 1, 2, 1])
 
 
@@ -202,6 +289,34 @@ def test_forward_forward_loss_and_update_equal_a_hand_computation():
     torch.testing.assert_close(model(x), logits.detach())  # prediction: the neutral-label read-out
 
 
+def test_forward_forward_neutral_label_is_on_the_scale_of_the_written_labels():
+    """Hinton's code writes ``labelstrength / C`` into every label value of the
+    neutral pass: the read-out reads the layers with a label of the same total
+    as the one-hot labels they were trained with."""
+    model, rule, x, y = ff_setup(label_scale=2.5)
+    seen = []
+    hook = feedback_layers(model)[0].register_forward_hook(lambda m, args, out: seen.append(args[0][:, :3].clone()))
+    model(x)  # the prediction: the neutral-label pass
+    rule.hidden_pass(x, y)
+    hook.remove()
+    neutral, labelled = seen
+    torch.testing.assert_close(labelled, 2.5 * F.one_hot(y, 3).double())
+    torch.testing.assert_close(neutral, torch.full_like(neutral, 2.5 / 3))
+
+
+@pytest.mark.parametrize("negatives", ["hard", "random"])
+def test_forward_forward_negatives_never_carry_the_true_label(negatives):
+    """Even where the model is all but certain of the true label (hard
+    negatives are drawn from its prediction), every negative's label is
+    wrong, and every wrong label is drawn."""
+    _, rule, _, _ = ff_setup(negatives=negatives)
+    y = torch.arange(3).repeat(400)
+    confident = 60.0 * F.one_hot(y, 3).double()  # softmax of the true label: 1 - 2e-26
+    wrong = rule.wrong_labels(y, confident)
+    assert (wrong != y).all()
+    assert {(int(a), int(b)) for a, b in zip(y, wrong)} == {(a, b) for a in range(3) for b in range(3) if a != b}
+
+
 def test_forward_forward_no_gradient_crosses_a_layer():
     """Layer 1's update depends on layer 1 only: changing every later layer's
     weights leaves it unchanged; and the read-out's loss sends nothing down."""
@@ -225,6 +340,8 @@ def test_forward_forward_no_gradient_crosses_a_layer():
     ("pc", {"inference_rate": 1.5}, "inference_rate=1.5 must be in (0, 1]"),
     ("pc", {"mode": "exact"}, "mode='exact' is not one of strict, fpa"),
     ("pepita", {"feedback_scale": -1}, "feedback_scale=-1.0 must be finite and > 0"),
+    ("pepita", {"dropout": 1}, "dropout=1.0 must be in [0, 1)"),
+    ("pepita", {"dropout": -0.1}, "dropout=-0.1 must be in [0, 1)"),
     ("ff", {"threshold": 0}, "threshold=0.0 must be finite and > 0"),
     ("ff", {"negatives": "easy"}, "negatives='easy' is not one of hard, random"),
 ])

@@ -68,3 +68,12 @@ def test_fc_is_not_defined_for_imagenet():
 def test_same_padding_gives_ceil_output(size, kernel, stride):
     pad = same_padding(size, kernel, stride)
     assert (size + 2 * pad - kernel) // stride + 1 == math.ceil(size / stride)
+
+
+def test_a_torchvision_network_is_checked_against_the_inputs_before_training():
+    with pytest.raises(ValueError, match="'torchvision:resnet18' takes 3-channel images, not mnist inputs 1x28x28"):
+        build_network("torchvision:resnet18", "mnist", 10)
+    with pytest.raises(ValueError, match="'torchvision:alexnet' cannot take cifar10 inputs 3x32x32: .*too small"):
+        build_network("torchvision:alexnet", "cifar10", 10)  # its pooling needs larger images
+    model = build_network("torchvision:resnet18", "cifar10", 10)
+    assert model.training and int(model.bn1.num_batches_tracked) == 0  # the check changed nothing

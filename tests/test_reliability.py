@@ -95,6 +95,7 @@ def test_resume_extends_a_finished_run_to_more_epochs(tiny_root, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule,options", [("pc", ("--rule-opt", "inference_steps=3")), ("drtp", ()), ("pepita", ()),
+                                          ("pepita", ("--rule-opt", "dropout=0.1")),  # its masks' stream
                                           ("ff", ())])
 def test_rules_with_their_own_step_resume_exactly(tiny_root, tmp_path, rule, options):
     def run(out, epochs, *extra):
@@ -164,6 +165,13 @@ def bad_cases(tiny_root, tmp_path):
         "tp option out of range": (["--algo", "sdtp-par", "--rule-opt", "sigma=-0.1"],
                                    "sigma=-0.1 must be finite and > 0"),
         "rule option syntax": (["--rule-opt", "decay"], "is not KEY=VALUE"),
+        "lr gamma without multistep": (["--lr-gamma", "0.5"],
+                                       "--lr-gamma 0.5 applies to --lr-schedule multistep only"),
+        "lr gamma with cosine": (["--lr-schedule", "cosine", "--lr-gamma", "0.5"],
+                                 "--lr-gamma 0.5 applies to --lr-schedule multistep only"),
+        "rgb network on grayscale data": (["--arch", "torchvision:resnet18"],
+                                          "architecture 'torchvision:resnet18' takes 3-channel images, not mnist "
+                                          "inputs 1x28x28"),
     }
 
 
@@ -182,6 +190,42 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tiny_root, tmp_path, case)
     error_lines = [line for line in result.output.splitlines() if line.lower().startswith("error")]
     assert len(error_lines) == 1 and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_a_grid_cell_whose_network_refuses_the_data_fails_in_one_line(tiny_root, tmp_path):
+    from benchmark.grid import grid_cells, run_grid
+    out, lines = tmp_path / "grid", []
+    cells = grid_cells(["mnist"], ["torchvision:resnet18"], ["bp"], [0], {"epochs": 1, "batch_size": 32})
+    assert run_grid(cells, str(out), tiny_root, echo=lines.append, threads=1) == {"failed": 1}
+    assert "failed: ValueError: architecture 'torchvision:resnet18' takes 3-channel images" in lines[-1]
+    assert not records_in(str(out))  # no record, let alone one left "running"
+
+
+def test_a_crash_at_the_first_step_leaves_no_running_record_and_frees_the_name(tiny_root, tmp_path, monkeypatch):
+    from benchmark.train import Trainer
+    out = tmp_path / "runs"
+    args = ["run", "--arch", "fc", "--epochs", "2", "--batch-size", "32", "--data-dir", tiny_root, "--out", str(out),
+            "--quiet"]
+    real = Trainer.train_epoch
+
+    def crashing_at(bad_epoch):
+        def train_epoch(self, epoch):
+            if epoch == bad_epoch:
+                raise RuntimeError("a bug in a rule")
+            return real(self, epoch)
+        return train_epoch
+    monkeypatch.setattr(Trainer, "train_epoch", crashing_at(1))
+    crashed = CliRunner().invoke(cli, args)
+    assert isinstance(crashed.exception, RuntimeError)  # a bug keeps its traceback
+    assert not out.exists() or not os.listdir(out)  # nothing kept: the folder is gone with its record
+    monkeypatch.setattr(Trainer, "train_epoch", crashing_at(2))
+    crashed = CliRunner().invoke(cli, args)
+    assert isinstance(crashed.exception, RuntimeError)
+    ((name, record),) = records_in(str(out)).items()
+    assert record["status"] == "interrupted" and record["summary"]["epochs_done"] == 1  # its checkpoint's
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    assert CliRunner().invoke(cli, args + ["--resume"]).exit_code == 0
+    assert records_in(str(out))[name]["status"] == "complete" and os.listdir(out) == [name]
 
 
 def test_truncated_idx_file_is_reported(tmp_path):

@@ -105,6 +105,20 @@ def test_successive_halving_keeps_the_stated_fraction(tmp_path, monkeypatch):
     assert record["chosen"]["trial"] == 0
 
 
+def test_halving_under_a_cosine_schedule_trains_each_rung_afresh(tmp_path):
+    # A cosine schedule's rates depend on the run's length: a 2-epoch trial is its own run, never the
+    # 1-epoch trial extended (which would pass epoch 1 of a 1-epoch schedule for a 2-epoch run's).
+    job = make_search(tmp_path, trials=2, halving=2, epochs=2)
+    job.base["lr_schedule"] = "cosine"
+    scores = {c.run_name(): ([5.0 + i, 1.0 + i], [1.0, 1.0]) for epochs in (1, 2)
+              for i, c in enumerate(job.configs(epochs)[1])}
+    calls = []
+    record = job.run(str(tmp_path), "unused", echo=lambda m: None, executor=ScriptedExecutor(scores, calls))
+    (first_rung, (kept,)) = calls
+    assert kept[1] == 2 and kept[0] not in {name for name, _ in first_rung}
+    assert record["chosen"]["run"] == kept[0]
+
+
 @pytest.mark.slow
 def test_search_resumes_after_an_interrupt_without_retraining_finished_trials(tiny_root, tmp_path, monkeypatch):
     args = ["search", "--dataset", "mnist", "--arch", "fc", "--algo", "fa", "--trials", "4", "--epochs", "2",

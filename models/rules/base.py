@@ -57,6 +57,18 @@ class LearningRule:
     # Options that must be finite and > 0, and counts that must be >= 1.
     positive_options = ()
     count_options = ()
+    # Whether one ``loss.backward()`` and optimiser step is the rule's whole
+    # update (BP and the feedback-alignment family, whose layers change only
+    # the backward operand), so that ``convert``'s users' own loop trains it.
+    # A class that leaves it unset gets False when it overrides train_step,
+    # before_step or after_step: its update needs its own step.
+    learns_by_backward = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "learns_by_backward" not in cls.__dict__:
+            cls.learns_by_backward = all(getattr(cls, step) is getattr(LearningRule, step)
+                                         for step in ("train_step", "before_step", "after_step"))
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)

@@ -3,7 +3,7 @@ import math
 import torch
 
 from ..feedback import DirectRoute, ErrorHolder
-from ..layers import glorot_bound
+from ..layers import glorot_bound, layer_label, traced_layer_inputs
 from .base import LearningRule
 
 # Works this module's rules cite (BibTeX fields).
@@ -11,28 +11,6 @@ NOKLAND2016 = {"type": "inproceedings", "author": "N{\\o}kland, Arild",
                "title": "Direct Feedback Alignment Provides Learning in Deep Neural Networks",
                "booktitle": "Advances in Neural Information Processing Systems 29 (NIPS)", "year": "2016",
                "eprint": "1609.01596", "archiveprefix": "arXiv"}
-
-
-def layer_input_shapes(layers, model, input_shape):
-    """Per-sample input shape of each layer, from one dry forward pass."""
-    shapes = {}
-
-    def record(module, args):
-        shapes[module] = tuple(args[0].shape[1:])
-
-    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
-    training = [(m, m.training) for m in model.modules()]
-    model.eval()  # the dry pass must not move BatchNorm's running statistics
-    try:
-        param = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros((1,) + tuple(input_shape), dtype=param.dtype, device=param.device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for module, mode in training:
-            module.train(mode)
-    return [shapes[layer] for layer in layers]
 
 
 class DirectFeedbackAlignment(LearningRule):
@@ -52,7 +30,13 @@ class DirectFeedbackAlignment(LearningRule):
             raise ValueError("DFA needs the model's input shape to size its feedback matrices")
         super().attach(model, generator, input_shape)
         self.holder = ErrorHolder()
-        self.input_shapes = layer_input_shapes(self.layers, model, input_shape)
+        self.labels = {layer: layer_label(model, layer) for layer in self.layers}
+        traced = traced_layer_inputs(model, input_shape)
+        for layer in self.layers:
+            if layer not in traced:
+                raise ValueError(f"DFA sizes each layer's feedback by a forward pass of input_shape "
+                                 f"{tuple(input_shape)}, which never runs {self.labels[layer]}")
+        self.input_shapes = [traced[layer] for layer in self.layers]
         for layer, shape in zip(self.layers[1:], self.input_shapes[1:]):
             self._direct_feedback(layer, shape, generator)
         return self
@@ -66,7 +50,7 @@ class DirectFeedbackAlignment(LearningRule):
         # Drawn on the CPU generator, then given the layer weight's dtype and device.
         drawn = torch.empty(classes, size, dtype=weight.dtype).uniform_(-bound, bound, generator=generator)
         layer.register_buffer("feedback_weight", drawn.to(weight.device))
-        layer.feedback_route = DirectRoute(self.holder, captures_error=layer is self.output_layer)
+        layer.feedback_route = DirectRoute(self.holder, layer is self.output_layer, self.labels[layer], shape)
 
     def input_feedback(self, layer, generator):
         """The pixels get e @ B_0, B_0 drawn like every other B_l."""

@@ -15,7 +15,9 @@ FRENKEL2021 = {"type": "article", "author": "Frenkel, Charlotte and Lefebvre, Ma
 class DirectRandomTargetProjection(DirectFeedbackAlignment):
     """DFA's route carrying the one-hot target instead of the error: every
     hidden layer gets ``delta_l = (y* B_l) * phi'(a_l)`` (``y*`` divided by the
-    batch size, as the mean loss divides the error), the output layer its own
+    batch size, as the mean loss divides the error; Frenkel et al.'s code
+    projects the undivided target, so its hidden updates are batch-size
+    times larger under SGD), the output layer its own
     cross-entropy gradient. The signal is known before the output is, so no
     error travels back and a layer could update right after its forward step
     (no update locking); computing it in one backward pass is the same maths."""

@@ -26,8 +26,9 @@ class ForwardForward(LearningRule):
     (its length, i.e. its goodness, removed) and detached: no gradient
     crosses a layer. The network's output layer is the softmax read-out of
     Hinton's second prediction method: it reads the last hidden layer of a
-    pass with the neutral label (``1/C`` in every label value) and learns
-    from cross-entropy, its gradient stopping there. Prediction is that
+    pass with the neutral label (``label_scale / C`` in every label value,
+    the class labels' mean) and learns from cross-entropy, its gradient
+    stopping there. Prediction is that
     read-out, so the trained model is evaluated by a plain forward pass (the
     rule installs the label writing and the normalisation as forward
     pre-hooks on the layers).
@@ -48,7 +49,8 @@ class ForwardForward(LearningRule):
     option_sources = {"threshold": "ours: half of tanh's largest mean square (Hinton 2022: 1 for ReLU layers)",
                       "negatives": "Hinton 2022 code: a wrong label drawn from the model's own prediction "
                                    "(hard); random: uniform over the wrong labels",
-                      "label_scale": "Hinton 2022 code: one-hot label values of 1"}
+                      "label_scale": "Hinton 2022 code (labelstrength): one-hot label values of 1; the neutral "
+                                     "label is label_scale / C in every label value"}
     search_space = {"threshold": "uniform:0.1:0.9"}
 
     positive_options = ("threshold", "label_scale")
@@ -74,8 +76,8 @@ class ForwardForward(LearningRule):
     def write_label(self, layer, args):
         x = args[0]
         code = self.label_code
-        if code is None:
-            code = x.new_full((x.shape[0], self.classes), 1.0 / self.classes)
+        if code is None:  # the neutral label: the mean of the class labels, on their scale (Hinton's code)
+            code = x.new_full((x.shape[0], self.classes), self.options["label_scale"] / self.classes)
         x = x.clone()
         x.view(x.shape[0], -1)[:, :self.classes] = code
         return (x,) + args[1:]

@@ -44,7 +44,14 @@ class PredictiveCoding(LearningRule):
     L - 1 steps the errors are backprop's and so are the weight gradients.
     Transposed Jacobians ``J^T`` come from each layer's own adjoint (LC
     included) through autograd, so the error propagation uses W^T: weight
-    transport. ``pc-rf`` replaces it by fixed random B."""
+    transport. ``pc-rf`` replaces it by fixed random B.
+
+    Torch2PC (Rosenbaum's code, where the defaults come from) sweeps down the
+    layers taking each error from the nodes before that sweep's update, so
+    the errors it returns lag its ``n`` node updates by one: under fpa ``k``
+    steps here are its ``n = k + 1``; under strict it pairs the errors from
+    before its last update with the updated nodes, where this rule takes the
+    errors at the final nodes (docs/rules.md gives the sizes)."""
 
     name = "pc"
     colour = "#637939"
@@ -53,7 +60,12 @@ class PredictiveCoding(LearningRule):
     weight_transport = "yes: errors go down through J^T = W^T diag(phi') during inference (pc-rf: fixed random B)"
     defaults = {"inference_steps": 20, "inference_rate": 0.1, "mode": "strict"}
     choices = {"mode": ("strict", "fpa")}
-    option_sources = {"inference_steps": "Rosenbaum 2022, Torch2PC PCInfer default (n = 20)",
+    option_sources = {"inference_steps": ("Rosenbaum 2022, Torch2PC PCInfer default (n = 20), counted our way: "
+                                          "Torch2PC returns the errors from before its last node update, so k "
+                                          "steps here are its n = k + 1 under fpa (20 here = its n = 21; at its "
+                                          "n = 20 the updates differ by 4e-2), and under strict it keeps those "
+                                          "errors where we recompute them at the final nodes (2e-2; "
+                                          "docs/rules.md)"),
                       "inference_rate": ("Rosenbaum 2022, Torch2PC PCInfer default (eta = 0.1; there with the "
                                          "batch-mean loss, here each sample's own cross-entropy at the top)"),
                       "mode": "strict: standard PC (Whittington & Bogacz 2017); fpa: Millidge et al. 2022"}

@@ -47,7 +47,8 @@ class UniformSignSymmetry(_SignSymmetry):
 
     def init_layer(self, layer, generator):
         std = layer.init_bound() / math.sqrt(3.0)  # std of U(-b, b)
-        layer.register_buffer("feedback_scale", torch.tensor(std))
+        weight = layer.weight
+        layer.register_buffer("feedback_scale", torch.tensor(std, dtype=weight.dtype, device=weight.device))
 
     def magnitudes(self, layer):
         return layer.feedback_scale
