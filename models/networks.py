@@ -86,12 +86,16 @@ def convolutional(family, num_classes):
 def build_network(arch, family, num_classes):
     """The network ``arch`` for ``family`` inputs, its Linear and Conv2d layers
     biobench's (``models.convert.swap_layers``), ready for a rule."""
-    from .convert import swap_layers
+    from .convert import record_layer_order, swap_layers
     from .zoo import TORCHVISION_PREFIX, torchvision_model
     if family not in INPUT_SHAPES:
         raise ValueError(f"unknown input family {family!r}; allowed: {', '.join(INPUT_SHAPES)}")
     if arch.startswith(TORCHVISION_PREFIX):
-        return swap_layers(torchvision_model(arch[len(TORCHVISION_PREFIX):], family, num_classes))
+        # Code we did not write: its first and output layers are the forward
+        # pass's, whatever order its __init__ registered them in.
+        model = swap_layers(torchvision_model(arch[len(TORCHVISION_PREFIX):], family, num_classes))
+        record_layer_order(model, INPUT_SHAPES[family])
+        return model
     return swap_layers(ARCHS.get(arch)(family, num_classes))
 
 

@@ -77,3 +77,25 @@ def test_a_torchvision_network_is_checked_against_the_inputs_before_training():
         build_network("torchvision:alexnet", "cifar10", 10)  # its pooling needs larger images
     model = build_network("torchvision:resnet18", "cifar10", 10)
     assert model.training and int(model.bn1.num_batches_tracked) == 0  # the check changed nothing
+
+
+def test_a_torchvision_networks_layer_order_is_its_forward_passes(monkeypatch):
+    """A network of code we did not write may register its head first; the
+    rule's output layer must still be the one that runs last."""
+    from torch import nn
+
+    import models.zoo
+    from models.layers import feedback_layers
+
+    class HeadFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(32, 10)
+            self.body = nn.Linear(28 * 28, 32)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.body(x.flatten(1))))
+
+    monkeypatch.setattr(models.zoo, "torchvision_model", lambda name, family, num_classes: HeadFirst())
+    model = build_network("torchvision:headfirst", "mnist", 10)
+    assert [layer.weight.shape[0] for layer in feedback_layers(model)] == [32, 10]
