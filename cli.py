@@ -557,7 +557,7 @@ def bench(device, sections, quick, threads, families):
     import torch
 
     from benchmark.perf import run_bench
-    from benchmark.train import resolve_device
+    from benchmark.run_model import resolve_device
     if threads:
         torch.set_num_threads(threads)
     run_bench(resolve_device(device), sections=sections or ("lc", "rules", "harness", "convert"), quick=quick,
@@ -570,7 +570,8 @@ def warn(message):
 
 def _load_summary(runs, metric, seeds, strict):
     from benchmark.errors import RecordError, ResultsMissing
-    from benchmark.tables import load_runs, summarize_runs
+    from benchmark.results import load_runs
+    from benchmark.tables import summarize_runs
     check_folders("--runs", runs)
     try:
         table, bad = load_runs(runs, strict=strict, warn=warn)
@@ -608,10 +609,11 @@ def table(runs, metric, seeds, out, fmt, strict):
     """Build the results and parameter-count tables from run records."""
     from benchmark import tables
     from benchmark.io import write_text
+    from benchmark.results import load_robustness, robustness_summary
     if metric in tables.ROBUST_METRICS:
         state = tables.ROBUST_METRICS[metric]
         runs_table, _, bad = _load_summary(runs, "best", seeds, strict)
-        summary = tables.robustness_summary(tables.load_robustness(runs_table, warn), state)
+        summary = robustness_summary(load_robustness(runs_table, warn), state)
         if summary.empty:
             raise ResultsMissing(f"no robustness results of {state} models under {', '.join(runs)} (run: python "
                                  f"cli.py robustness --runs {' '.join(runs)})")

@@ -115,7 +115,7 @@ def training_state(config, model, optimizer, rule, generators, record):
     """What a checkpoint holds: the config (record form), model, optimiser,
     the rule's own state and stream, the run's ``generators`` (by name), the
     global random streams and the record so far."""
-    rule_gen = getattr(rule, "generator", None)
+    rule_gen = rule.generator
     return {"config": config.as_record(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             **{name: generator.get_state() for name, generator in generators.items()},
             "rule_gen": rule_gen.get_state() if rule_gen is not None else None,

@@ -8,6 +8,7 @@ cache folder (never inside the data root, which may be read-only).
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,8 @@ from .io import atomic_path
 from .paths import DATA_ENV
 
 CACHE_ENV = "BIOBENCH_CACHE"
-DATASETS = Registry("dataset", group="biobench.datasets")
+# name -> a loader: data root -> the dataset
+DATASETS: "Registry[Callable[[str], InMemoryDataset]]" = Registry("dataset", group="biobench.datasets")
 
 
 

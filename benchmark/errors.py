@@ -4,16 +4,13 @@ Every error that is the user's to fix (a bad value, a missing file, an
 unusable cluster) is a :class:`BiobenchError` whose message is one whole line;
 the CLI turns any of them into ``error: <message>`` and its ``exit_code`` in
 one place (``cli.BiobenchGroup``), so no command catches them one by one.
+The base class and ``ConfigError`` are defined in ``models.errors`` (``models``
+raises them and must not import ``benchmark``); import them from here.
 """
+from models.errors import BiobenchError, ConfigError
 
-
-class BiobenchError(Exception):
-    """A one-line message for the user; exit code 2 (bad input), like click's own."""
-    exit_code = 2
-
-
-class ConfigError(BiobenchError):
-    """Options that do not make a valid run, grid or search."""
+__all__ = ["BiobenchError", "ConfigError", "RunError", "RunInterrupted", "DeadlineReached", "RunDiverged",
+           "DataError", "RecordError", "ClusterError", "BoardError", "GridFailed", "ResultsMissing"]
 
 
 class RunError(BiobenchError):

@@ -36,7 +36,7 @@ class Executor:
         raise NotImplementedError
 
 
-EXECUTORS = Registry("executor")
+EXECUTORS: Registry[type[Executor]] = Registry("executor")
 
 
 @EXECUTORS.register("local")

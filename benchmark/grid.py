@@ -21,6 +21,7 @@ from .early_stopping import fits_before
 from .errors import ConfigError, DeadlineReached, GridFailed, RunInterrupted
 from .io import write_json
 from .locks import RunLock
+from .pools import forget_pool_wakeups, pool_died_message
 from .records import CHECKPOINT_NAME, read_record, record_path
 from .runs import discard_if_nothing_kept
 
@@ -263,23 +264,6 @@ def worker_died_message(cells, out):
     killed = mark_orphans_interrupted(cells, out)
     return pool_died_message("grid", f"training {', '.join(killed) or 'a cell'}",
                              "the other running cells kept their last complete epoch")
-
-
-def pool_died_message(command, doing, kept):
-    """The one line for a ``command`` whose worker process died while
-    ``doing`` (naming the runs it held); ``kept``: what a rerun resumes from."""
-    return (f"a {command} worker process died (killed by the OS, e.g. out of memory, or kill -9) while {doing}; "
-            f"{kept}: rerun the same command to resume them all")
-
-
-def forget_pool_wakeups():
-    """concurrent.futures' exit handler writes to every pool's wake-up pipe it
-    knows. A forked worker inherits the parent's, and after an interrupted
-    pool's shutdown the parent's may be closed under it: either way it would
-    fail at exit with a traceback (EBADF) after the one-line message. Called
-    only where no pool of this process is running any more."""
-    import concurrent.futures.process as pool_internals
-    getattr(pool_internals, "_threads_wakeups", {}).clear()
 
 
 _worker_state = {"in_cell": False, "stopping": False}  # of this worker process

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from models import RULES, build_network, make_rule
+from models.inputs import INPUT_SHAPES
 from models.lc import LocallyConnected2d
-from models.networks import INPUT_SHAPES, same_padding
+from models.networks import same_padding
 
 from .runtime import exact_memory_accounting, release_memory
 
@@ -32,7 +33,7 @@ LC_SHAPES = [
 # Alternating target-propagation schedules do half of their parallel twin's
 # step in each epoch, so only the parallel ones are timed.
 RULE_NAMES = [name for name in RULES.registered(plugins=False)
-              if getattr(RULES.get(name), "schedule", "parallel") == "parallel"]
+              if RULES.get(name).schedule == "parallel"]
 
 
 def synchronize(device):
@@ -384,7 +385,7 @@ def markdown_harness(rows):
 def run_bench(device, sections=("lc", "rules", "harness", "convert"), quick=False, echo=print, families=None):
     """Run the chosen sections and echo Markdown tables; returns the raw rows."""
     from .records import host_info
-    from .train import describe_device
+    from .run_model import describe_device
     echo(f"# biobench bench on {describe_device(device)}; torch {torch.__version__}; "
          f"{host_info()['cpu_count']} cores{' (quick mode: tiny sizes, figures not meaningful)' if quick else ''}\n")
     results = {}

@@ -12,7 +12,7 @@ from models import RULES  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 from .records import load_record  # noqa: E402
-from .tables import (  # noqa: E402
+from .results import (  # noqa: E402
     ARCH_ORDER,
     BIOTORCH_ARCHS,
     DATASET_TITLES,
@@ -258,6 +258,67 @@ def _finish_layer_figure(fig, axes, title, rect, out_dir, name):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=rect)
     return save(fig, out_dir, name)
+
+
+# The parts of a transformer block that records keep angles for (benchmark.alignment.block_parts), in order.
+PART_TITLES = {"q": "Q", "k": "K", "v": "V", "out": "attention output", "mlp_in": "MLP in", "mlp_out": "MLP out"}
+
+
+def attention_alignment_plot(runs, out_dir):
+    """For networks with transformer blocks (ViT): one panel per part (rows:
+    Q, K, V, attention output, MLP in, MLP out) and block (columns), the angle
+    between each rule's update of that part and BP's gradient over epochs,
+    mean over seeds. BP's own angles are 0 and left out, as in the alignment plot."""
+    records = _load_curves(runs)
+    paths = []
+    for dataset, arch in dict.fromkeys((d, a) for d, a, _ in records):
+        rules = [r for r in _ordered_labels({r for d, a, r in records if (d, a) == (dataset, arch)})
+                 if not r.startswith("bp") and _has_parts(records[(dataset, arch, r)])]
+        if not rules:
+            continue
+        found = [(row["block"], row["part"]) for r in rules for run in records[(dataset, arch, r)]
+                 for epoch in run["alignment"] for row in epoch.get("parts", [])]
+        blocks = sorted({block for block, _ in found})
+        parts = sorted(dict.fromkeys(part for _, part in found),
+                       key=lambda p: list(PART_TITLES).index(p) if p in PART_TITLES else len(PART_TITLES))
+        fig, axes = plt.subplots(len(parts), len(blocks), figsize=(2.6 * len(blocks) + 1.6, 1.5 * len(parts) + 1.2),
+                                 squeeze=False, sharex=True, sharey=True)
+        for rule in rules:
+            group = records[(dataset, arch, rule)]
+            for row, part in enumerate(parts):
+                for column, block in enumerate(blocks):
+                    values = _part_series(group, block, part)
+                    if values.size and not np.isnan(values).all():
+                        axes[row][column].plot(np.arange(1, values.shape[1] + 1), np.nanmean(values, 0),
+                                               color=colour(rule), label=rule, marker=".",
+                                               linestyle=LINESTYLES[variant_index(rule, rules)])
+        for column, block in enumerate(blocks):
+            axes[0][column].set_title(f"block {block + 1}", fontsize=10)
+            axes[-1][column].set_xlabel("epoch")
+        for row, part in enumerate(parts):
+            axes[row][0].set_ylabel(f"{PART_TITLES.get(part, part)}\n(degrees)", fontsize=9)
+        for ax in axes.flat:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            ax.grid(alpha=0.3)
+        _angle_axis(list(axes.flat))
+        title = (f"Attention and MLP per block, {DATASET_TITLES.get(dataset, dataset)} {arch_title(arch)}: angle "
+                 f"between the rule's update and BP's gradient\n(degrees; fixed probe batch, mean over seeds)")
+        paths += _finish_layer_figure(fig, axes, title, (0, 0, 1 - 1.3 / fig.get_figwidth(), 0.94), out_dir,
+                                      f"attention_alignment_{dataset}_{arch}")
+    return paths
+
+
+def _has_parts(group):
+    return any("parts" in epoch for r in group for epoch in r["alignment"])
+
+
+def _part_series(group, block, part):
+    """Per record, the per-epoch update angle of ``part`` of ``block`` (NaN where absent)."""
+    series = [[next((row["update_angle"] for row in epoch.get("parts", [])
+                     if (row["block"], row["part"]) == (block, part)), None) for epoch in r["alignment"]]
+              for r in group]
+    length = min(len(s) for s in series)
+    return np.array([[np.nan if v is None else v for v in s[:length]] for s in series], dtype=float)
 
 
 def _is_target_propagation(group):
@@ -533,6 +594,6 @@ def all_plots(runs, summary, metric, out_dir, searches=(), warn=None):
     """Every plot the records (and searches) allow; returns the file paths.
     ``warn``: told of robustness results left out (:func:`load_robustness`)."""
     return (bar_plot(summary, out_dir, metric) + curve_plot(runs, out_dir) + alignment_plot(runs, out_dir)
-            + target_propagation_plot(runs, out_dir) + family_metrics_plot(runs, out_dir)
-            + params_plot(summary, out_dir, metric)
+            + attention_alignment_plot(runs, out_dir) + target_propagation_plot(runs, out_dir)
+            + family_metrics_plot(runs, out_dir) + params_plot(summary, out_dir, metric)
             + search_plot(searches, out_dir) + robustness_plot(runs, out_dir, warn))

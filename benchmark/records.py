@@ -15,14 +15,19 @@ Schema ``biobench.run/1`` (all errors in percent):
   config and seed that this run did not resume, so it is a second run of it
 * ``rule``: name, options and how the first and output layers are treated
 * ``params``: ``forward_total``, ``feedback_total``, ``per_layer`` rows
-  (layer, kind, weight, bias, forward, feedback, shape)
+  (layer, kind, weight, bias, forward, feedback, shape); ``block_feedback``
+  where DFA's feedback at transformer blocks' outputs (in feedback_total)
+  belongs to no layer
 * ``curves``: per-epoch lists ``epoch``, ``train_loss``, ``train_error``,
   ``test_loss``, ``test_error``, ``val_error`` (null without a validation
   split), ``seconds``
 * ``alignment``: per epoch, per layer: ``wb_angle`` (degrees between W and
   the backward matrix B; null where there is none), ``update_angle`` (degrees
   between the rule's weight gradient and the BP gradient on one fixed batch),
-  ``norm_ratio`` (|B| / |W|)
+  ``norm_ratio`` (|B| / |W|); for a network with transformer blocks also
+  ``parts``: per block and part (``q``, ``k``, ``v``, ``out``, ``mlp_in``,
+  ``mlp_out``), ``block``, ``part``, ``layer`` and the same three values on
+  that part's rows of the layer
 * ``summary``: ``epochs_done``, ``final_test_error``, ``best_test_error``
   (the paper's metric), ``best_test_epoch``, ``best_val_epoch``,
   ``test_error_at_best_val`` (the honest metric), ``final_train_error``,
@@ -243,12 +248,14 @@ OBJECT_FIELDS = {
     "curves": (dict.fromkeys(CURVE_KEYS, LIST), {}),
 }
 CURVE_ENTRIES = dict.fromkeys(CURVE_KEYS, NUMBER) | {"epoch": INT, "val_error": _or_null(NUMBER)}
-ALIGNMENT_FIELDS = ({"layers": LIST}, {})
+ALIGNMENT_FIELDS = ({"layers": LIST}, {"parts": LIST})
 LAYER_FIELDS = ({"layer": INT}, dict.fromkeys(("wb_angle", "update_angle", "norm_ratio", "reconstruction_error",
                                                "target_distance", "nudge_distance", "free_residual",
                                                "energy_before", "energy_after", "goodness_positive",
                                                "goodness_negative"),
                                               _or_null(NUMBER)))
+PART_FIELDS = ({"block": INT, "part": TEXT, "layer": INT},
+               dict.fromkeys(("wb_angle", "update_angle", "norm_ratio"), _or_null(NUMBER)))
 
 
 def _fail(field, value, words):
@@ -301,13 +308,14 @@ def _check_alignment(epoch):
     if not isinstance(epoch, dict):
         _fail("", epoch, OBJECT[1])
     _check_fields(epoch, ".", ALIGNMENT_FIELDS)
-    for index, row in enumerate(epoch["layers"]):
-        if not isinstance(row, dict):
-            _fail(f".layers[{index}]", row, OBJECT[1])
-        try:
-            _check_fields(row, ".", LAYER_FIELDS)
-        except InvalidRecord as exc:
-            raise InvalidRecord(f".layers[{index}]{exc}") from None
+    for key, fields in (("layers", LAYER_FIELDS), ("parts", PART_FIELDS)):
+        for index, row in enumerate(epoch.get(key, [])):
+            if not isinstance(row, dict):
+                _fail(f".{key}[{index}]", row, OBJECT[1])
+            try:
+                _check_fields(row, ".", fields)
+            except InvalidRecord as exc:
+                raise InvalidRecord(f".{key}[{index}]{exc}") from None
 
 
 # robustness.json and robustness.partial.json -------------------------------------------------------------

@@ -14,6 +14,7 @@ import jinja2
 from . import __version__, plots, tables
 from .config import RunConfig
 from .records import load_record
+from .results import ARCH_ORDER, DATASET_TITLES, RULE_ORDER, load_robustness, robustness_summary
 
 
 def _flag(key, value, default):
@@ -53,8 +54,8 @@ def commands(runs):
             seed_flag = f"--seeds {len(seeds)}" if list(seeds) == list(range(len(seeds))) else f"(seeds {list(seeds)})"
             lines.append(" ".join([
                 "python cli.py grid", f"--datasets {','.join(dict.fromkeys(d for d, _ in cells))}",
-                f"--archs {','.join(_in_order([a for _, a in cells], tables.ARCH_ORDER))}",
-                f"--algos {','.join(_in_order(rules, tables.RULE_ORDER))}", seed_flag,
+                f"--archs {','.join(_in_order([a for _, a in cells], ARCH_ORDER))}",
+                f"--algos {','.join(_in_order(rules, RULE_ORDER))}", seed_flag,
                 f"--epochs {config['epochs']}", *flags, "--data-dir DATA", "--out OUT"]))
     return lines
 
@@ -88,15 +89,15 @@ def _plots(runs, summary, metric, searches):
 def render(runs, summary, metric, searches, title, warn=None):
     columns, rows = tables.results_grid(summary, "±", tables.markdown_paper_text)
     results = [{"label": label, "cells": cells} for label, cells in rows]
-    params = [{"dataset": tables.DATASET_TITLES.get(r.dataset, r.dataset), "arch": r.arch, "rule": r.rule,
+    params = [{"dataset": DATASET_TITLES.get(r.dataset, r.dataset), "arch": r.arch, "rule": r.rule,
                "forward": f"{r.forward_params:,}", "feedback": f"{r.feedback_params:,}"}
               for _, r in tables.parameter_table(summary).iterrows()]
     chosen = tables.chosen_table(searches)
     problems = [{"status": r.status, "run": os.path.basename(os.path.dirname(r.path)), "epochs": r.epochs_done,
                  "path": r.path} for _, r in runs[runs.status != "complete"].iterrows()]
-    robust = tables.load_robustness(runs, warn)
+    robust = load_robustness(runs, warn)
     robustness = [(heading, blocks) for state in ("final", "best")
-                  for heading, blocks in tables.robustness_blocks(tables.robustness_summary(robust, state), state)]
+                  for heading, blocks in tables.robustness_blocks(robustness_summary(robust, state), state)]
     devices, versions, code = _provenance(runs)
     environment = jinja2.Environment(loader=jinja2.PackageLoader("benchmark", "templates"),
                                      autoescape=True, undefined=jinja2.StrictUndefined)

@@ -343,7 +343,7 @@ def load_model(run_dir, record, state, data, device):
 
     from .checkpoints import verify_checkpoint
     from .config import RunConfig
-    from .train import build_model, seed_everything
+    from .run_model import build_model, seed_everything
     config = RunConfig.from_record(record["config"])
     path = model_path(run_dir, state)
     verify_checkpoint(path)
@@ -402,7 +402,7 @@ def load_checked_model(run_dir, record, state, data, data_dir, device):
     under --data-dir and the weights are the run's). Returns ``(model, rule,
     epoch, whole test error)``."""
     from .data import Normalizer
-    from .train import error_and_loss
+    from .run_model import error_and_loss
     name = os.path.basename(os.path.normpath(run_dir))
     recorded_size = record.get("data", {}).get("test_size")
     if recorded_size is not None and recorded_size != len(data.test):
@@ -422,8 +422,6 @@ def attacked_model(model, rule, data, path):
     and autograd along ``path`` (``true`` or ``rule``)."""
     import torch
     from torch import nn
-
-    from models.layers import detached_rules
 
     class Estimated(torch.autograd.Function):
         """EP's forward (eval mode: the relaxed read-out) with EP's own gradient estimate as backward."""
@@ -450,15 +448,11 @@ def attacked_model(model, rule, data, path):
         def forward(self, pixels):
             x = torch.addcmul(-self.shift, pixels * 255, self.scale)
             if path == "true":
-                if hasattr(rule, "differentiable_forward"):
-                    return rule.differentiable_forward(x)
-                with detached_rules(self.model):
-                    return self.model(x)
-            if hasattr(rule, "estimate_input_gradient"):
+                return rule.differentiable_forward(self.model, x)
+            if rule.has_input_gradient_estimate:
                 return Estimated.apply(x)
             logits = self.model(x)
-            if hasattr(rule, "project_target"):
-                rule.project_target(self.labels, logits)
+            rule.project_target(self.labels, logits)
             return logits
 
     device = next(model.parameters()).device
@@ -480,7 +474,7 @@ def check_test_error(path, record, state, measured):
 def rule_gradient(model, rule):
     """``(applicable, what it is)`` of the rule-gradient attack on ``model``."""
     from models.layers import feedback_layers
-    if hasattr(rule, "estimate_input_gradient"):
+    if rule.has_input_gradient_estimate:
         return True, (f"{rule.name}'s own estimate: the nudged phases' contrast with respect to the input (the "
                       f"input treated as a parameter of Phi), the cost linearised at the free fixed point")
     with_rule = [layer for layer in feedback_layers(model) if layer.rule is not None]
@@ -522,9 +516,8 @@ def reseed(rule, seed):
     numbers whether it runs first or after a resume."""
     import torch
     torch.manual_seed(seed)
-    generator = getattr(rule, "generator", None)
-    if generator is not None:
-        generator.manual_seed(seed)
+    if rule.generator is not None:
+        rule.generator.manual_seed(seed)
 
 
 def make_attack(name, module, eps, pgd):
@@ -633,7 +626,7 @@ class Evaluation:
         from models.layers import frozen_parameters
 
         from .data import Normalizer, stratified_subset
-        from .train import error_and_loss
+        from .run_model import error_and_loss
         started = time.time()
         job, s = self.job, self.settings
         record, config = job.record, job.record["config"]
@@ -656,7 +649,7 @@ class Evaluation:
             clean = whole if whole_set else error_and_loss(model, test, normalizer, eval_batch)[0]
             model.eval()
             applicable, rule_text = rule_gradient(model, rule)
-            if applicable and not hasattr(rule, "estimate_input_gradient"):
+            if applicable and not rule.has_input_gradient_estimate:
                 rule_text = f"{rule_text}; {give_input_feedback(model, rule, config['seed'])}"
             entry = {"model_file": file_name, "epoch": epoch,
                      "sha256": file_digest(os.path.join(job.run_dir, file_name)), "clean_error": clean,
@@ -896,7 +889,7 @@ def evaluate_job(job, settings, data_dir, device, threads=None):
     import torch
 
     from .locks import RunLock
-    from .train import resolve_device
+    from .run_model import resolve_device
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -938,8 +931,8 @@ def run_all(jobs, settings, data_dir, device="auto", jobs_count=1, threads=None,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    from .grid import forget_pool_wakeups, pool_died_message
     from .locks import RunLock
+    from .pools import forget_pool_wakeups, pool_died_message
     todo = [job for job in jobs if job_status(job, settings) == "todo"]
     todo.sort(key=lambda j: (j.record["config"]["algo"] != "bp", j.source or j.run_dir, j.run_dir))
     threads = threads or max(1, (os.cpu_count() or 1) // jobs_count)

@@ -1,92 +1,31 @@
 """Training one (dataset, architecture, rule, seed) cell and recording it."""
+from __future__ import annotations
+
 import copy
 import math
 import os
-import random
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import click
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from models import build_network, make_rule, parameter_counts
-from models.networks import INPUT_SHAPES
+from models import parameter_counts
 
 from . import records
-from .alignment import alignment_metrics
+from .alignment import epoch_alignment
 from .board import Board
 from .checkpoints import load_checkpoint, restore_training_state, save_best_model, save_checkpoint, training_state
-from .config import learning_rate
-from .data import Normalizer, load_dataset, random_crop_flip, training_splits
+from .config import RunConfig, learning_rate
+from .data import InMemoryDataset, Normalizer, load_dataset, random_crop_flip, training_splits
 from .early_stopping import early_stop, fits_before
 from .errors import DeadlineReached, RunError, RunInterrupted
 from .io import write_json
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RunError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu or auto")
-    return device
-
-
-def describe_device(device):
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({records.cpu_name()}, {torch.get_num_threads()} threads)"
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def error_and_loss(model, split, normalize, batch_size):
-    """Error (%) and mean cross-entropy of ``model`` on ``split``."""
-    model.eval()
-    wrong, loss_sum = 0, 0.0
-    with torch.no_grad():
-        for start in range(0, len(split), batch_size):
-            x = normalize(split.images[start:start + batch_size])
-            y = split.labels[start:start + batch_size]
-            out = model(x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            wrong += int((out.argmax(1) != y).sum())
-    model.train()
-    n = max(len(split), 1)
-    return 100.0 * wrong / n, loss_sum / n
-
-
-def build_model(config, data, device):
-    """``(model, rule, optimizer)`` of a run: the network, its rule attached
-    with feedback drawn from the run's seed, on ``device``."""
-    if tuple(data.input_shape) != INPUT_SHAPES[data.family]:
-        raise RunError(f"dataset {config.dataset} has {tuple(data.input_shape)} inputs but the "
-                       f"{data.family} networks take {INPUT_SHAPES[data.family]}")
-    model = build_network(config.arch, data.family, data.num_classes)
-    rule = make_rule(config.rule, **config.rule_options)
-    rule.weight_decay = config.weight_decay
-    rule.attach(model, torch.Generator().manual_seed(config.seed + 1), data.input_shape)
-    model.to(device)
-    rule.moved_to(device)
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.l2_penalty)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-                                     eps=config.eps, weight_decay=config.l2_penalty)
-    return model, rule, optimizer
+from .run_model import build_model, describe_device, error_and_loss, resolve_device, seed_everything
 
 
 def set_learning_rate(optimizer, lr):
@@ -188,8 +127,11 @@ class Trainer:
     every epoch (and ``model_best.pt`` whenever the validation error improves);
     ``train_epoch`` is one pass over the training set (``bench`` times it)."""
 
-    def __init__(self, config, data_dir=None, device="auto", progress=True, echo=None, dataset=None,
-                 epoch_lines=None, tensorboard=None, deadline=None, epoch_estimate=None):
+    def __init__(self, config: RunConfig, data_dir: str | None = None, device: str | torch.device = "auto",
+                 progress: bool = True, echo: Callable[[str], None] | None = None,
+                 dataset: InMemoryDataset | None = None, epoch_lines: bool | None = None,
+                 tensorboard: str | None = None, deadline: float | None = None,
+                 epoch_estimate: float | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
         self.device = resolve_device(device)
@@ -204,7 +146,7 @@ class Trainer:
         self.prepared = False
         self.kept = None  # the record of the checkpoint on disk, once run() has one
 
-    def prepare(self):
+    def prepare(self) -> Trainer:
         """Load the data, build the model, attach the rule; idempotent."""
         if self.prepared:
             return self
@@ -225,7 +167,7 @@ class Trainer:
         self.prepared = True
         return self
 
-    def run(self, run_dir, resume=False, notes=None):
+    def run(self, run_dir: str, resume: bool = False, notes: dict | None = None) -> dict:
         """Train (or ``resume`` from ``run_dir``'s checkpoint) up to ``config.epochs``;
         returns the record. Ctrl-C / SIGTERM or a failed write (a full disk)
         raise RunInterrupted saying, like the record, what the checkpoint holds."""
@@ -259,7 +201,7 @@ class Trainer:
         write_json(records.record_path(run_dir), record)
         return record
 
-    def epochs_kept(self):
+    def epochs_kept(self) -> int:
         """Complete epochs in the run's checkpoint on disk (0 before it has one)."""
         return self.kept["summary"]["epochs_done"] if self.kept is not None else 0
 
@@ -300,7 +242,7 @@ class Trainer:
                 break
         return "complete"
 
-    def new_record(self, run_id):
+    def new_record(self, run_id: str) -> dict:
         data = {"dataset": self.config.dataset, "family": self.data.family, "train_size": len(self.train),
                 "val_size": len(self.val) if self.val else 0, "test_size": len(self.test),
                 "num_classes": self.data.num_classes,
@@ -309,7 +251,7 @@ class Trainer:
                                   describe_device(self.device), data, self.rule.describe(),
                                   parameter_counts(self.model, self.rule))
 
-    def train_epoch(self, epoch):
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
         """One pass over the training set; returns (mean loss, error %), NaN when it diverged. The steps
         never wait for the device: loss and errors are summed there and read once, at the end."""
         cfg, n = self.config, len(self.train)
@@ -335,8 +277,7 @@ class Trainer:
         size = self.config.eval_batch_size
         test_error, test_loss = error_and_loss(self.model, self.test, self.normalize, size)
         val_error = error_and_loss(self.model, self.val, self.normalize, size)[0] if self.val is not None else None
-        alignment = {"epoch": epoch, **self.rule.epoch_info(),
-                     "layers": alignment_metrics(self.model, self.rule, *self.probe)}
+        alignment = {"epoch": epoch, **self.rule.epoch_info(), **epoch_alignment(self.model, self.rule, *self.probe)}
         records.append_epoch(record, alignment, epoch=epoch, train_loss=train_loss, train_error=train_error,
                              test_loss=test_loss, test_error=test_error, val_error=val_error,
                              seconds=round(seconds, 3))

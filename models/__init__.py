@@ -7,7 +7,7 @@ import importlib
 
 _LAZY = {
     "LocallyConnected2d": "models.lc", "Conv2d": "models.layers", "Linear": "models.layers",
-    "feedback_layers": "models.layers", "build_network": "models.networks",
+    "feedback_layers": "models.layers", "build_network": "models.archs",
     "parameter_counts": "models.networks", "ARCHS": "models.archs", "RULES": "models.rules",
     "make_rule": "models.rules",
 }

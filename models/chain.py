@@ -41,7 +41,9 @@ def split_chain(model, rule_name, allowed=ELEMENTWISE, minimum=2, verb="take"):
     modules between learnable layers are all instances of ``allowed``;
     otherwise one line naming the first module ``rule_name`` cannot take."""
     if not isinstance(model, nn.Sequential):
-        raise ValueError(f"{rule_name} needs an nn.Sequential network, got {type(model).__name__}")
+        raise ValueError(f"{rule_name} needs an nn.Sequential network, got {type(model).__name__}: it runs its own "
+                         f"passes segment by segment along a chain of layers and elementwise modules, which "
+                         f"residual connections, attention and other branches are not")
     prefix, segments = [], []
     for index, module in enumerate(model):
         if isinstance(module, FeedbackLayer):

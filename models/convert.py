@@ -16,10 +16,15 @@ layers) keep exact gradients, and convert says which in one line (``strict``
 refuses them instead).
 """
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .attention import MultiheadAttention
+from .blocks import BlockFeedback, block_feedback_points, remove_block_feedback
+from .errors import ConfigError
 from .layers import Conv2d, FeedbackLayer, Linear, feedback_layers, layer_label, traced_layer_inputs
 from .rules import RULES, make_rule
 
@@ -36,6 +41,8 @@ def _swapped(module):
     it is not a kind biobench converts."""
     if isinstance(module, FeedbackLayer):
         return None
+    if type(module) is nn.MultiheadAttention:
+        return MultiheadAttention.converted(module)
     if type(module) is nn.Linear:
         with torch.device("meta"):  # no second copy of the weights, even briefly
             layer = Linear(module.in_features, module.out_features, bias=module.bias is not None)
@@ -69,10 +76,14 @@ def swap_layers(model):
 
 def exact_modules(model):
     """``{type name: count}`` of the modules with parameters of their own that
-    no rule reaches (they keep exact gradients)."""
+    no rule reaches (they keep exact gradients). A layer's weight or bias may be
+    rows of a Parameter another module holds (attention's packed projection)."""
+    reached = {id(tensor if tensor._base is None else tensor._base)
+               for layer in model.modules() if isinstance(layer, FeedbackLayer)
+               for tensor in (layer.weight, layer.bias) if tensor is not None}
     counts = {}
     for module in model.modules():
-        if isinstance(module, FeedbackLayer) or not any(True for _ in module.parameters(recurse=False)):
+        if isinstance(module, FeedbackLayer) or all(id(p) in reached for p in module.parameters(recurse=False)):
             continue
         name = type(module).__name__
         counts[name] = counts.get(name, 0) + 1
@@ -82,7 +93,6 @@ def exact_modules(model):
 def _refuse_empty_layers(model):
     """A layer without weights (e.g. ``nn.Linear(10, 0)``) has nothing to learn
     and sizes its feedback by zero: one line naming it, not a ZeroDivisionError."""
-    from benchmark.errors import ConfigError
     for module in model.modules():
         if (type(module) in (nn.Linear, nn.Conv2d) or isinstance(module, FeedbackLayer)) \
                 and module.weight.numel() == 0:
@@ -94,7 +104,6 @@ def record_layer_order(model, input_shape):
     """Store, for ``feedback_layers``, the order in which one forward pass of
     ``input_shape`` runs the layers: which layer is first (it sends no error
     down) and which is the output is the forward pass's, not ``__init__``'s."""
-    from benchmark.errors import ConfigError
     try:
         traced = list(traced_layer_inputs(model, input_shape))
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -131,7 +140,6 @@ class FirstForwardOrderCheck:
         if first is self.layers[0] and last is self.layers[-1]:
             self.remove()
             return
-        from benchmark.errors import ConfigError
         names = {module: name for name, module in model.named_modules()}
         raise ConfigError(f"convert: {type(model).__name__} runs {names[first]!r} first and {names[last]!r} "
                           f"last but registers {names[self.layers[0]]!r} first and {names[self.layers[-1]]!r} "
@@ -146,6 +154,7 @@ class FirstForwardOrderCheck:
 
 def detach_rule(model):
     """Undo a previous conversion's rule: no rule on any layer, no feedback buffers."""
+    remove_block_feedback(model)
     for layer in feedback_layers(model):
         layer.rule = None
         for name in [n for n, _ in layer.named_buffers(recurse=False) if n.startswith("feedback_")]:
@@ -158,7 +167,7 @@ def feedback_keys(model):
     """The ``state_dict`` keys of the feedback buffers a rule added to the
     model's layers (a user's own ``feedback_*`` names elsewhere are not among them)."""
     return {f"{name}.{buffer}" if name else buffer
-            for name, module in model.named_modules() if isinstance(module, FeedbackLayer)
+            for name, module in model.named_modules() if isinstance(module, (FeedbackLayer, BlockFeedback))
             for buffer, _ in module.named_buffers(recurse=False) if buffer.startswith("feedback_")}
 
 
@@ -170,8 +179,8 @@ def _keep_drawn_feedback(layer, state_dict, prefix, *args):
             state_dict.setdefault(prefix + name, buffer)
 
 
-def convert(model, rule, *, seed=0, input_shape=None, strict=False, init_weights="keep", quiet=False,
-            **rule_options):
+def convert(model: nn.Module, rule: str, *, seed: int = 0, input_shape: Sequence[int] | None = None,
+            strict: bool = False, init_weights: str = "keep", quiet: bool = False, **rule_options: Any) -> nn.Module:
     """``model`` trained by ``rule`` (a name, e.g. "fa"; its options as keywords,
     e.g. ``feedback_init="kaiming"``), converted in place and returned.
 
@@ -187,7 +196,6 @@ def convert(model, rule, *, seed=0, input_shape=None, strict=False, init_weights
 
     Converting again replaces the rule (the feedback is drawn anew); the
     feedback follows each layer's device and dtype."""
-    from benchmark.errors import ConfigError
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert() takes an nn.Module, got {type(model).__name__}")
     if rule not in RULES:
@@ -228,7 +236,7 @@ def convert(model, rule, *, seed=0, input_shape=None, strict=False, init_weights
         learning_rule.attach(model, generator, input_shape)
     except ValueError as exc:
         raise ConfigError(f"convert: {exc}") from None
-    for layer in layers:
+    for layer in layers + block_feedback_points(model):
         if not getattr(layer, "_keeps_drawn_feedback", False):
             layer.register_load_state_dict_pre_hook(_keep_drawn_feedback)
             layer._keeps_drawn_feedback = True
@@ -246,7 +254,7 @@ def convert(model, rule, *, seed=0, input_shape=None, strict=False, init_weights
     return model
 
 
-def plain_state_dict(model):
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` without the feedback buffers: the keys of the model before conversion."""
     added = feedback_keys(model)
     return {k: v for k, v in model.state_dict().items() if k not in added}

@@ -18,6 +18,8 @@ here, the locally connected layer in ``models.lc``).
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 
 class LinearOps:
     """y = x W^T + b over the last dimension."""
@@ -73,7 +75,6 @@ class DirectRoute:
         """Refuse, at the forward, an input B was not sized for (the backward's
         matrix product would fail with shapes that name no layer)."""
         if tuple(x.shape[1:]) != self.input_shape:
-            from benchmark.errors import ConfigError
             raise ConfigError(f"{self.label} gets inputs of shape {tuple(x.shape[1:])}, but its direct feedback "
                               f"was sized for {self.input_shape}; convert the model again with this data's "
                               f"input_shape")

@@ -164,17 +164,31 @@ def frozen_parameters(params):
             p.requires_grad_(flag)
 
 
+class FeedbackPoint(nn.Module):
+    """A rule's feedback that acts at some module's output rather than in a
+    layer (DFA's point at a transformer block's output, ``models.blocks``);
+    it acts only while ``enabled``."""
+
+    enabled = True
+
+
 @contextmanager
 def detached_rules(model):
     """Every learnable layer of ``model`` (a module, or a list of layers) runs
     exactly (BP's forward and backward) inside the block, whatever rule is
-    attached; restored after."""
+    attached, and a module's feedback points (:class:`FeedbackPoint`) are
+    off; restored after."""
     layers = feedback_layers(model) if isinstance(model, nn.Module) else list(model)
+    points = [m for m in model.modules() if isinstance(m, FeedbackPoint)] if isinstance(model, nn.Module) else []
     saved = [layer.rule for layer in layers]
     for layer in layers:
         layer.rule = None
+    for point in points:
+        point.enabled = False
     try:
         yield
     finally:
         for layer, previous in zip(layers, saved):
             layer.rule = previous
+        for point in points:
+            point.enabled = True

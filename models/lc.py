@@ -18,6 +18,7 @@ Weights keep the documented interface shape ``[C_out, C_in*K*K, H_out*W_out]``
 (``param_shapes``) but are stored position-major (``[L, C_out, C_in*K*K]`` in
 memory), so the GEMM operand is a free ``permute`` of the parameter.
 """
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -219,8 +220,9 @@ class LocallyConnected2d(FeedbackLayer, nn.Module):
     with ``no_weights=True`` the layer owns none and ``weights`` is mandatory.
     """
 
-    def __init__(self, in_channels, out_channels, in_height, in_width, kernel_size,
-                 stride=1, padding=0, bias=True, no_weights=False):
+    def __init__(self, in_channels: int, out_channels: int, in_height: int, in_width: int,
+                 kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] = 0, bias: bool = True, no_weights: bool = False) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("in_height", in_height), ("in_width", in_width)):
@@ -251,35 +253,35 @@ class LocallyConnected2d(FeedbackLayer, nn.Module):
 
     # interface of the reference layer --------------------------------------
     @property
-    def in_channels(self):
+    def in_channels(self) -> int:
         return self.geometry.in_channels
 
     @property
-    def out_channels(self):
+    def out_channels(self) -> int:
         return self.geometry.out_channels
 
     @property
-    def out_height(self):
+    def out_height(self) -> int:
         return self.geometry.out_height
 
     @property
-    def out_width(self):
+    def out_width(self) -> int:
         return self.geometry.out_width
 
     @property
-    def param_shapes(self):
+    def param_shapes(self) -> list[list[int]]:
         shapes = [list(self.geometry.weight_shape)]
         if self.has_bias:
             shapes.append(list(self.geometry.bias_shape))
         return shapes
 
     @property
-    def weights(self):
+    def weights(self) -> list[nn.Parameter] | None:
         if self.no_weights:
             return None
         return [self.weight] + ([self.bias] if self.bias is not None else [])
 
-    def fan_in_out(self):
+    def fan_in_out(self) -> tuple[int, int]:
         """Per output unit: one filter sees ``C_in*K*K`` inputs (not the whole
         3-D tensor, which would shrink the init by ~sqrt(H*W))."""
         k = self.geometry.kernel[0] * self.geometry.kernel[1]
@@ -312,12 +314,12 @@ class LocallyConnected2d(FeedbackLayer, nn.Module):
                              f"{got if got is not None else type(weights).__name__}")
         return weights[0], (weights[1] if self.has_bias else None)
 
-    def forward(self, x, weights=None):
+    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         self._check_input(x)
         weight, bias = self._resolve_weights(weights)
         return self.run(x, weight, bias)
 
-    def exact(self, x, weight, bias):
+    def exact(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self.ops.forward(x, weight, bias)[0]
         return apply_feedback(x, weight, bias, weight, self.ops)

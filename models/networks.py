@@ -9,11 +9,9 @@ import math
 
 from torch import nn
 
-from .archs import ARCHS
+from .inputs import INPUT_SHAPES
 from .layers import Conv2d, Linear
 from .lc import LocallyConnected2d
-
-INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
 
 # (kernel, out_channels, stride) per spatial layer, then hidden FC widths.
 SPATIAL_STACKS = {
@@ -83,25 +81,12 @@ def convolutional(family, num_classes):
     return _spatial_net("conv", family, num_classes, local=False)
 
 
-def build_network(arch, family, num_classes):
-    """The network ``arch`` for ``family`` inputs, its Linear and Conv2d layers
-    biobench's (``models.convert.swap_layers``), ready for a rule."""
-    from .convert import record_layer_order, swap_layers
-    from .zoo import TORCHVISION_PREFIX, torchvision_model
-    if family not in INPUT_SHAPES:
-        raise ValueError(f"unknown input family {family!r}; allowed: {', '.join(INPUT_SHAPES)}")
-    if arch.startswith(TORCHVISION_PREFIX):
-        # Code we did not write: its first and output layers are the forward
-        # pass's, whatever order its __init__ registered them in.
-        model = swap_layers(torchvision_model(arch[len(TORCHVISION_PREFIX):], family, num_classes))
-        record_layer_order(model, INPUT_SHAPES[family])
-        return model
-    return swap_layers(ARCHS.get(arch)(family, num_classes))
-
-
 def parameter_counts(model, rule=None):
     """Per learnable layer: forward parameters (weights + biases) and stored
-    feedback values, computed from the modules themselves."""
+    feedback values, computed from the modules themselves. ``feedback_total``
+    also counts DFA's feedback at transformer blocks' outputs (its
+    ``placement="block"``), which belongs to no layer: ``block_feedback``."""
+    from .blocks import block_feedback_points
     from .layers import feedback_layers
     rows = []
     for index, layer in enumerate(feedback_layers(model)):
@@ -113,8 +98,12 @@ def parameter_counts(model, rule=None):
                      "shape": list(layer.weight.shape)})
     # Parameters no rule reaches (BatchNorm, ...) count as forward parameters too.
     exact = sum(p.numel() for p in model.parameters()) - sum(r["forward"] for r in rows)
+    at_blocks = sum(point.feedback_weight.numel() for point in block_feedback_points(model)) \
+        if rule is not None else 0
     counts = {"forward_total": sum(r["forward"] for r in rows) + exact,
-              "feedback_total": sum(r["feedback"] for r in rows), "per_layer": rows}
+              "feedback_total": sum(r["feedback"] for r in rows) + at_blocks, "per_layer": rows}
     if exact:
         counts["exact_gradient_params"] = exact
+    if at_blocks:
+        counts["block_feedback"] = at_blocks
     return counts

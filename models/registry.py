@@ -10,11 +10,17 @@ reported in one line on stderr and left out; everything else keeps working.
 """
 import importlib
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class Registry:
-    def __init__(self, kind, group=None):
+class Registry(Generic[T]):
+    """Names -> objects of one kind (``T``: a rule class, an architecture function, ...)."""
+
+    def __init__(self, kind: str, group: str | None = None) -> None:
         self.kind = kind
         self.group = group  # entry-point group of plug-ins, e.g. "biobench.rules"
         self._entries = {}
@@ -22,7 +28,8 @@ class Registry:
         self._plugins_loaded = group is None
         self.problems = []  # one line per plug-in that could not be loaded
 
-    def register(self, name, obj=None, source=None):
+    def register(self, name: str, obj: T | str | None = None,
+                 source: str | None = None) -> T | str | Callable[[T], T]:
         """Register ``obj`` under ``name``; usable as a decorator. ``obj`` may
         be a ``"module:attribute"`` string, imported on first use, so listing
         the names imports nothing (``cli.py table`` never loads torch).
@@ -71,7 +78,7 @@ class Registry:
         self.problems.append(message)
         sys.stderr.write(f"error: {message}\n")
 
-    def get(self, name):
+    def get(self, name: str) -> T:
         self._load_plugins()
         try:
             return self._resolve(name)
@@ -80,15 +87,15 @@ class Registry:
                 f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
             ) from None
 
-    def source(self, name):
+    def source(self, name: str) -> str:
         self._load_plugins()
         return self._sources[name]
 
-    def names(self):
+    def names(self) -> list[str]:
         self._load_plugins()
         return sorted(self._entries)
 
-    def registered(self, plugins=True):
+    def registered(self, plugins: bool = True) -> list[str]:
         """Names in registration order, built-ins first (the order tables use);
         ``plugins=False``: the built-ins only (what the paper presets run)."""
         if not plugins:
@@ -96,6 +103,6 @@ class Registry:
         self._load_plugins()
         return list(self._entries)
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         self._load_plugins()
         return name in self._entries

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import INPUT_SHAPES
+from .inputs import INPUT_SHAPES
 
 
 def lenet(family, num_classes):

@@ -3,11 +3,13 @@ import json
 import os
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli import cli
 from helpers import comparable
-from models import RULES
+from models import RULES, build_network, make_rule
+from models.layers import feedback_layers
 from models.rules.tp import TargetPropagation
 
 
@@ -73,10 +75,14 @@ def test_every_arch_and_rule_pair_runs(tiny_root, tmp_path, arch, algo):
     layers = record["alignment"][0]["layers"]
     assert len(layers) == len(record["params"]["per_layer"])
     assert all(0 <= row["update_angle"] <= 180 for row in layers)
-    if algo in ("fa", "kp", "usf", "frsf", "brsf"):
-        assert all(row["wb_angle"] is not None for row in layers[1:])
-    if algo in ("fa", "kp", "dfa", "frsf"):
-        assert record["params"]["feedback_total"] > 0
+    # What the rule's own hooks give on the same network (test_rules checks the hooks themselves):
+    # a W-B angle where it has an alignment matrix, every stored feedback value counted.
+    model = build_network(arch, "mnist", 10)
+    rule = make_rule(algo).attach(model, torch.Generator().manual_seed(0), (1, 28, 28))
+    assert [row["wb_angle"] is not None for row in layers] == [
+        rule.alignment_matrix(layer) is not None for layer in feedback_layers(model)]
+    assert [row["feedback"] for row in record["params"]["per_layer"]] == [
+        rule.feedback_count(layer) for layer in feedback_layers(model)]
     if issubclass(RULES.get(algo), TargetPropagation):  # inverses counted, TP metrics per layer
         assert record["params"]["feedback_total"] > 0
         assert record["alignment"][0]["phase"] in ("parallel", "inverse")
@@ -88,7 +94,7 @@ def test_every_arch_and_rule_pair_runs(tiny_root, tmp_path, arch, algo):
 def test_help_lists_choices():
     result = run_cli(["run", "--help"])
     assert result.exit_code == 0
-    for word in ("--arch", "[conv|fc|lc|lenet|resnet20|resnet56|torchvision:NAME]", "--algo", "dfa", "--dataset",
+    for word in ("--arch", "[conv|fc|lc|lenet|resnet20|resnet56|vit|torchvision:NAME]", "--algo", "dfa", "--dataset",
                  "cifar10-jpeg", "--data-dir", "BIOBENCH_DATA", "--device", "--quiet", "--resume", "--optimizer",
                  "--lr-schedule"):
         assert word in result.output

@@ -432,7 +432,7 @@ def test_inconsistent_protocols_are_refused(options, message):
 
 def test_old_records_without_an_optimizer_are_adam_in_tables(tmp_path):
     from benchmark.io import write_json
-    from benchmark.tables import load_runs
+    from benchmark.results import load_runs
     from helpers import fake_record
     write_json(str(tmp_path / "a" / "record.json"), fake_record("mnist", "fc", "bp", 0, [3.0]))
     write_json(str(tmp_path / "b" / "record.json"), fake_record("mnist", "fc", "bp", 1, [2.0], optimizer="adam"))
@@ -456,7 +456,8 @@ def test_the_cli_trains_a_peer_network_with_the_sgd_protocol(tiny_root, tmp_path
 
 def test_peer_network_cells_show_biotorchs_number_for_their_optimizer(tmp_path):
     from benchmark.io import write_json
-    from benchmark.tables import load_runs, summarize_runs, to_markdown
+    from benchmark.results import load_runs
+    from benchmark.tables import summarize_runs, to_markdown
     from helpers import fake_record
     for name, dataset, optimizer in (("m", "mnist", "sgd"), ("a", "cifar10", "adam"), ("s", "cifar10", "sgd")):
         write_json(str(tmp_path / name / "record.json"),

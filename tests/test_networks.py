@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from models import build_network, parameter_counts
-from models.networks import INPUT_SHAPES, same_padding
+from models.inputs import INPUT_SHAPES
+from models.networks import same_padding
 
 
 def lc_params(c_in, c_out, k, h_out, w_out):

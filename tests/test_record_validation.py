@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from benchmark.errors import RecordError
 from benchmark.io import write_json
 from benchmark.records import append_epoch, finish_record, load_record, new_record
-from benchmark.tables import load_runs
+from benchmark.results import load_runs
 from cli import cli
 from helpers import fake_record
 
@@ -60,6 +60,11 @@ BAD_RECORDS = {
     "layers-text": (_set("x", "alignment", 0, "layers"), "alignment[0].layers"),
     "layer-row-null": (_set(None, "alignment", 1, "layers", 2), "alignment[1].layers[2]"),
     "layer-angle-text": (_set("x", "alignment", 1, "layers", 1, "wb_angle"), "alignment[1].layers[1].wb_angle"),
+    "parts-text": (_set("x", "alignment", 0, "parts"), "alignment[0].parts"),
+    "part-layer-text": (_set([{"block": 0, "part": "q", "layer": "x"}], "alignment", 1, "parts"),
+                        "alignment[1].parts[0].layer"),
+    "part-without-name": (_set([{"block": 0, "layer": 3, "update_angle": 80.0}], "alignment", 1, "parts"),
+                          "alignment[1].parts[0].part"),
     "device-list": (_set(["cpu"], "device"), "device"),
     "versions-null": (_set(None, "versions"), "versions"),
     "git-commit-number": (_set({"git_commit": 123}, "code"), "code.git_commit"),

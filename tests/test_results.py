@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from benchmark.io import write_json
-from benchmark.tables import load_runs, summarize_runs, to_latex, to_markdown
+from benchmark.results import load_runs
+from benchmark.tables import summarize_runs, to_latex, to_markdown
 from cli import cli
 from helpers import fake_record
 
@@ -236,7 +237,7 @@ def test_every_registered_rule_is_complete_everywhere():
     from benchmark import cite
     from benchmark.grid import PRESETS
     from benchmark.plots import UNKNOWN_RULE_COLOUR, colour
-    from benchmark.tables import RULE_ORDER
+    from benchmark.results import RULE_ORDER
     from models import RULES
     assert RULE_ORDER == RULES.registered(plugins=False)
     assert PRESETS["bartunov-mnist"]["rules"] == RULES.registered(plugins=False)

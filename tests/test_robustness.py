@@ -17,11 +17,11 @@ from benchmark import robustness as rb
 from benchmark.config import RunConfig
 from benchmark.data import Normalizer, load_dataset, training_splits
 from benchmark.records import load_record
+from benchmark.run_model import build_model, error_and_loss
 from benchmark.runs import start_run
-from benchmark.train import build_model, error_and_loss
 from cli import cli
 from helpers import fake_record, make_tiny_mnist
-from models import build_network, make_rule
+from models import RULES, build_network, make_rule
 from models.layers import Linear, feedback_layers, frozen_parameters
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -346,7 +346,7 @@ def test_the_rule_gradient_reaches_the_pixels_through_every_layers_feedback(name
     first = feedback_layers(model)[0]
     assert first.rule is None  # training never sends a gradient below layer 1
     text = rb.give_input_feedback(model, rule, seed=0)
-    if name == "kp":  # learned feedback: the first layer keeps W_1^T
+    if rule.learned_feedback:  # KP: the first layer keeps W_1^T
         assert first.rule is None and "W_1^T" in text
     else:
         assert first.rule is rule and "drawn as" in text
@@ -384,14 +384,14 @@ def test_the_direct_rules_gradient_at_the_pixels_is_the_output_signal_through_b0
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1.2e-7)
 
 
-@pytest.mark.parametrize("name, applicable", [
-    ("bp", False), ("pc", False), ("dtp-par", False), ("ldrl", False), ("pepita", False), ("ff", False),
-    ("fa", True), ("dfa", True), ("drtp", True), ("usf", True), ("brsf", True), ("frsf", True), ("kp", True),
-    ("pc-rf", True), ("ep", True)])
-def test_which_rules_have_a_rule_gradient_column(name, applicable):
+@pytest.mark.parametrize("name", RULES.names())
+def test_a_rule_has_a_rule_gradient_column_exactly_when_it_declares_one(name):
+    """``LearningRule.has_rule_gradient`` against what the attack finds on the
+    attached net (layers that send a signal of the rule's own down, or an
+    estimate of its own)."""
     model = build_network("fc", "mnist", 10)
     rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
-    assert rb.rule_gradient(model, rule)[0] is applicable
+    assert rb.rule_gradient(model, rule)[0] is RULES.get(name).has_rule_gradient
 
 
 @pytest.mark.parametrize("name", ["fa", "dfa", "drtp", "brsf", "ep", "ff"])
@@ -588,7 +588,7 @@ def test_ep_true_gradient_is_the_derivative_of_its_eval_forward(float64, feedbac
     model, rule = small_ep(feedback, order)
     x, y = torch.randn(5, 1, 3, 4), torch.tensor([0, 1, 2, 0, 1])
     inputs = x.clone().requires_grad_()
-    logits = rule.differentiable_forward(inputs)
+    logits = rule.differentiable_forward(model, inputs)
     torch.testing.assert_close(logits.detach(), model(x), rtol=0, atol=1e-12)  # the eval forward (the hook)
     (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), inputs)
     direction, h = torch.randn_like(x), 1e-5
@@ -602,7 +602,7 @@ def test_ep_own_estimate_matches_the_true_gradient_only_with_symmetric_feedback(
     model, rule = small_ep(feedback)
     x, y = torch.randn(5, 1, 3, 4), torch.tensor([0, 1, 2, 0, 1])
     inputs = x.clone().requires_grad_()
-    (true,) = torch.autograd.grad(F.cross_entropy(rule.differentiable_forward(inputs), y), inputs)
+    (true,) = torch.autograd.grad(F.cross_entropy(rule.differentiable_forward(model, inputs), y), inputs)
     with torch.no_grad():
         logits = model(x)
     estimate = rule.estimate_input_gradient(x, (logits.softmax(1) - F.one_hot(y, 3)) / 5)
@@ -641,7 +641,7 @@ def test_noise_has_the_severitys_std_and_stays_in_pixel_space():
 
 # tables -------------------------------------------------------------------------------------------
 def test_table_gives_mean_and_std_over_seeds(tmp_path):
-    from benchmark import tables
+    from benchmark import results, tables
     for seed, (true, rule_error) in enumerate([(40.0, 10.0), (60.0, 20.0)]):
         for algo in ("bp", "fa"):
             folder = tmp_path / f"mnist-lc-{algo}-seed{seed}"
@@ -653,8 +653,8 @@ def test_table_gives_mean_and_std_over_seeds(tmp_path):
             json.dump({"states": {"final": {"attacks": attacks, "corruptions": [
                 {"corruption": "contrast", "severity": s, "error": float(s + 2 * seed)} for s in range(1, 6)]}}},
                 open(folder / "robustness.json", "w"))
-    runs, _ = tables.load_runs([str(tmp_path)])
-    summary = tables.robustness_summary(tables.load_robustness(runs), "final")
+    runs, _ = results.load_runs([str(tmp_path)])
+    summary = results.robustness_summary(results.load_robustness(runs), "final")
     text = tables.robustness_markdown(summary)
     true_block = text.split("**PGD, true gradient")[1].split("**")[1]
     assert "| bp | 50.0 ± 14.1 (2) |" in true_block and "| fa | 50.0 ± 14.1 (2) |" in true_block
@@ -665,7 +665,7 @@ def test_table_gives_mean_and_std_over_seeds(tmp_path):
 
 
 def test_headline_is_each_runs_strongest_attack_at_the_datasets_eps_then_the_seeds_mean(tmp_path, monkeypatch):
-    from benchmark import tables
+    from benchmark import results, tables
     # per seed: (clean, {attack: (true, rule)} at eps 0.1); at eps 0.3 everything is 100 (not the headline's)
     seeds = [(2.0, {"fgsm": (30.0, 5.0), "pgd": (20.0, 9.0), "apgd-dlr": (90.0, 7.0)}),
              (4.0, {"fgsm": (50.0, 3.0), "pgd": (70.0, 1.0), "apgd-dlr": (60.0, 2.0)})]
@@ -680,8 +680,8 @@ def test_headline_is_each_runs_strongest_attack_at_the_datasets_eps_then_the_see
                             {"attack": attack, "gradient": gradient, "eps": 0.1, "error": at_01},
                             {"attack": attack, "gradient": gradient, "eps": 0.3, "error": 100.0}]
         json.dump({"states": {"final": {"attacks": attacks, "corruptions": []}}}, open(folder / "robustness.json", "w"))
-    runs, _ = tables.load_runs([str(tmp_path)])
-    text = tables.robustness_markdown(tables.robustness_summary(tables.load_robustness(runs), "final"))
+    runs, _ = results.load_runs([str(tmp_path)])
+    text = tables.robustness_markdown(results.robustness_summary(results.load_robustness(runs), "final"))
     headline = text.split("**Headline at ε=0.1")[1].split("**")[1]
     assert "| FC clean | FC true | FC rule |" in headline
     # clean 2 and 4; true: max(30, 20, 90) = 90 and max(50, 70, 60) = 70; rule: 9 and 3
@@ -714,7 +714,7 @@ def test_algos_selects_runs_but_bp_still_serves_as_the_transfer_source(runs):
 
 
 def test_runs_evaluated_with_another_protocol_are_rows_of_their_own(tmp_path):
-    from benchmark import tables
+    from benchmark import results, tables
     for algo, images, error in (("bp", 500, 30.0), ("fa", 500, 20.0), ("ep", 100, 10.0)):
         folder = tmp_path / f"mnist-fc-{algo}"
         folder.mkdir()
@@ -723,8 +723,8 @@ def test_runs_evaluated_with_another_protocol_are_rows_of_their_own(tmp_path):
                    "states": {"final": {"attacks": [{"attack": "pgd", "gradient": "true", "eps": 0.1,
                                                      "error": error}], "corruptions": []}}},
                   open(folder / "robustness.json", "w"))
-    runs, _ = tables.load_runs([str(tmp_path)])
-    text = tables.robustness_markdown(tables.robustness_summary(tables.load_robustness(runs)))
+    runs, _ = results.load_runs([str(tmp_path)])
+    text = tables.robustness_markdown(results.robustness_summary(results.load_robustness(runs)))
     assert "| ep [100 images, PGD 40 x 0.01] | 10.0 (1) |" in text and "| fa | 20.0 (1) |" in text
 
 
@@ -739,28 +739,28 @@ def write_evaluated_run(folder, algo, seed, error, record=None, **result):
 
 
 def test_a_seed_evaluated_twice_counts_once_with_a_warning(tmp_path):
-    from benchmark import tables
+    from benchmark import results, tables
     write_evaluated_run(tmp_path / "a" / "mnist-fc-fa-seed0", "fa", 0, 50.0)
     write_evaluated_run(tmp_path / "a" / "mnist-fc-fa-seed1", "fa", 1, 70.0)
     write_evaluated_run(tmp_path / "copy" / "mnist-fc-fa-seed0", "fa", 0, 50.0)  # a copied folder
-    runs, _ = tables.load_runs([str(tmp_path / "a"), str(tmp_path / "copy")])
+    runs, _ = results.load_runs([str(tmp_path / "a"), str(tmp_path / "copy")])
     warnings = []
-    text = tables.robustness_markdown(tables.robustness_summary(tables.load_robustness(runs, warnings.append)))
+    text = tables.robustness_markdown(results.robustness_summary(results.load_robustness(runs, warnings.append)))
     assert "| fa | 60.0 ± 14.1 (2) |" in text  # not 56.7 over three
     assert len(warnings) == 1 and "seed 0 of mnist fc fa has more than one robustness.json" in warnings[0]
 
 
 def test_results_of_an_older_model_or_an_unfinished_run_are_left_out_with_a_warning(tmp_path):
-    from benchmark import tables
+    from benchmark import results
     write_evaluated_run(tmp_path / "mnist-fc-bp-seed0", "bp", 0, 90.0)
     # resumed for two more epochs after its evaluation: the file describes the epoch-1 model
     write_evaluated_run(tmp_path / "mnist-fc-fa-seed0", "fa", 0, 40.0,
                         record=fake_record("mnist", "fc", "fa", 0, [5.0, 4.0, 3.0]))
     write_evaluated_run(tmp_path / "mnist-fc-dfa-seed0", "dfa", 0, 30.0,
                         record=fake_record("mnist", "fc", "dfa", 0, [5.0], status="running"))
-    runs, _ = tables.load_runs([str(tmp_path)])
+    runs, _ = results.load_runs([str(tmp_path)])
     warnings = []
-    rows = tables.load_robustness(runs, warnings.append)
+    rows = results.load_robustness(runs, warnings.append)
     assert set(rows.rule) == {"bp"}
     assert any("mnist-fc-fa-seed0: robustness.json evaluated the final model of epoch 1, the record's is epoch 3"
                in w for w in warnings)
@@ -768,13 +768,13 @@ def test_results_of_an_older_model_or_an_unfinished_run_are_left_out_with_a_warn
 
 
 def test_runs_evaluated_with_other_attacks_are_rows_of_their_own(tmp_path):
-    from benchmark import tables
+    from benchmark import results
     for seed in range(2):
         write_evaluated_run(tmp_path / f"mnist-fc-fa-seed{seed}", "fa", seed, 80.0,
                             settings={"attacks": ["pgd", "fgsm", "apgd-dlr"]})
     write_evaluated_run(tmp_path / "mnist-fc-fa-seed2", "fa", 2, 20.0)  # without APGD: its strongest is weaker
-    runs, _ = tables.load_runs([str(tmp_path)])
-    labels = set(tables.load_robustness(runs).label)
+    runs, _ = results.load_runs([str(tmp_path)])
+    labels = set(results.load_robustness(runs).label)
     assert labels == {"fa", "fa [? images, PGD ? x 0, attacks fgsm+pgd]"}
 
 

@@ -10,6 +10,7 @@ from benchmark.alignment import alignment_metrics
 from models import RULES, build_network, make_rule
 from models.layers import Conv2d, Linear, feedback_layers
 from models.lc import LocallyConnected2d
+from models.rules.base import LearningRule, uniform_like_weight
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -335,12 +336,11 @@ def test_feedback_is_buffers_not_parameters_and_survives_save_load(name):
     x, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 4])
 
     def gradients(m, r):
-        if hasattr(r, "generator"):
+        if r.generator is not None:
             r.generator.manual_seed(11)
         m.zero_grad()
         out = m(x)
-        if hasattr(r, "project_target"):  # DRTP's hidden layers learn from the target
-            r.project_target(y, out)
+        r.project_target(y, out)  # DRTP's hidden layers learn from the target
         F.cross_entropy(out, y).backward()
         return [p.grad.clone() for p in m.parameters()]
 
@@ -352,3 +352,75 @@ def test_feedback_is_buffers_not_parameters_and_survives_save_load(name):
     clone.load_state_dict(torch.load(buffer))
     for got, want in zip(gradients(clone, clone_rule), expected):
         torch.testing.assert_close(got, want)
+
+
+class OwnFeedback(LearningRule):
+    """A plug-in's rule that says only how its layers send their signal down."""
+    name = "own-feedback"
+
+    def init_layer(self, layer, generator):
+        layer.register_buffer("feedback_weight", uniform_like_weight(layer, generator))
+
+    def backward_operand(self, layer, weight):
+        return layer.feedback_weight, None
+
+
+def test_a_rule_gets_every_optional_capability_from_the_base_class_with_its_default():
+    """What robustness and the alignment records may ask of a rule is declared
+    on LearningRule (docs/extending.md's table), so a rule that implements
+    none of it still answers every question."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Linear(4, 5), nn.Tanh(), Linear(5, 3))
+    rule = OwnFeedback().attach(model, torch.Generator().manual_seed(1), (4,))
+    assert rule.has_rule_gradient  # its own backward operand carries a signal down
+    assert not rule.has_input_gradient_estimate and not rule.learned_feedback and rule.learns_by_backward
+    assert rule.generator is None and rule.schedule == "parallel"
+    x, y = torch.randn(6, 4, requires_grad=True), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert rule.project_target(y, model(x)) is None  # no target to hand over: the error travels
+    with pytest.raises(NotImplementedError):
+        rule.estimate_input_gradient(x, torch.ones(6, 3))
+    # the prediction is the feed-forward net, differentiated exactly (through W, not B)
+    (got,) = torch.autograd.grad(rule.differentiable_forward(model, x).sum(), x)
+    w1, b1, w2, b2 = (p.detach() for p in model.parameters())
+    (expected,) = torch.autograd.grad((torch.tanh(x @ w1.t() + b1) @ w2.t() + b2).sum(), x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)
+    assert all(layer.rule is rule for layer in feedback_layers(model)[1:])  # the rule is back in place
+    (along_rule,) = torch.autograd.grad(model(x).sum(), x)
+    assert not torch.allclose(along_rule, expected)
+
+
+def test_capability_flags_follow_the_hooks_a_class_defines():
+    class Estimating(OwnFeedback):
+        def estimate_input_gradient(self, x, cotangent):
+            return torch.zeros_like(x)
+
+    class Exact(LearningRule):
+        pass
+
+    class Declared(OwnFeedback):
+        has_rule_gradient = False  # e.g. a backward operand that is W itself
+
+    assert Estimating.has_input_gradient_estimate and Estimating.has_rule_gradient
+    assert not Exact.has_rule_gradient and not Exact.has_input_gradient_estimate
+    assert not Declared.has_rule_gradient
+
+
+@pytest.mark.parametrize("name", RULES.names())
+def test_a_feedback_matrix_a_layer_sends_its_signal_through_is_reported_and_counted(name):
+    """Read off each rule's own hooks, not a list of names: a layer whose own
+    backward sends its signal down through a B in W's place reports it for
+    the W-B angle, and a B the rule keeps between steps (not brSF's redrawn
+    one) is counted as feedback."""
+    torch.manual_seed(0)
+    model = build_network("fc", "mnist", 10)
+    rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
+    for layer in feedback_layers(model):
+        if layer.rule is not rule:
+            continue
+        b, route = rule.backward_operand(layer, layer.weight)
+        if b is layer.weight:  # W itself (EP's symmetric feedback): nothing of the rule's own
+            continue
+        if route is None:  # no route of its own (DFA's): B takes W's place
+            assert rule.alignment_matrix(layer) is not None
+        if torch.equal(b, rule.backward_operand(layer, layer.weight)[0]):
+            assert rule.feedback_count(layer) > 0

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from benchmark.io import write_json
 from benchmark.records import SCHEMA
-from benchmark.tables import load_runs, summarize_runs, to_csv, to_latex
+from benchmark.results import load_runs
+from benchmark.tables import summarize_runs, to_csv, to_latex
 from cli import cli
 from helpers import fake_record
 

@@ -1,9 +1,16 @@
 """Learning rules, by name. To add one: write a module with a
 :class:`~models.rules.base.LearningRule` subclass and register it below
 (``"module:Class"``: imported only when the rule is used)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from ..registry import Registry
 
-RULES = Registry("learning rule", group="biobench.rules")
+if TYPE_CHECKING:
+    from .base import LearningRule
+
+RULES: Registry[type[LearningRule]] = Registry("learning rule", group="biobench.rules")
 # Registration order is the order of presets and tables.
 for _name, _target in (
         ("bp", "bp:Backprop"), ("fa", "fa:FeedbackAlignment"), ("dfa", "dfa:DirectFeedbackAlignment"),
@@ -19,5 +26,5 @@ for _name, _target in (
     RULES.register(_name, f"{__name__}.{_target}")
 
 
-def make_rule(name, **options):
+def make_rule(name: str, **options: Any) -> LearningRule:
     return RULES.get(name)(**options)

@@ -1,11 +1,21 @@
 """Base class of a learning rule: how each layer's backward operand is chosen."""
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..chain import run_prefix, split_chain
-from ..layers import feedback_layers
+from ..layers import detached_rules, feedback_layers
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..feedback import DirectRoute
+    from ..layers import FeedbackLayer
 
 # Works this module's rules cite (BibTeX fields).
 BARTUNOV2018 = {"type": "inproceedings",
@@ -63,14 +73,39 @@ class LearningRule:
     # A class that leaves it unset gets False when it overrides train_step,
     # before_step or after_step: its update needs its own step.
     learns_by_backward = True
+    # Whether the rule estimates input gradients itself (EP), which the
+    # robustness attacks then follow along the rule's path. A class that
+    # leaves it unset gets True when it defines estimate_input_gradient.
+    has_input_gradient_estimate = False
+    # Whether robustness has a rule-gradient column for the rule: its layers
+    # send a signal of its own down (a backward operand other than W) or it
+    # estimates input gradients itself. A class that leaves it unset gets True
+    # when it defines backward_operand or estimate_input_gradient; one whose
+    # operand is W itself sets False.
+    has_rule_gradient = False
+    # Whether training alternates epochs between the feedback path and the
+    # forward weights ("alternating", TP's -alt rules) or trains both in every
+    # epoch ("parallel"); ``benchmark.perf`` times the parallel rules only.
+    schedule = "parallel"
+    # The rule's own random stream (``make_generator``), None where it draws
+    # nothing; checkpointed, and reseeded per unit of robustness work.
+    generator = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "learns_by_backward" not in cls.__dict__:
-            cls.learns_by_backward = all(getattr(cls, step) is getattr(LearningRule, step)
-                                         for step in ("train_step", "before_step", "after_step"))
+            cls.learns_by_backward = not cls._defines("train_step", "before_step", "after_step")
+        if "has_input_gradient_estimate" not in cls.__dict__:
+            cls.has_input_gradient_estimate = cls._defines("estimate_input_gradient")
+        if "has_rule_gradient" not in cls.__dict__:
+            cls.has_rule_gradient = cls._defines("backward_operand", "estimate_input_gradient")
 
-    def __init__(self, **options):
+    @classmethod
+    def _defines(cls, *hooks):
+        """Whether the class has its own version of any of ``hooks``."""
+        return any(getattr(cls, hook) is not getattr(LearningRule, hook) for hook in hooks)
+
+    def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.defaults)
         if unknown:
             allowed = ", ".join(sorted(self.defaults)) or "none"
@@ -98,7 +133,8 @@ class LearningRule:
         self.layers = []
 
     # set-up ------------------------------------------------------------------
-    def attach(self, model, generator, input_shape=None):
+    def attach(self, model: nn.Module, generator: torch.Generator,
+               input_shape: Sequence[int] | None = None) -> LearningRule:
         """Register feedback buffers (drawn from ``generator``) and hook the rule in."""
         layers = feedback_layers(model)
         if not layers:
@@ -111,7 +147,7 @@ class LearningRule:
             layer.rule = self
         return self
 
-    def attach_chain(self, model):
+    def attach_chain(self, model: nn.Module) -> None:
         """For a rule with passes of its own: the network as segments
         (``models.chain``), its layers, their kinds checked."""
         self.prefix, self.segments = split_chain(model, self.name)
@@ -119,13 +155,13 @@ class LearningRule:
         self.check_layer_kinds(self.layers)
         self.output_layer = self.layers[-1]
 
-    def input_size(self, input_shape):
+    def input_size(self, input_shape: Sequence[int]) -> int:
         """Values per sample that the first learnable layer reads."""
         with torch.no_grad():
             h0 = run_prefix(self.prefix, torch.zeros((1,) + tuple(input_shape), dtype=self.layers[0].weight.dtype))
         return h0[0].numel()
 
-    def check_layer_kinds(self, layers):
+    def check_layer_kinds(self, layers: Sequence[FeedbackLayer]) -> None:
         if self.layer_kinds is None:
             return
         for layer in layers:
@@ -133,13 +169,13 @@ class LearningRule:
                 raise ValueError(f"rule {self.name!r} is not defined for {type(layer).__name__} layers; "
                                  f"it is for: {', '.join(self.layer_kinds)}")
 
-    def init_layer(self, layer, generator):
+    def init_layer(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
         """Create this rule's buffers on ``layer``."""
 
     # Whether B is learned (KP): a first layer's B would have been learned too.
     learned_feedback = False
 
-    def input_feedback(self, layer, generator):
+    def input_feedback(self, layer: FeedbackLayer, generator: torch.Generator) -> bool:
         """Give ``layer``, the network's first, which training never asks for
         an input gradient and so leaves without a rule, the feedback this rule
         gives the other layers, drawn from ``generator``: an attack that
@@ -153,25 +189,26 @@ class LearningRule:
         layer.rule = self
         return True
 
-    def make_generator(self, generator, device):
+    def make_generator(self, generator: torch.Generator, device: str | torch.device) -> None:
         """``self.generator``: the rule's own random stream (seeded from
         ``generator``); the trainer checkpoints it, so resumed runs are exact."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    def moved_to(self, device):
+    def moved_to(self, device: str | torch.device) -> None:
         """Called once the model is on its training device."""
-        generator = getattr(self, "generator", None)
+        generator = self.generator
         if generator is not None and generator.device != torch.device(device):
             # Re-home the stream before its first use (same seed, same draws).
             self.generator = torch.Generator(device=device).manual_seed(generator.initial_seed())
 
     # training ------------------------------------------------------------------
-    def backward_operand(self, layer, weight):
+    def backward_operand(self, layer: FeedbackLayer, weight: torch.Tensor) -> tuple[torch.Tensor, DirectRoute | None]:
         """Return ``(B, route)`` for the layer's next backward pass."""
         raise NotImplementedError
 
-    def train_step(self, model, x, y, optimizer):
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         """One whole update on the batch ``(x, y)``; ``optimizer`` holds the
         model's parameters. Returns ``(loss, logits)``, both detached.
 
@@ -190,59 +227,82 @@ class LearningRule:
         self.after_step()
         return loss.detach(), logits.detach()
 
-    def before_step(self):
+    def before_step(self) -> None:
         """Called by the default step before the optimiser step."""
 
     @torch.no_grad()
-    def decay_weights(self):
+    def decay_weights(self) -> None:
         """Weight decay, called right after every forward optimiser step:
         every forward weight W (not the biases) is multiplied by
         ``1 - weight_decay``, the same for every rule."""
         if self.weight_decay:
             torch._foreach_mul_([layer.weight for layer in self.layers], 1.0 - self.weight_decay)
 
-    def after_step(self):
+    def after_step(self) -> None:
         """Called by the default step after the optimiser step and weight decay."""
 
-    def start_epoch(self):
+    def start_epoch(self) -> None:
         """Called before every training epoch."""
 
-    def end_epoch(self):
+    def end_epoch(self) -> None:
         """Called after every training epoch, before the checkpoint."""
 
-    def epoch_info(self):
+    def epoch_info(self) -> dict[str, Any]:
         """Extra per-epoch facts for the record (e.g. a schedule's phase)."""
         return {}
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The rule's trained state beyond the model's buffers (checkpointed)."""
         return {}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
     # reporting -----------------------------------------------------------------
-    def weight_updates(self, model, x, y):
+    def weight_updates(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Sequence[torch.Tensor]:
         """The update direction this rule gives each layer's weight on ``(x, y)``
         (the descent direction's negative, like a gradient)."""
         weights = [layer.weight for layer in feedback_layers(model)]
         return torch.autograd.grad(F.cross_entropy(model(x), y), weights)
 
-    def layer_metrics(self, model, x, y):
+    def layer_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float | None]] | None:
         """Per layer, extra rule-specific metrics (dicts), or None."""
         return None
 
-    def alignment_matrix(self, layer):
+    def alignment_matrix(self, layer: FeedbackLayer) -> torch.Tensor | None:
         """The matrix used in place of W (same shape as W), for the W-B angle;
         None where the rule has none (BP, DFA, the first layer)."""
         return None
 
-    def feedback_count(self, layer):
+    def feedback_count(self, layer: FeedbackLayer) -> int:
         """Number of stored feedback values on ``layer`` (its feedback buffers)."""
         return sum(b.numel() for name, b in layer.named_buffers(recurse=False)
                    if name.startswith("feedback_"))
 
-    def describe(self):
+    # robustness and the update angle -------------------------------------------
+    def differentiable_forward(self, model: nn.Module, x: torch.Tensor, weights: bool = False) -> torch.Tensor:
+        """The logits ``model`` gives ``x`` at test time, with autograd's graph
+        from ``x`` (and, where ``weights``, from the weights): the true input
+        gradient of the robustness attacks and the BP reference of the
+        update angle differentiate it. The default is the feed-forward pass
+        with every rule detached (exact backward, W^T); a rule whose
+        prediction is a relaxation (EP) unrolls its own steps instead."""
+        with detached_rules(model):
+            return model(x)
+
+    def estimate_input_gradient(self, x: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
+        """The rule's own estimate of ``cotangent``^T d logits / dx, which the
+        rule-gradient attacks follow in place of autograd through the rule's
+        backward operands (``has_input_gradient_estimate``); the default has none and raises."""
+        raise NotImplementedError(f"rule {self.name!r} has no input-gradient estimate of its own")
+
+    def project_target(self, y: torch.Tensor, logits: torch.Tensor) -> None:
+        """Hand the batch's labels ``y`` to a rule whose hidden layers learn
+        from the target, not the error (DRTP), before backward; the
+        rule-gradient attacks call it on every batch. By default nothing:
+        the error is what travels."""
+
+    def describe(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options),
                 "first_layer": "exact weight gradient; sends no error down",
                 "output_layer": "follows the rule"}

@@ -26,6 +26,8 @@ class DirectRandomTargetProjection(DirectFeedbackAlignment):
     colour = "#ad494a"
     title = "Direct random target projection"
     citations = {"frenkel2021": FRENKEL2021}
+    # DFA's block placement is not DRTP's: its layers all get the target through their own B_l.
+    defaults, choices, option_sources = {}, {}, {}
     weight_transport = "no: the one-hot target reaches each hidden layer through a fixed random B_l; no error goes back"
 
     def attach(self, model, generator, input_shape=None):

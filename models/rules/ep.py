@@ -313,12 +313,13 @@ class EquilibriumPropagation(LearningRule):
                     states = new if differentiable else [s.detach() for s in new]
         return states
 
-    def differentiable_forward(self, x, weights=False):
+    def differentiable_forward(self, model, x, weights=False):
         """The eval-mode logits of ``x`` (free phase from zero states, then the
-        read-out) with autograd's graph kept from ``x``, and with ``weights``
-        from the weights too: its gradients are the exact gradients of what
-        the network computes at test time (backprop through the free phase's
-        steps, which EP's update approximates)."""
+        read-out; ``model`` runs as the rule's segments) with autograd's graph
+        kept from ``x``, and with ``weights`` from the weights too: its
+        gradients are the exact gradients of what the network computes at
+        test time (backprop through the free phase's steps, which EP's update
+        approximates)."""
         s0 = run_prefix(self.prefix, x)
         states = self.unrolled_relax(s0, self.initial_states(s0), self.options["free_steps"], differentiable=True,
                                      weights=weights)

@@ -72,6 +72,9 @@ class PredictiveCoding(LearningRule):
     search_space = {"inference_rate": "log:0.01:1"}
 
     count_options = ("inference_steps",)
+    # Its backward operand is W itself, so an attack along the rule is the
+    # true-gradient one (pc-rf, whose operand is B, has the column).
+    has_rule_gradient = False
 
     def __init__(self, **options):
         super().__init__(**options)
