@@ -11,10 +11,11 @@ import signal
 
 import click
 
-# torch-free, so the robustness command's defaults come from the module that defines them
-from benchmark import robustness as rb
 from benchmark.errors import BiobenchError, ConfigError, GridFailed, ResultsMissing, RunDiverged, RunInterrupted
 from benchmark.paths import DATA_ENV, check_data_dir, check_folders, check_out_dir
+
+# torch-free, so the robustness command's defaults come from the module that defines them
+from benchmark.robustness import settings as robustness_settings
 
 DEFAULT_OUT = os.path.join("results", "runs")
 
@@ -286,29 +287,37 @@ def run(arch, rule, dataset, seed, resume, quiet, out, data_dir, device, rule_op
                           f"(loss or weights not finite); record marked 'diverged'")
 
 
-def executor_options(func):
-    """Where the cells of ``grid`` and ``search`` run: local worker processes or a Slurm job array."""
-    options = [
+def executor_options(func=None, deadline=True):
+    """Where the work of ``grid``, ``search`` and ``robustness`` runs: local
+    worker processes or a Slurm job array (``deadline``: with --deadline)."""
+    if func is None:
+        return lambda func: executor_options(func, deadline)
+    executor = [
         click.option("--executor", type=RegistryChoice(executor_names), default="local", show_default=True,
                      help="local: worker processes here (--jobs); slurm: one Slurm job array through submitit "
                           "(pip install -e \".[slurm]\")."),
+    ]
+    stop = [
         click.option("--deadline", type=Duration(), default=None,
                      help="Stop by this much wall time (seconds, or 9m, 1h): no cell or epoch starts that would "
                           "end later, running cells stop at an epoch boundary with their checkpoint, and the same "
                           "command continues (local executor)."),
+    ]
+    slurm = [
         click.option("--slurm-partition", default=None, help="Slurm partition (default: the cluster's)."),
         click.option("--slurm-time", type=click.IntRange(min=1), default=60, show_default=True,
-                     help="Time limit per cell, in minutes; a cell that hits it is requeued and resumes."),
+                     help="Time limit per task (a cell, a run's robustness), in minutes; a task that hits it is "
+                          "requeued and resumes."),
         click.option("--slurm-gpus-per-task", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--slurm-cpus-per-task", type=click.IntRange(min=1), default=None),
-        click.option("--slurm-mem", default=None, help="Memory per cell, e.g. 16G."),
+        click.option("--slurm-mem", default=None, help="Memory per task, e.g. 16G."),
         click.option("--slurm-array-parallelism", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Cells of the array running at once."),
+                     help="Tasks of the array running at once."),
         click.option("--slurm-opt", multiple=True, metavar="KEY=VALUE",
                      help="Passed to sbatch through submitit's slurm_additional_parameters, e.g. "
                           "--slurm-opt account=mylab --slurm-opt qos=high."),
     ]
-    for option in reversed(options):
+    for option in reversed(executor + (stop if deadline else []) + slurm):
         func = option(func)
     return func
 
@@ -325,7 +334,7 @@ def checked_board(folder):
 def make_executor(name, options, device, jobs, threads, echo, wait=True, epoch_lines=True, tensorboard=None):
     """The chosen executor; pops its own options (``slurm_*``, ``deadline``) out of ``options``."""
     import time
-    deadline = options.pop("deadline")
+    deadline = options.pop("deadline", None)
     deadline = time.time() + deadline if deadline else None
     from benchmark.cluster import SlurmOptions
     from benchmark.executors import ExecutorSettings
@@ -364,10 +373,13 @@ def select_grid(preset, datasets, archs, rules):
 
 def apply_preset_settings(preset, options, seeds, out):
     """A campaign preset's own epochs, validation split, seeds and folder,
-    where the command line does not set them. Returns (seeds, out)."""
+    where the command line does not set them. Returns (seeds, out,
+    rule_settings): the preset's per-rule settings the command line leaves."""
     from benchmark.grid import PRESETS
     settings = PRESETS.get(preset, {}).get("settings", {})
-    typed = given_on_command_line(list(settings))
+    per_rule = PRESETS.get(preset, {}).get("rule_settings", {})
+    typed = given_on_command_line(list(settings) + [k for values in per_rule.values() for k in values])
+    rule_settings = {rule: {k: v for k, v in values.items() if k not in typed} for rule, values in per_rule.items()}
     for name, value in settings.items():
         if name in typed:
             continue
@@ -377,7 +389,7 @@ def apply_preset_settings(preset, options, seeds, out):
             out = value
         else:
             options[name] = value
-    return seeds, out
+    return seeds, out, rule_settings
 
 
 def quiet_echo(quiet):
@@ -419,9 +431,9 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
         cells = cells_from_search(from_search, seeds, options)
     else:
         chosen = select_grid(preset, datasets, archs, rules)
-        seeds, out = apply_preset_settings(preset, options, seeds, out)
+        seeds, out, rule_settings = apply_preset_settings(preset, options, seeds, out)
         cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["rules"], range(seeds), options,
-                           parse_rule_options(rule_opt))
+                           parse_rule_options(rule_opt), rule_settings)
     if status_dir is not None:
         from benchmark.cluster import grid_status
         check_folders("--status", [status_dir])
@@ -436,6 +448,9 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
             click.echo("\n" + campaign_markdown(campaign_rows(status_dir, cells, statuses)))
             click.echo("\n" + convergence_markdown(convergence_rows(status_dir, cells)))
         return
+    if not from_search:
+        from benchmark.grid import refuse_chain_rules_on_branched_archs
+        refuse_chain_rules_on_branched_archs(chosen["archs"], chosen["rules"])
     check_data_dir(data_dir)
     check_out_dir(out)
     try:
@@ -601,14 +616,13 @@ metric_option = click.option("--metric", type=click.Choice(["best", "final", "va
               help="Seeds expected per cell (cells with fewer are flagged); default: the most any cell has.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Also write table_METRIC.{md,csv,tex}, params.{md,csv,tex} and, when the folders hold "
-                   "searches, chosen.{md,csv,tex} into this folder.")
+                   "searches, chosen.{md,csv,tex} into this folder (robust metrics: robustness_STATE.{md,csv}).")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
               show_default=True, help="What to print.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first unreadable record instead of skipping it.")
 def table(runs, metric, seeds, out, fmt, strict):
     """Build the results and parameter-count tables from run records."""
     from benchmark import tables
-    from benchmark.io import write_text
     from benchmark.results import load_robustness, robustness_summary
     if metric in tables.ROBUST_METRICS:
         state = tables.ROBUST_METRICS[metric]
@@ -617,31 +631,20 @@ def table(runs, metric, seeds, out, fmt, strict):
         if summary.empty:
             raise ResultsMissing(f"no robustness results of {state} models under {', '.join(runs)} (run: python "
                                  f"cli.py robustness --runs {' '.join(runs)})")
-        text = tables.robustness_csv(summary) if fmt == "csv" else tables.robustness_markdown(summary, state)
         if out:
             check_out_dir(out)
-            write_text(os.path.join(out, f"robustness_{state}.md"), tables.robustness_markdown(summary, state))
-            write_text(os.path.join(out, f"robustness_{state}.csv"), tables.robustness_csv(summary))
-        click.echo(text, nl=False)
+            tables.write_robustness_tables(summary, state, out)
+        click.echo(tables.robustness_text(summary, state, fmt), nl=False)
         return
     _, summary, bad = _load_summary(runs, metric, seeds, strict)
-    texts = {"markdown": tables.to_markdown(summary, metric), "csv": tables.to_csv(summary),
-             "latex": tables.to_latex(summary, metric)}
     if out:
         check_out_dir(out)
-        params = tables.parameter_table(summary)
-        for ext, key in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")):
-            write_text(os.path.join(out, f"table_{metric}.{ext}"), texts[key])
-        write_text(os.path.join(out, "params.md"), tables.parameters_markdown(params))
-        write_text(os.path.join(out, "params.csv"), tables.parameters_csv(params))
-        write_text(os.path.join(out, "params.tex"), tables.parameters_latex(params))
+        tables.write_tables(summary, metric, out)
     from benchmark.records import find_searches
     chosen = tables.chosen_table(find_searches(runs))
     if out and not chosen.empty:
-        write_text(os.path.join(out, "chosen.md"), tables.chosen_markdown(chosen))
-        write_text(os.path.join(out, "chosen.csv"), tables.chosen_csv(chosen))
-        write_text(os.path.join(out, "chosen.tex"), tables.chosen_latex(chosen))
-    click.echo(texts[fmt], nl=False)
+        tables.write_chosen(chosen, out)
+    click.echo(tables.table_text(summary, metric, fmt), nl=False)
     if not chosen.empty:
         click.echo("\nChosen settings:\n\n" + tables.chosen_markdown(chosen), nl=False)
     if bad:
@@ -710,13 +713,12 @@ def report(runs, metric, out, title):
 @click.option("--eps", "eps_text", default=None,
               help="L-inf budgets in pixel units [0, 1], comma-separated, fractions allowed (default: MNIST and "
                    "Fashion-MNIST 0,0.05,0.1,0.2,0.3; CIFAR-10 0,2/255,4/255,8/255,16/255).")
-@click.option("--attacks", "attacks_text", default=",".join(rb.ATTACKS), show_default=True,
-              help="fgsm, pgd (cross-entropy), apgd-dlr (APGD on the scale-free DLR loss: not masked by a saturated "
-                   "softmax).")
-@click.option("--gradients", "gradients_text", default=",".join(rb.GRADIENTS), show_default=True,
+@click.option("--attacks", "attacks_text", default=",".join(robustness_settings.Settings.attacks), show_default=True,
+              help=robustness_settings.attack_help())
+@click.option("--gradients", "gradients_text", default=",".join(robustness_settings.GRADIENTS), show_default=True,
               help="Which gradient the attacks follow: true (exact), rule (the rule's backward path), transfer "
                    "(examples made on the BP run of the same dataset, arch and seed).")
-@click.option("--corruptions", "corruptions_text", default=",".join(rb.CORRUPTIONS),
+@click.option("--corruptions", "corruptions_text", default=",".join(robustness_settings.Settings.corruptions),
               show_default=True, help="Corruptions at severities 1-5 (CIFAR-10-C parameters), or none.")
 @click.option("--pgd-steps", type=click.IntRange(min=1), default=None,
               help="PGD and APGD-DLR iterations (default: MNIST 40, CIFAR-10 10; Madry et al. 2018).")
@@ -739,6 +741,7 @@ def report(runs, metric, out, title):
               help="Leave out the runs of these rules, comma-separated (e.g. ep, to evaluate it apart).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs evaluated in parallel worker processes.")
+@executor_options(deadline=False)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads per run (default: cores / --jobs).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -748,33 +751,29 @@ def report(runs, metric, out, title):
               help="Also add the results as scalars to each run's TensorBoard run in this folder, where it has one.")
 def robustness(runs, eps_text, attacks_text, gradients_text, corruptions_text, pgd_steps, pgd_step, random_start,
                test_subset, batch_size, states_text, algos_text, skip_text, jobs, threads, device, data_dir,
-               tensorboard):
+               tensorboard, executor, **options):
     """Adversarial error (FGSM, PGD; true-gradient, rule-gradient and transfer
     attacks) and corruption error of every complete run, into its run folder."""
-    settings = rb.Settings(
-        eps=rb.parse_eps(eps_text) if eps_text is not None else None,
-        attacks=rb.parse_names(attacks_text, rb.ATTACKS, "--attacks"),
-        gradients=rb.parse_names(gradients_text, rb.GRADIENTS, "--gradients"),
-        corruptions=rb.parse_names(corruptions_text, tuple(rb.CORRUPTIONS), "--corruptions"),
+    settings = robustness_settings.Settings.from_options(
+        eps_text, attacks_text, gradients_text, corruptions_text, states_text, algos_text, skip_text,
         pgd_steps=pgd_steps, pgd_step=pgd_step, random_start=random_start, test_subset=test_subset,
-        batch_size=batch_size, states=rb.parse_names(states_text, rb.STATES, "--states"),
-        rules=rb.parse_names(algos_text, tuple(rule_names()), "--algos") if algos_text else (),
-        skip_rules=rb.parse_names(skip_text, tuple(rule_names()), "--skip-algos") if skip_text else ())
-    if not settings.states:
-        raise ConfigError("--states none leaves nothing to evaluate; allowed: final, best")
-    rb.check_attack_library()
+        batch_size=batch_size)
+    settings.check_libraries()
     check_folders("--runs", runs)
     check_data_dir(data_dir)
     board = checked_board(tensorboard)
-    job_list = rb.plan(runs, settings, warn=lambda message: click.echo(message, err=True))
+
+    def echo(message):
+        click.echo(message, err=True)
+    executor = make_executor(executor, options, device, jobs, threads, echo)
+    from benchmark.robustness.jobs import evaluated, plan
+    job_list = plan(runs, settings, warn=echo)
     if not job_list:
         raise ResultsMissing(f"no complete runs under {', '.join(runs)}")
-    counts = rb.run_all(job_list, settings, data_dir, device=device, jobs_count=jobs, threads=threads,
-                        echo=lambda message: click.echo(message, err=True))
+    counts = executor.evaluate(job_list, settings, data_dir, runs[0])
     if board:  # every selected run with current results, so a later call can mirror runs evaluated before
         from benchmark.board import write_robustness
-        current = [job.run_dir for job in job_list if rb.job_status(job, settings) == "done"]
-        mirrored = write_robustness(board, current)
+        mirrored = write_robustness(board, evaluated(job_list, settings))
         click.echo(f"tensorboard: robustness scalars added to {mirrored} run(s) under {board}")
     click.echo("robustness finished: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
                                           or "nothing to do"))

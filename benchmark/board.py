@@ -57,16 +57,17 @@ def write_robustness(directory, run_dirs):
     ``robustness_<state>/corruption_<name>`` carry the error, the step being
     eps x 1000 (or the severity): TensorBoard's x axis then reads as eps.
     Returns how many runs were mirrored."""
-    from .records import ROBUSTNESS_NAME, load_robustness_result
+    from .records import read_robustness
     check_available()
     from torch.utils.tensorboard import SummaryWriter
     mirrored = 0
     for run_dir in run_dirs:
         board_run = os.path.join(directory, os.path.basename(os.path.normpath(run_dir)))
-        path = os.path.join(run_dir, ROBUSTNESS_NAME)
-        if not (os.path.isdir(board_run) and os.path.isfile(path)):
+        if not os.path.isdir(board_run):
             continue
-        result = load_robustness_result(path)  # RecordError (one line) for a file of the wrong shape
+        result = read_robustness(run_dir)  # RecordError (one line) for a file of the wrong shape
+        if result is None:
+            continue
         writer = SummaryWriter(log_dir=board_run)
         for state, entry in result["states"].items():
             for row in entry.get("attacks", []):

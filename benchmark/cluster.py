@@ -1,4 +1,4 @@
-"""Grid cells as a Slurm job array, through submitit.
+"""Grid cells, and robustness evaluations, as a Slurm job array, through submitit.
 
 The run folders stay the single source of truth: a cell is done when its
 record says ``complete`` or ``diverged`` (many clusters have no ``sacct``),
@@ -7,7 +7,10 @@ resumable and not already queued. Each cell is a checkpointable callable: on
 preemption or time-out submitit calls ``checkpoint()``, which requeues the same
 cell, and the requeued task resumes from the cell's own epoch checkpoint (the
 ``--resume`` path, exact). The record counts the requeues
-(``slurm.requeues``, from ``SLURM_RESTART_COUNT``).
+(``slurm.requeues``, from ``SLURM_RESTART_COUNT``). A robustness evaluation
+is one task per run in the same way: requeued, it goes on from the units its
+``robustness.partial.json`` keeps; it is done when the run's robustness.json
+has the settings' fingerprint.
 
 submitit is imported only here, only when the Slurm executor is asked for.
 """
@@ -23,10 +26,10 @@ from .errors import ClusterError
 from .grid import ERROR_NAME, TERMINAL, cell_state, run_cell
 from .locks import LOCK_NAME, RunLock
 from .records import CHECKPOINT_NAME, RECORD_NAME, run_folders
+from .robustness.jobs import job_status, todo
+from .robustness.runner import evaluate_job
 
 LOGS = "slurm-logs"
-
-
 
 
 def import_submitit():
@@ -82,6 +85,21 @@ def make_cell_task():
     return CellTask()
 
 
+def make_evaluation_task():
+    submitit = import_submitit()
+
+    class EvaluationTask(submitit.helpers.Checkpointable):
+        """One run's robustness evaluation in a Slurm task. ``checkpoint()``
+        (inherited) requeues the same call; it then goes on from the units
+        its robustness.partial.json keeps."""
+
+        def __call__(self, job, settings, data_dir, device, threads):
+            tolerate_requeue_race(submitit)
+            return evaluate_job(job, settings, data_dir, device, threads)
+
+    return EvaluationTask()
+
+
 @dataclasses.dataclass
 class SlurmOptions:
     partition: str = None
@@ -116,48 +134,112 @@ def submitted_elsewhere(out):
     return {name: task for name, task in entries.items() if task in alive}
 
 
-def submit(cells, out, data_dir, device, threads, options, echo=print, tensorboard=None):
-    """Submit the cells that are not done and not queued as one job array.
-    Returns ``(submitted cells, jobs, skipped count)``."""
-    if not shutil.which("sbatch"):
-        raise ClusterError("--executor slurm: no sbatch on this machine's PATH (is this a Slurm login node?)")
+def _submit_array(task, arguments, names, out, options, job_name):
+    """Submit ``task`` over ``arguments`` (one list per parameter, one entry
+    per task) as one job array, its logs under ``out``/slurm-logs, and note
+    each task's ``names`` entry as queued (:func:`submitted_elsewhere`).
+    Returns the submitit jobs."""
     submitit = import_submitit()
-    out, data_dir = os.path.abspath(out), os.path.abspath(data_dir)
-    os.makedirs(out, exist_ok=True)
-    queued = submitted_elsewhere(out)
-    todo = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs, c) not in TERMINAL
-            and c.run_name() not in queued]
-    skipped = len(cells) - len(todo)
-    if not todo:
-        return [], [], skipped
     folder = os.path.join(out, LOGS, datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
     executor = submitit.SlurmExecutor(folder=os.path.join(folder, "%j"), max_num_timeout=100)
     parameters = {"time": options.time_minutes, "array_parallelism": options.array_parallelism,
-                  "job_name": "biobench-grid", "additional_parameters": dict(options.extra)}
+                  "job_name": job_name, "additional_parameters": dict(options.extra)}
     for key, value in (("partition", options.partition), ("gpus_per_task", options.gpus_per_task or None),
                        ("cpus_per_task", options.cpus_per_task), ("mem", options.mem)):
         if value is not None:
             parameters[key] = value
     executor.update_parameters(**parameters)
-    task = make_cell_task()
-    for cell in todo:  # a previous attempt's failure note must not count for this one
-        stale = os.path.join(out, cell.run_name(), ERROR_NAME)
-        if os.path.exists(stale):
-            os.unlink(stale)
     try:
-        board = os.path.abspath(tensorboard) if tensorboard else None
-        jobs = executor.map_array(task, [c.as_record() for c in todo], [out] * len(todo),
-                                  [data_dir] * len(todo), [device] * len(todo), [threads] * len(todo),
-                                  [board] * len(todo))
+        jobs = executor.map_array(task, *arguments)
     except Exception as exc:  # sbatch refused or failed: leave nothing behind
         shutil.rmtree(folder, ignore_errors=True)
         message = str(exc).strip().splitlines()
         raise ClusterError(f"Slurm refused the submission: {message[-1] if message else type(exc).__name__}") \
             from None
     with open(os.path.join(out, LOGS, "submitted.tsv"), "a", encoding="utf-8") as handle:
-        for cell, job in zip(todo, jobs):
-            handle.write(f"{cell.run_name()}\t{job.job_id}\n")
-    return todo, jobs, skipped
+        for name, job in zip(names, jobs):
+            handle.write(f"{name}\t{job.job_id}\n")
+    return jobs
+
+
+def _check_sbatch():
+    if not shutil.which("sbatch"):
+        raise ClusterError("--executor slurm: no sbatch on this machine's PATH (is this a Slurm login node?)")
+    import_submitit()
+
+
+def submit(cells, out, data_dir, device, threads, options, echo=print, tensorboard=None):
+    """Submit the cells that are not done and not queued as one job array.
+    Returns ``(submitted cells, jobs, skipped count)``."""
+    _check_sbatch()
+    out, data_dir = os.path.abspath(out), os.path.abspath(data_dir)
+    os.makedirs(out, exist_ok=True)
+    queued = submitted_elsewhere(out)
+    todo_cells = [c for c in cells if cell_state(os.path.join(out, c.run_name()), c.epochs, c) not in TERMINAL
+                  and c.run_name() not in queued]
+    skipped = len(cells) - len(todo_cells)
+    if not todo_cells:
+        return [], [], skipped
+    for cell in todo_cells:  # a previous attempt's failure note must not count for this one
+        stale = os.path.join(out, cell.run_name(), ERROR_NAME)
+        if os.path.exists(stale):
+            os.unlink(stale)
+    board = os.path.abspath(tensorboard) if tensorboard else None
+    count = len(todo_cells)
+    jobs = _submit_array(make_cell_task(), [[c.as_record() for c in todo_cells], [out] * count, [data_dir] * count,
+                                            [device] * count, [threads] * count, [board] * count],
+                         [c.run_name() for c in todo_cells], out, options, "biobench-grid")
+    return todo_cells, jobs, skipped
+
+
+def _evaluation_name(job):
+    """How submitted.tsv names a run's robustness task (a grid cell's name is its folder's)."""
+    return f"robustness:{os.path.realpath(job.run_dir)}"
+
+
+def submit_evaluations(jobs, settings, out, data_dir, device, threads, options):
+    """Submit the robustness jobs not evaluated yet under ``settings`` and
+    not queued as one job array, its logs under ``out``/slurm-logs.
+    Returns ``(submitted jobs, submitit jobs, skipped count)``."""
+    _check_sbatch()
+    out, data_dir = os.path.abspath(out), os.path.abspath(data_dir)
+    os.makedirs(out, exist_ok=True)
+    queued = submitted_elsewhere(out)
+    waiting = [job for job in todo(jobs, settings) if _evaluation_name(job) not in queued]
+    skipped = len(jobs) - len(waiting)
+    if not waiting:
+        return [], [], skipped
+    # the tasks may start in another folder: every path absolute
+    waiting = [dataclasses.replace(job, run_dir=os.path.abspath(job.run_dir),
+                                   source=os.path.abspath(job.source) if job.source else None) for job in waiting]
+    count = len(waiting)
+    tasks = _submit_array(make_evaluation_task(), [waiting, [settings] * count, [data_dir] * count,
+                                                   [device] * count, [threads] * count],
+                          [_evaluation_name(job) for job in waiting], out, options, "biobench-robustness")
+    return waiting, tasks, skipped
+
+
+def _wait_for(pending, ended, echo, poll_seconds):
+    """Block until every ``pending`` entry (``{name: (item, submitit job)}``)
+    has ended, by ``ended(item, job, alive)`` (``(status, note)``, or None
+    while it has not; ``alive``: the queued tasks); one line per ended entry.
+    Returns {status: count}."""
+    total, counts, started = len(pending), {}, time.time()
+    while pending:
+        alive = queued_tasks(sorted({j.job_id.split("_")[0] for _, j in pending.values()}))
+        for name, (item, job) in list(pending.items()):
+            outcome = ended(item, job, alive)
+            if outcome is None:
+                continue
+            status, note = outcome
+            del pending[name]
+            counts[status] = counts.get(status, 0) + 1
+            done = sum(counts.values())
+            echo(f"[{done}/{total}] {name}: {status}{': ' + note if note else ''}  "
+                 f"(elapsed {(time.time() - started) / 60:.1f} min)")
+        if pending:
+            time.sleep(poll_seconds)
+    return counts
 
 
 def wait(cells, jobs, out, echo=print, poll_seconds=2.0):
@@ -165,29 +247,38 @@ def wait(cells, jobs, out, echo=print, poll_seconds=2.0):
     A cell ended when its record is complete or diverged, when it left an
     error note, or when its task left the queue without either (failed)."""
     out = os.path.abspath(out)
-    pending = {c.run_name(): (c, j) for c, j in zip(cells, jobs)}
-    counts, started = {}, time.time()
-    while pending:
-        alive = queued_tasks(sorted({j.job_id.split("_")[0] for _, j in pending.values()}))
-        for name, (cell, job) in list(pending.items()):
-            run_dir = os.path.join(out, name)
-            state = cell_state(run_dir, cell.epochs)
-            if state in TERMINAL:
-                status, note = state, ""
-            elif os.path.exists(os.path.join(run_dir, ERROR_NAME)):
-                status, note = "failed", f"see {job.paths.stdout} and {os.path.join(run_dir, ERROR_NAME)}"
-            elif job.job_id not in alive and _task_finished(job):
-                status, note = "failed", f"the task ended without a record; see {job.paths.stdout}"
-            else:
-                continue
-            del pending[name]
-            counts[status] = counts.get(status, 0) + 1
-            done = sum(counts.values())
-            echo(f"[{done}/{len(cells)}] {name}: {status}{': ' + note if note else ''}  "
-                 f"(elapsed {(time.time() - started) / 60:.1f} min)")
-        if pending:
-            time.sleep(poll_seconds)
-    return counts
+
+    def ended(cell, job, alive):
+        run_dir = os.path.join(out, cell.run_name())
+        state = cell_state(run_dir, cell.epochs)
+        if state in TERMINAL:
+            return state, ""
+        if os.path.exists(os.path.join(run_dir, ERROR_NAME)):
+            return "failed", f"see {job.paths.stdout} and {os.path.join(run_dir, ERROR_NAME)}"
+        if job.job_id not in alive and _task_finished(job):
+            return "failed", f"the task ended without a record; see {job.paths.stdout}"
+        return None
+    return _wait_for({c.run_name(): (c, j) for c, j in zip(cells, jobs)}, ended, echo, poll_seconds)
+
+
+def wait_evaluations(jobs, tasks, settings, echo=print, poll_seconds=2.0):
+    """Block until every submitted robustness job has ended; returns
+    {status: count}. A job ended when its robustness.json has the settings'
+    fingerprint (evaluated), when its task returned (its own status and
+    line: failed, busy), or when the task left the queue without either."""
+    def ended(job, task, alive):
+        if job_status(job, settings) == "done":
+            return "evaluated", ""
+        if task.paths.result_pickle.exists():
+            try:
+                _, status, message = task.result()
+            except Exception:  # the task raised (submitit keeps the traceback in its log)
+                return "failed", f"see {task.paths.stdout}"
+            return status, message
+        if task.job_id not in alive and _task_finished(task):
+            return "failed", f"the task ended without a result; see {task.paths.stdout}"
+        return None
+    return _wait_for({job.name: (job, task) for job, task in zip(jobs, tasks)}, ended, echo, poll_seconds)
 
 
 def _task_finished(job):

@@ -1,10 +1,13 @@
-"""Where the cells of a grid or a search run: one small interface, a registry.
+"""Where the work of many runs happens: one small interface, a registry.
 
-An executor takes a list of run configs (cells), the output folder and the
-data root, trains every cell that is not done, and returns ``{status:
-count}``. ``grid`` and ``search`` use whichever the user names (``--executor``);
-adding one is a class and one ``register`` line, like rules and datasets.
+An executor trains a list of run configs (cells: :meth:`Executor.run`) and
+evaluates the robustness of a list of finished runs (jobs:
+:meth:`Executor.evaluate`), each not done yet, and returns ``{status:
+count}``. ``grid``, ``search`` and ``robustness`` use whichever the user
+names (``--executor``); adding one is a class and one ``register`` line,
+like rules and datasets.
 """
+import os
 from dataclasses import dataclass
 
 from models.registry import Registry
@@ -35,6 +38,12 @@ class Executor:
         """Train the cells that are not done; returns ``{status: count}``."""
         raise NotImplementedError
 
+    def evaluate(self, jobs, settings, data_dir, out):
+        """Evaluate the robustness jobs (``benchmark.robustness.jobs.plan``)
+        not evaluated yet under ``settings``; ``out``: the folder for the
+        executor's own files. Returns ``{status: count}``."""
+        raise NotImplementedError
+
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor")
 
@@ -50,6 +59,11 @@ class LocalExecutor(Executor):
         return run_grid(cells, out, data_dir, device=s.device, jobs=s.jobs, echo=s.echo, threads=s.threads,
                         epoch_lines=s.epoch_lines, tensorboard=s.tensorboard, deadline=s.deadline)
 
+    def evaluate(self, jobs, settings, data_dir, out):
+        from .robustness.runner import run_all
+        s = self.settings
+        return run_all(jobs, settings, data_dir, device=s.device, jobs_count=s.jobs, threads=s.threads, echo=s.echo)
+
 
 @EXECUTORS.register("slurm")
 class SlurmExecutor(Executor):
@@ -57,8 +71,6 @@ class SlurmExecutor(Executor):
     name = "slurm"
 
     def run(self, cells, out, data_dir):
-        import os
-
         from . import cluster
         from .errors import ConfigError
         s = self.settings
@@ -77,6 +89,19 @@ class SlurmExecutor(Executor):
             s.echo(f"check on it with: squeue -j {job_id}, or python cli.py grid --status {out}")
             return {"submitted": len(submitted)}
         return cluster.wait(submitted, jobs, out, echo=s.echo)
+
+    def evaluate(self, jobs, settings, data_dir, out):
+        from . import cluster
+        s = self.settings
+        submitted, tasks, skipped = cluster.submit_evaluations(jobs, settings, out, data_dir, s.device, s.threads,
+                                                               s.slurm)
+        if not submitted:
+            s.echo(f"slurm: nothing to submit ({skipped} run(s) evaluated or already queued)")
+            return {}
+        job_id = tasks[0].job_id.split("_")[0]
+        s.echo(f"slurm: submitted {len(submitted)} run(s) as job array {job_id} ({skipped} evaluated or queued); "
+               f"logs in {os.path.join(out, cluster.LOGS)}")
+        return cluster.wait_evaluations(submitted, tasks, settings, echo=s.echo)
 
 
 def make_executor(name, settings=None):

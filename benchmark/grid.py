@@ -5,14 +5,11 @@ resumable: complete (or diverged) cells are skipped, interrupted ones resume
 from their checkpoint, missing ones start. An OS lock (``benchmark.locks``)
 keeps two processes off the same cell.
 """
-import multiprocessing
 import os
 import signal
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 
 from models import RULES
 
@@ -21,7 +18,7 @@ from .early_stopping import fits_before
 from .errors import ConfigError, DeadlineReached, GridFailed, RunInterrupted
 from .io import write_json
 from .locks import RunLock
-from .pools import forget_pool_wakeups, pool_died_message
+from .pools import forget_pool_wakeups, pool_died_message, run_in_pool
 from .records import CHECKPOINT_NAME, read_record, record_path
 from .runs import discard_if_nothing_kept
 
@@ -38,9 +35,13 @@ PRESETS = {
     # each with its own length and folder, so one command runs (and resumes) a
     # block. Today's default settings (Adam lr 3e-4): the paper's per-cell
     # searched settings are not published for these cells.
+    # Per-cell settings where Bartunov et al. publish one (../shared/reference:
+    # MNIST FC DTP-parallel's forward lr 7.6e-4 from their Table 5; MNIST
+    # DFA's lr "about 1.6e-3" from their text, net not named).
     "table1-mnist-fc": {"datasets": ["mnist"], "archs": ["fc"], "rules": TABLE1_RULES,
                         "settings": {"epochs": 100, "val_split": 0.1, "seeds": 3,
-                                     "out": "results/table1-at-length/mnist-fc"}},
+                                     "out": "results/table1-at-length/mnist-fc"},
+                        "rule_settings": {"dtp-par": {"lr": 7.6e-4}, "dfa": {"lr": 1.6e-3}}},
     "table1-mnist-lc": {"datasets": ["mnist"], "archs": ["lc"], "rules": TABLE1_RULES[3:],
                         "settings": {"epochs": 60, "val_split": 0.1, "seeds": 3,
                                      "out": "results/table1-at-length/mnist-lc"}},
@@ -52,13 +53,15 @@ TERMINAL = ("complete", "diverged")
 ERROR_NAME = "error.txt"  # a cell that raised leaves its traceback here
 
 
-def grid_cells(datasets, archs, rules, seeds, options, rule_options=None):
+def grid_cells(datasets, archs, rules, seeds, options, rule_options=None, rule_settings=None):
     """Every cell's config. Each rule gets the ``rule_options`` it declares
     (e.g. ``alpha`` goes to dtp-* only; an option no chosen rule knows is an
     error) and, unless ``options["weight_decay"]`` is given, its own default
-    weight decay. When bp is in the grid, it also runs at every other weight
-    decay used (a BP control for, e.g., Kolen-Pollack's)."""
-    rule_options = rule_options or {}
+    weight decay. ``rule_settings`` ({rule: {training option: value}}) gives
+    one rule its own training settings (a preset's published per-cell
+    learning rate). When bp is in the grid, it also runs at every other
+    weight decay used (a BP control for, e.g., Kolen-Pollack's)."""
+    rule_options, rule_settings = rule_options or {}, rule_settings or {}
     known = {k for r in rules for k in RULES.get(r).defaults}
     unknown = sorted(set(rule_options) - known)
     if unknown:
@@ -69,7 +72,8 @@ def grid_cells(datasets, archs, rules, seeds, options, rule_options=None):
         decays["bp"] = list(dict.fromkeys(decays["bp"] + [d for r in rules for d in decays[r]]))
     # Seed-major: a stopped grid leaves every cell's first seed done before any
     # cell's second, so its partial tables cover the whole grid.
-    return [resolve_run_config(dict(options, dataset=d, arch=a, rule=r, seed=s, weight_decay=wd), per_rule[r])
+    return [resolve_run_config(dict(options, **rule_settings.get(r, {}), dataset=d, arch=a, rule=r, seed=s,
+                                    weight_decay=wd), per_rule[r])
             for s in seeds for d in datasets for a in archs for r in rules for wd in decays[r]]
 
 
@@ -187,7 +191,7 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
     counts = {}
     started = time.time()
 
-    def report(done, result):
+    def report(done, task, result):
         name, status, message = result
         counts[status] = counts.get(status, 0) + 1
         elapsed = time.time() - started
@@ -196,32 +200,11 @@ def run_grid(cells, out, data_dir, device="auto", jobs=1, echo=print, threads=No
              f"ETA {eta / 60:.1f} min)")
 
     args = [(c.as_record(), out, data_dir, device, threads, epoch_lines, None, tensorboard, deadline) for c in todo]
-    if jobs == 1:
-        for done, arg in enumerate(args, 1):
-            report(done, run_cell(*arg))
-        return counts
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_quiet_worker)
-    try:
-        futures = [pool.submit(_worker_cell, *arg) for arg in args]
-        for done, future in enumerate(as_completed(futures), 1):
-            report(done, future.result())
-    except BrokenProcessPool:
-        # A worker was killed (out of memory, kill -9); the pool has sent the
-        # others SIGTERM, so their cells keep their last epoch. Wait for that.
-        pool.shutdown(wait=True)
-        raise GridFailed(worker_died_message(todo, out)) from None
-    except (KeyboardInterrupt, RunInterrupted):
-        # Stop every worker the same way: no new cell starts, a running cell
-        # checkpoints and returns, an idle worker waits for the shutdown; then
-        # the caller prints one line.
-        pool.shutdown(wait=False, cancel_futures=True)
-        for worker in multiprocessing.active_children():
-            worker.terminate()
-        pool.shutdown(wait=True)
-        forget_pool_wakeups()
-        mark_orphans_interrupted(todo, out)
-        raise
-    pool.shutdown(wait=True)
+    # A killed worker: the pool has sent the others SIGTERM, so their cells
+    # keep their last epoch. Stopped (Ctrl-C): every worker stops the same
+    # way (_quiet_worker), then the caller prints one line.
+    run_in_pool(_worker_cell, args, jobs, report, died=lambda workers: GridFailed(worker_died_message(todo, out)),
+                stopped=lambda: mark_orphans_interrupted(todo, out), initializer=_quiet_worker)
     return counts
 
 
@@ -297,3 +280,27 @@ def _worker_cell(*args):
         return run_cell(*args)
     finally:
         _worker_state["in_cell"] = False
+
+
+def refuse_chain_rules_on_branched_archs(archs, rules):
+    """One line before anything trains where a rule that runs its own passes
+    along a chain of layers (``needs_chain``) meets an architecture with
+    branches (attention, residual connections): every such cell would fail."""
+    chain_rules = [rule for rule in rules if RULES.get(rule).needs_chain]
+    if not chain_rules:
+        return
+    from torch import nn
+
+    from models import build_network
+    from models.inputs import INPUT_SHAPES
+    for arch in archs:
+        for family in INPUT_SHAPES:  # whether a net is a chain does not depend on its input size
+            try:
+                model = build_network(arch, family, 10)
+            except (ValueError, ConfigError):
+                continue
+            if not isinstance(model, nn.Sequential):
+                raise ConfigError(f"--algos {', '.join(chain_rules)} cannot train --archs {arch}: these rules run "
+                                  f"their own passes along a chain of layers and elementwise modules, and "
+                                  f"{type(model).__name__} has branches (attention, residual connections)")
+            break

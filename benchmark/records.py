@@ -57,6 +57,7 @@ ROBUSTNESS_NAME = "robustness.json"
 ROBUSTNESS_PARTIAL_NAME = "robustness.partial.json"
 ROBUSTNESS_SCHEMA = "biobench.robustness/1"
 ROBUSTNESS_STATES = ("final", "best")  # the kept models: checkpoint.pt, model_best.pt
+ROBUSTNESS_CONFIG_KEYS = ("dataset", "arch", "algo", "seed")  # the run's cell, copied from its record's config
 REQUIRED_KEYS = ("schema", "status", "config", "curves", "summary", "params", "alignment")
 CURVE_KEYS = ("epoch", "train_loss", "train_error", "test_loss", "test_error", "val_error", "seconds")
 STATUSES = ("running", "complete", "diverged", "interrupted")
@@ -350,6 +351,14 @@ def _read_json_object(path, what):
     if not isinstance(content, dict):
         raise RecordError(f"{path}: not a {what} (top level is {type(content).__name__})")
     return content
+
+
+def read_robustness(run_dir):
+    """The robustness.json of ``run_dir``, checked (:func:`load_robustness_result`),
+    or None when it has none: how every reader (tables, plots, the report,
+    TensorBoard, a later robustness call) reads it."""
+    path = os.path.join(run_dir, ROBUSTNESS_NAME)
+    return load_robustness_result(path) if os.path.exists(path) else None
 
 
 def load_robustness_result(path):

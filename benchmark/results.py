@@ -10,7 +10,7 @@ import pandas as pd
 from models import RULES
 
 from .errors import RecordError
-from .records import LATER_FIELDS, ROBUSTNESS_NAME, find_records, load_record, load_robustness_result
+from .records import LATER_FIELDS, find_records, load_record, read_robustness
 
 METRICS = {
     "best": ("best_test_error", "best test error over epochs (the paper's protocol)"),
@@ -131,11 +131,8 @@ def one_per_seed(cell):
 
 def _read_robustness(run, warn):
     """The run's robustness.json (checked), or None: none there, or a bad one (skipped with a ``warn``ing)."""
-    path = os.path.join(os.path.dirname(run.path), ROBUSTNESS_NAME)
-    if not os.path.exists(path):
-        return None
     try:
-        return load_robustness_result(path)
+        return read_robustness(os.path.dirname(run.path))
     except RecordError as exc:
         warn(f"skipped {exc}")
         return None

@@ -109,3 +109,18 @@ def test_convergence_rows_say_where_each_seed_bottomed_out_beside_the_paper(tmp_
     assert abs(row["test_at_best_val"] - (errors[19] + errors[4]) / 2) < 1e-9
     assert row["paper"] == 1.48  # Bartunov et al.'s MNIST FC BP
     assert "| mnist | fc | bp | 2 | 20 | 20, 5 | 1/2 |" in convergence_markdown([row])
+
+
+def test_a_presets_published_per_cell_settings_reach_only_their_rule():
+    cells = grid_cells(["mnist"], ["fc"], ["bp", "dtp-par"], [0], {"epochs": 1, "lr": 3e-4},
+                       rule_settings=PRESETS["table1-mnist-fc"]["rule_settings"])
+    assert {c.rule: c.lr for c in cells} == {"bp": 3e-4, "dtp-par": 7.6e-4}
+
+
+def test_a_typed_lr_wins_over_the_presets_per_cell_lr(tmp_path):
+    default = CliRunner().invoke(cli, ["grid", "--preset", "table1-mnist-fc", "--algos", "dtp-par", "--seeds", "1",
+                                       "--status", str(tmp_path)])
+    typed = CliRunner().invoke(cli, ["grid", "--preset", "table1-mnist-fc", "--algos", "dtp-par", "--seeds", "1",
+                                     "--lr", "3e-4", "--status", str(tmp_path)])
+    expected = grid_cells(["mnist"], ["fc"], ["dtp-par"], [0], {"epochs": 100, "val_split": 0.1, "lr": 3e-4})
+    assert expected[0].run_name() in typed.output and expected[0].run_name() not in default.output

@@ -125,3 +125,23 @@ def test_unreachable_slurm_is_one_line_and_leaves_nothing(data, tmp_path, monkey
     assert result.exit_code == 2
     assert "no sbatch on this machine's PATH" in result.output and "Traceback" not in result.output
     assert not (out / "slurm-logs").exists()
+
+
+def test_slurm_robustness_equals_local_robustness_and_resubmitting_submits_nothing(data, tmp_path):
+    """Robustness goes through the same executors as a grid: one task per run."""
+    runs = str(tmp_path / "runs")
+    assert CliRunner().invoke(cli, GRID + ["--data-dir", data, "--out", runs, "--quiet"]).exit_code == 0
+    local = str(tmp_path / "local")
+    shutil.copytree(runs, local)
+    evaluate = ["robustness", "--data-dir", data, "--eps", "0,0.1", "--attacks", "fgsm", "--corruptions", "contrast",
+                "--test-subset", "0", "--threads", "1"]
+    assert CliRunner().invoke(cli, evaluate + ["--runs", local]).exit_code == 0
+    result = CliRunner().invoke(cli, evaluate + ["--runs", runs, "--executor", "slurm"])
+    assert result.exit_code == 0, result.output
+    assert "submitted 4 run(s) as job array" in result.output and "robustness finished: 4 evaluated" in result.output
+    for name in os.listdir(local):
+        if os.path.exists(os.path.join(local, name, "record.json")):
+            got, expected = (json.load(open(os.path.join(root, name, "robustness.json"))) for root in (runs, local))
+            assert got["states"] == expected["states"], name
+    again = CliRunner().invoke(cli, evaluate + ["--runs", runs, "--executor", "slurm"])
+    assert again.exit_code == 0 and "nothing to submit (4 run(s) evaluated or already queued)" in again.output

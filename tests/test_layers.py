@@ -92,7 +92,10 @@ def registry_edges():
     """Built-in ``"module:attribute"`` entries: the registering module imports them on first use."""
     from models.archs import ARCHS
     from models.rules import RULES
-    return {owner: {target.partition(":")[0] for target in registry._entries.values() if isinstance(target, str)}
+    # The sources, not the entries: an entry used earlier in the session is
+    # the loaded object by now, while its source still names the module.
+    return {owner: {source[len("built-in ("):-1] for source in registry._sources.values()
+                    if source.startswith("built-in (")}
             for owner, registry in (("models.rules", RULES), ("models.archs", ARCHS))}
 
 

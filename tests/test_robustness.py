@@ -13,10 +13,19 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from benchmark import robustness as rb
 from benchmark.config import RunConfig
 from benchmark.data import Normalizer, load_dataset, training_splits
+from benchmark.records import ROBUSTNESS_NAME as RESULT_NAME
+from benchmark.records import ROBUSTNESS_PARTIAL_NAME as PARTIAL_NAME
 from benchmark.records import load_record
+from benchmark.robustness import attacks, corruptions, evaluation, gradients, loading, transfer
+from benchmark.robustness import settings as rb
+from benchmark.robustness.attacks import adversarial
+from benchmark.robustness.corruptions import corrupt
+from benchmark.robustness.evaluation import Evaluation, pixel_error
+from benchmark.robustness.gradients import attacked_model, give_input_feedback, rule_gradient, unit_seed
+from benchmark.robustness.jobs import plan
+from benchmark.robustness.transfer import EXAMPLES_FOLDER
 from benchmark.run_model import build_model, error_and_loss
 from benchmark.runs import start_run
 from cli import cli
@@ -56,7 +65,7 @@ def folder_of(out, rule):
 
 
 def job_for(out, rule, settings):
-    (job,) = [j for j in rb.plan([out], settings, warn=lambda m: None) if f"-{rule}-" in j.name]
+    (job,) = [j for j in plan([out], settings, warn=lambda m: None) if f"-{rule}-" in j.name]
     return job
 
 
@@ -159,6 +168,15 @@ def test_a_transfer_source_trained_by_another_protocol_is_never_paired(runs):
     assert job.source is None and "training protocol" in " ".join(job.notes)
 
 
+def test_the_evaluations_go_through_the_executor_slurm_without_sbatch_is_one_line(runs, monkeypatch):
+    data_dir, out = runs
+    monkeypatch.setenv("PATH", "/nonexistent")
+    result = run_cli(["robustness", "--runs", out, "--data-dir", data_dir, *QUICK_ARGS, "--executor", "slurm"])
+    assert result.exit_code == 2, result.output
+    assert "no sbatch on this machine's PATH" in result.output and "Traceback" not in result.output
+    assert robustness_files(out) == [] and not os.path.exists(os.path.join(out, "slurm-logs"))
+
+
 # the attacks ------------------------------------------------------------------------------------
 PLAIN = SimpleNamespace(mean=torch.tensor([0.0]), std=torch.tensor([1.0]))  # the network sees the pixels
 
@@ -182,7 +200,7 @@ def test_fgsm_on_a_linear_model_is_the_hand_computed_step():
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     eps = 0.1
     for path in ("true", "rule"):  # one layer: no rule on the first layer, so both are exact
-        adv = rb.adversarial(rb.attacked_model(model, rule, PLAIN, path), pixels, labels, "fgsm", eps, None, 4)
+        adv = adversarial(attacked_model(model, rule, PLAIN, path), pixels, labels, "fgsm", eps, None, 4)
         weight, bias = model[1].weight.detach(), model[1].bias.detach()
         scale = float(1.0 / (255.0 * PLAIN.std))
         logits = (pixels.flatten(1) * 255 * scale) @ weight.t() + bias
@@ -195,7 +213,7 @@ def test_fgsm_on_a_linear_model_is_the_hand_computed_step():
     make_rule("bp").attach(binary, torch.Generator().manual_seed(1), (1, 4, 4))
     w = binary[1].weight.detach()
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
-    adv = rb.adversarial(rb.attacked_model(binary, make_rule("bp"), PLAIN, "true"), pixels, labels, "fgsm", eps,
+    adv = adversarial(attacked_model(binary, make_rule("bp"), PLAIN, "true"), pixels, labels, "fgsm", eps,
                          None, 6)
     assert not (binary(pixels).softmax(1) == 1).any()  # no sample saturated: the gradient is never 0
     closed = -(w[labels] - w[1 - labels]).sign().view_as(pixels)
@@ -207,8 +225,8 @@ def test_fgsm_error_on_a_binary_linear_model_never_falls_with_eps():
     model = nn.Sequential(nn.Flatten(), Linear(16, 2))
     rule = make_rule("bp").attach(model, torch.Generator().manual_seed(1), (1, 4, 4))
     pixels, labels = torch.rand(200, 1, 4, 4), torch.randint(0, 2, (200,))
-    module = rb.attacked_model(model, rule, PLAIN, "true")
-    errors = [rb.pixel_error(model, PLAIN, rb.adversarial(module, pixels, labels, "fgsm", eps, None, 200), labels, 50)
+    module = attacked_model(model, rule, PLAIN, "true")
+    errors = [pixel_error(model, PLAIN, adversarial(module, pixels, labels, "fgsm", eps, None, 200), labels, 50)
               for eps in [i / 50 for i in range(16)]]
     assert errors == sorted(errors) and errors[-1] > errors[0]
 
@@ -226,7 +244,7 @@ def test_apgd_dlr_attacks_a_saturated_softmax_that_masks_pgd_and_finds_what_the_
         model[1].weight.normal_().mul_(3000.0)
         model[1].bias.zero_()
     pixels = 0.45 + 0.1 * torch.rand(400, 1, 4, 4)  # eps <= 0.4 never leaves [0, 1]
-    module = rb.attacked_model(model, rule, PLAIN, "true")
+    module = attacked_model(model, rule, PLAIN, "true")
     with torch.no_grad():
         top2 = module(pixels).topk(2).values
         pixels = pixels[top2[:, 0] - top2[:, 1] > 150]  # exp(-150) is 0 in float32
@@ -243,8 +261,8 @@ def test_apgd_dlr_attacks_a_saturated_softmax_that_masks_pgd_and_finds_what_the_
     eps = 0.015
     pgd = {"steps": 40, "step_size": 0.002, "random_start": False}
     with frozen_parameters(model.parameters()):
-        assert torch.equal(rb.adversarial(module, pixels, labels, "pgd", eps, pgd, 100), pixels)
-        adv = rb.adversarial(module, pixels, labels, "apgd-dlr", eps, pgd, 100)
+        assert torch.equal(adversarial(module, pixels, labels, "pgd", eps, pgd, 100), pixels)
+        adv = adversarial(module, pixels, labels, "apgd-dlr", eps, pgd, 100)
     fooled = module(adv).argmax(1) != labels
     assert (adv - pixels).abs().max() <= eps + 1e-6
     assert not fooled[needed > eps].any()  # nothing beyond the geometry
@@ -256,7 +274,7 @@ def test_apgd_dlr_leaves_misclassified_images_alone_and_sends_drtp_the_labels_it
     torch.manual_seed(2)
     model, rule, data = mnist_net("drtp")
     pixels, labels = torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,))
-    module = rb.attacked_model(model, rule, data, "rule")
+    module = attacked_model(model, rule, data, "rule")
     module.labels = labels
     with torch.no_grad():
         wrong = module(pixels).argmax(1) != labels
@@ -265,7 +283,7 @@ def test_apgd_dlr_leaves_misclassified_images_alone_and_sends_drtp_the_labels_it
     rule.project_target = lambda y, logits: (seen.append((len(y), len(logits))), project(y, logits))[1]
     assert 0 < wrong.sum() < len(labels)
     with frozen_parameters(model.parameters()):
-        adv = rb.adversarial(module, pixels, labels, "apgd-dlr", 0.05, {"steps": 5}, 40)
+        adv = adversarial(module, pixels, labels, "apgd-dlr", 0.05, {"steps": 5}, 40)
     assert torch.equal(adv[wrong], pixels[wrong])
     assert seen and all(n_labels == n_logits for n_labels, n_logits in seen)
 
@@ -275,21 +293,22 @@ def test_eps_0_is_the_records_own_test_error_and_fgsm_error_grows_with_eps(runs)
     settings = rb.Settings(gradients=("true",), states=rb.STATES, **QUICK)
     for rule in ("bp", "fa"):
         job = job_for(out, rule, settings)
-        result = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+        result = Evaluation(job, settings, data_dir, torch.device("cpu")).run()
         summary = job.record["summary"]
         # the trainer measured these on the same (whole) test set during training
         expected = {"final": summary["final_test_error"], "best": summary["test_error_at_best_val"]}
         for state, entry in result["states"].items():
             assert entry["clean_error"] == expected[state]
-            assert [r["error"] for r in entry["attacks"] if r["eps"] == 0] == [expected[state]] * len(rb.ATTACKS)
+            assert ([r["error"] for r in entry["attacks"] if r["eps"] == 0]
+                    == [expected[state]] * len(attacks.ATTACKS.registered()))
     # at eps 0 both library attacks return the images bit for bit (what the eps-0 shortcut relies on)
     model, rule, data, _ = loaded(folder_of(out, "fa"), data_dir)
     pixels, labels = pixels_of(data)
-    module = rb.attacked_model(model, rule, data, "true")
+    module = attacked_model(model, rule, data, "true")
     for attack in (torchattacks.FGSM(module, eps=0.0), torchattacks.PGD(module, eps=0.0, alpha=0.01, steps=3),
                    torchattacks.APGD(module, eps=0.0, steps=3, loss="dlr")):
         assert torch.equal(attack(pixels, labels), pixels)
-    errors = [rb.pixel_error(model, data, rb.adversarial(module, pixels, labels, "fgsm", eps, None, 40), labels, 40)
+    errors = [pixel_error(model, data, adversarial(module, pixels, labels, "fgsm", eps, None, 40), labels, 40)
               for eps in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]
     assert errors == sorted(errors) and errors[-1] > errors[0]
 
@@ -312,8 +331,8 @@ def test_true_gradient_of_an_fa_net_is_autograd_on_a_plain_bp_net_and_the_rule_g
     loss = F.cross_entropy(plain((reference - data.mean) / data.std), labels)
     (expected,) = torch.autograd.grad(loss, reference)
     with frozen_parameters(fa_net.parameters()):
-        true = input_gradient(rb.attacked_model(fa_net, rule, data, "true"), pixels, labels)
-        along_rule = input_gradient(rb.attacked_model(fa_net, rule, data, "rule"), pixels, labels)
+        true = input_gradient(attacked_model(fa_net, rule, data, "true"), pixels, labels)
+        along_rule = input_gradient(attacked_model(fa_net, rule, data, "rule"), pixels, labels)
         # float32: each pixel's gradient ends in a 256-term sum (W_1^T delta_1 / std, sum of |terms| <= 0.035
         # here), within 256 eps (1.19e-7) of that: 1e-6 (observed: 4 eps, 1.4e-8)
         torch.testing.assert_close(true, expected, rtol=1e-4, atol=1e-6)
@@ -321,7 +340,7 @@ def test_true_gradient_of_an_fa_net_is_autograd_on_a_plain_bp_net_and_the_rule_g
         assert cosine < 0.9
         for layer in feedback_layers(fa_net)[1:]:  # B = W: the rule's path is BP's
             layer.feedback_weight.copy_(layer.weight.detach())
-        torch.testing.assert_close(input_gradient(rb.attacked_model(fa_net, rule, data, "rule"), pixels, labels),
+        torch.testing.assert_close(input_gradient(attacked_model(fa_net, rule, data, "rule"), pixels, labels),
                                    true, rtol=1e-4, atol=1e-6)
 
 
@@ -345,7 +364,7 @@ def test_the_rule_gradient_reaches_the_pixels_through_every_layers_feedback(name
     model, rule, data = mnist_net(name)
     first = feedback_layers(model)[0]
     assert first.rule is None  # training never sends a gradient below layer 1
-    text = rb.give_input_feedback(model, rule, seed=0)
+    text = give_input_feedback(model, rule, seed=0)
     if rule.learned_feedback:  # KP: the first layer keeps W_1^T
         assert first.rule is None and "W_1^T" in text
     else:
@@ -357,7 +376,7 @@ def test_the_rule_gradient_reaches_the_pixels_through_every_layers_feedback(name
     loss = F.cross_entropy(through_backward_operands(model, rule, (reference - data.mean) / data.std), labels)
     (expected,) = torch.autograd.grad(loss, reference)
     with frozen_parameters(model.parameters()):
-        got = input_gradient(rb.attacked_model(model, rule, data, "rule"), pixels, labels)
+        got = input_gradient(attacked_model(model, rule, data, "rule"), pixels, labels)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-14)
 
 
@@ -368,7 +387,7 @@ def test_the_direct_rules_gradient_at_the_pixels_is_the_output_signal_through_b0
     the one-hot target / N @ B_0; B_0 of the input's size, drawn like B_l."""
     torch.manual_seed(0)
     model, rule, data = mnist_net(name, arch)
-    rb.give_input_feedback(model, rule, seed=0)
+    give_input_feedback(model, rule, seed=0)
     b0 = feedback_layers(model)[0].feedback_weight
     assert b0.shape == (10, 28 * 28)
     pixels, labels = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
@@ -378,7 +397,7 @@ def test_the_direct_rules_gradient_at_the_pixels_is_the_output_signal_through_b0
     signal = (F.softmax(logits, 1) - onehot if name == "dfa" else onehot) / len(labels)
     expected = (signal @ b0).view_as(pixels) / data.std
     with frozen_parameters(model.parameters()):
-        got = input_gradient(rb.attacked_model(model, rule, data, "rule"), pixels, labels)
+        got = input_gradient(attacked_model(model, rule, data, "rule"), pixels, labels)
     # float32: a 10-term sum (classes), within 10 eps (1.19e-7) of its sum of |terms| <= (2 / N) max|B_0| / std
     # = (2 / 6) 0.087 / 0.31 = 0.094: 1.2e-7 (observed: 3 eps, 1.5e-8)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1.2e-7)
@@ -391,11 +410,11 @@ def test_a_rule_has_a_rule_gradient_column_exactly_when_it_declares_one(name):
     estimate of its own)."""
     model = build_network("fc", "mnist", 10)
     rule = make_rule(name).attach(model, torch.Generator().manual_seed(1), (1, 28, 28))
-    assert rb.rule_gradient(model, rule)[0] is RULES.get(name).has_rule_gradient
+    assert rule_gradient(model, rule)[0] is RULES.get(name).has_rule_gradient
 
 
 @pytest.mark.parametrize("name", ["fa", "dfa", "drtp", "brsf", "ep", "ff"])
-@pytest.mark.parametrize("attack", rb.ATTACKS)
+@pytest.mark.parametrize("attack", attacks.ATTACKS.registered())
 def test_attacks_stay_in_pixel_space_within_eps(name, attack):
     torch.manual_seed(0)
     # EP relaxes at every gradient; the nudge needs as many steps as hidden layers (5) to reach s_1
@@ -404,14 +423,63 @@ def test_attacks_stay_in_pixel_space_within_eps(name, attack):
     pixels = torch.rand(8, 1, 28, 28)
     pixels[:, :, :3] = torch.tensor([0.0, 1.0, 0.5]).view(1, 1, 3, 1)  # rows at the bounds
     with torch.no_grad():  # labels the net gets right: APGD leaves wrong ones alone
-        labels = rb.attacked_model(model, rule, data, "true")(pixels).argmax(1)
+        labels = attacked_model(model, rule, data, "true")(pixels).argmax(1)
     pgd = {"steps": 4, "step_size": 0.05, "random_start": True}
     with frozen_parameters(model.parameters()):
-        for path in ("true", "rule") if rb.rule_gradient(model, rule)[0] else ("true",):
-            adv = rb.adversarial(rb.attacked_model(model, rule, data, path), pixels, labels, attack, 0.1, pgd, 5)
+        for path in ("true", "rule") if rule_gradient(model, rule)[0] else ("true",):
+            adv = adversarial(attacked_model(model, rule, data, path), pixels, labels, attack, 0.1, pgd, 5)
             assert adv.min() >= 0 and adv.max() <= 1
             assert (adv - pixels).abs().max() <= 0.1 + 1e-6
             assert (adv != pixels).any()
+
+
+class SignNoise(attacks.Attack):
+    """A random corner of the eps ball: reads the pixels only, never the model."""
+    library = "torch"
+    follows_gradient = False
+
+    def perturb(self, module, pixels, labels):
+        return (pixels + self.eps * (torch.randint(0, 2, pixels.shape) * 2 - 1)).clamp(0, 1)
+
+
+def test_an_attack_is_one_class_and_one_registry_line(runs, monkeypatch):
+    """SignNoise registered in a registry of this test's own: it is
+    evaluated, its numbers are those of its own examples, it has no rule
+    column (it follows no gradient), its library is checked and recorded,
+    and the table shows it."""
+    from benchmark import results, tables
+    from benchmark.errors import ConfigError
+    from models.registry import Registry
+    data_dir, out = runs
+    local = Registry("attack")
+    for name in attacks.ATTACKS.registered():
+        local.register(name, attacks.ATTACKS.get(name))
+    local.register("sign-noise", SignNoise)
+    monkeypatch.setattr(attacks, "ATTACKS", local)
+    settings = rb.Settings(attacks=("fgsm", "sign-noise"), eps=[0.0, 0.1], **QUICK)
+    settings.check_libraries()
+    job = job_for(out, "fa", settings)
+    result = Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+    at_01 = {(r["attack"], r["gradient"]): r["error"] for r in result["states"]["final"]["attacks"] if r["eps"] == 0.1}
+    assert set(at_01) == {("fgsm", "true"), ("fgsm", "rule"), ("fgsm", "transfer"), ("sign-noise", "true"),
+                          ("sign-noise", "transfer")}
+    assert result["versions"]["torch"] == torch.__version__ and result["attack_library"] == "torchattacks, torch"
+    model, _, data, _ = loaded(job.run_dir, data_dir)
+    pixels, labels = pixels_of(data)
+    torch.manual_seed(unit_seed(0, "final/sign-noise/true/0.1"))
+    noisy = (pixels + 0.1 * (torch.randint(0, 2, pixels.shape) * 2 - 1)).clamp(0, 1)
+    with torch.no_grad():
+        wrong = (model(Normalizer(data.mean, data.std, "cpu")(noisy * 255)).argmax(1) != labels).float().mean()
+    assert at_01["sign-noise", "true"] == pytest.approx(100 * float(wrong))
+    runs_table, _ = results.load_runs([out])
+    text = tables.robustness_markdown(results.robustness_summary(results.load_robustness(runs_table)))
+    assert "**SIGN-NOISE, true gradient: test error (%)**" in text
+
+    class Missing(SignNoise):
+        library = "no_such_library_here"
+    local.register("missing", Missing)
+    with pytest.raises(ConfigError, match="^robustness needs no_such_library_here: pip install"):
+        rb.Settings(attacks=("fgsm", "missing")).check_libraries()
 
 
 def test_transfer_examples_come_from_the_bp_net_and_never_touch_the_target(runs, monkeypatch):
@@ -420,14 +488,14 @@ def test_transfer_examples_come_from_the_bp_net_and_never_touch_the_target(runs,
     job = job_for(out, "fa", settings)
     assert job.source == folder_of(out, "bp")
     attacked = []
-    real = rb.attacked_model
+    real = gradients.attacked_model
 
     def spy(model, rule, data, path):
         attacked.append(rule.name)
         return real(model, rule, data, path)
-    monkeypatch.setattr(rb, "attacked_model", spy)
+    monkeypatch.setattr(gradients, "attacked_model", spy)
     target_inputs = []  # whether each input the target network saw carried a graph
-    real_load = rb.load_model
+    real_load = loading.load_model
 
     def load_spy(run_dir, *args):
         loaded_model = real_load(run_dir, *args)
@@ -435,8 +503,8 @@ def test_transfer_examples_come_from_the_bp_net_and_never_touch_the_target(runs,
             loaded_model[0].register_forward_pre_hook(
                 lambda module, inputs: target_inputs.append(inputs[0].requires_grad or torch.is_grad_enabled()))
         return loaded_model
-    monkeypatch.setattr(rb, "load_model", load_spy)
-    result = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+    monkeypatch.setattr(loading, "load_model", load_spy)
+    result = Evaluation(job, settings, data_dir, torch.device("cpu")).run()
     assert attacked == ["bp"]  # the only network an attack was built on
     assert target_inputs and not any(target_inputs)  # the target only ever ran without autograd
     (row,) = [r for r in result["states"]["final"]["attacks"] if r["eps"] == 0.1]
@@ -453,7 +521,7 @@ def test_transfer_examples_come_from_the_bp_net_and_never_touch_the_target(runs,
 
         def forward(self, p):
             return self.net(normalise(p * 255))
-    torch.manual_seed(rb.unit_seed(0, "final/pgd/true/0.1"))
+    torch.manual_seed(unit_seed(0, "final/pgd/true/0.1"))
     adv = torchattacks.PGD(Pixels(), eps=0.1, alpha=0.01, steps=3, random_start=True)(pixels, labels)
     with torch.no_grad():
         wrong = (fa_model(normalise(adv * 255)).argmax(1) != labels).float().mean() * 100
@@ -467,27 +535,27 @@ def test_the_bp_runs_own_examples_are_kept_and_serve_its_targets_bit_for_bit(run
     shutil.copytree(out, fresh)
     settings = rb.Settings(gradients=("true", "transfer"), attacks=("pgd",), eps=[0.0, 0.1], states=("final",),
                            **QUICK)
-    rb.Evaluation(job_for(out, "bp", settings), settings, data_dir, torch.device("cpu")).run()
-    (kept,) = os.listdir(os.path.join(folder_of(out, "bp"), rb.EXAMPLES_FOLDER))
+    Evaluation(job_for(out, "bp", settings), settings, data_dir, torch.device("cpu")).run()
+    (kept,) = os.listdir(os.path.join(folder_of(out, "bp"), EXAMPLES_FOLDER))
     attacked = []
-    real = rb.attacked_model
-    monkeypatch.setattr(rb, "attacked_model",
+    real = gradients.attacked_model
+    monkeypatch.setattr(gradients, "attacked_model",
                         lambda model, rule, *rest: attacked.append(rule.name) or real(model, rule, *rest))
-    monkeypatch.setattr(rb, "_SOURCE_CACHE", {})
-    transfer = rb.Settings(gradients=("transfer",), attacks=("pgd",), eps=[0.0, 0.1], states=("final",), **QUICK)
-    reused = rb.Evaluation(job_for(out, "fa", transfer), transfer, data_dir, torch.device("cpu")).run()
+    monkeypatch.setattr(transfer, "_SOURCE_CACHE", {})
+    transfer_only = rb.Settings(gradients=("transfer",), attacks=("pgd",), eps=[0.0, 0.1], states=("final",), **QUICK)
+    reused = Evaluation(job_for(out, "fa", transfer_only), transfer_only, data_dir, torch.device("cpu")).run()
     assert attacked == []  # no attack was made again: the BP run's own examples were read
     # without kept examples the target makes them itself (and keeps them): the same tensor, the same error
-    monkeypatch.setattr(rb, "_SOURCE_CACHE", {})
-    made = rb.Evaluation(job_for(fresh, "fa", transfer), transfer, data_dir, torch.device("cpu")).run()
+    monkeypatch.setattr(transfer, "_SOURCE_CACHE", {})
+    made = Evaluation(job_for(fresh, "fa", transfer_only), transfer_only, data_dir, torch.device("cpu")).run()
     assert attacked == ["bp"] and made["states"] == reused["states"]
-    load = lambda root: torch.load(os.path.join(folder_of(root, "bp"), rb.EXAMPLES_FOLDER, kept))  # noqa: E731
+    load = lambda root: torch.load(os.path.join(folder_of(root, "bp"), EXAMPLES_FOLDER, kept))  # noqa: E731
     assert torch.equal(load(out), load(fresh))
     # a damaged file is made again, not read
-    open(os.path.join(folder_of(out, "bp"), rb.EXAMPLES_FOLDER, kept), "wb").write(b"not a tensor")
-    monkeypatch.setattr(rb, "_SOURCE_CACHE", {})
-    os.unlink(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME))
-    again = rb.Evaluation(job_for(out, "fa", transfer), transfer, data_dir, torch.device("cpu")).run()
+    open(os.path.join(folder_of(out, "bp"), EXAMPLES_FOLDER, kept), "wb").write(b"not a tensor")
+    monkeypatch.setattr(transfer, "_SOURCE_CACHE", {})
+    os.unlink(os.path.join(folder_of(out, "fa"), RESULT_NAME))
+    again = Evaluation(job_for(out, "fa", transfer_only), transfer_only, data_dir, torch.device("cpu")).run()
     assert attacked == ["bp", "bp"] and again["states"] == reused["states"]
     assert torch.equal(load(out), load(fresh))
 
@@ -497,13 +565,13 @@ def test_resuming_an_interrupted_evaluation_gives_the_same_file(runs, tmp_path, 
     other = str(tmp_path / "other")
     shutil.copytree(out, other)
     settings = rb.Settings(eps=[0.0, 0.1, 0.2], **dict(QUICK, corruptions=("gaussian_noise",)))
-    real, counted = rb.pixel_error, []
+    real, counted = evaluation.pixel_error, []
 
     def counting(*args):
         counted.append(1)
         return real(*args)
-    monkeypatch.setattr(rb, "pixel_error", counting)
-    whole = rb.Evaluation(job_for(other, "fa", settings), settings, data_dir, torch.device("cpu")).run()
+    monkeypatch.setattr(evaluation, "pixel_error", counting)
+    whole = Evaluation(job_for(other, "fa", settings), settings, data_dir, torch.device("cpu")).run()
     units = len(counted)
     calls = []
 
@@ -512,20 +580,20 @@ def test_resuming_an_interrupted_evaluation_gives_the_same_file(runs, tmp_path, 
         if len(calls) == 7:
             raise KeyboardInterrupt
         return real(*args)
-    monkeypatch.setattr(rb, "pixel_error", interrupted)
+    monkeypatch.setattr(evaluation, "pixel_error", interrupted)
     job = job_for(out, "fa", settings)
     with pytest.raises(KeyboardInterrupt):
-        rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
-    assert os.path.exists(os.path.join(job.run_dir, rb.PARTIAL_NAME))
-    assert not os.path.exists(os.path.join(job.run_dir, rb.RESULT_NAME))
+        Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+    assert os.path.exists(os.path.join(job.run_dir, PARTIAL_NAME))
+    assert not os.path.exists(os.path.join(job.run_dir, RESULT_NAME))
     counted.clear()
-    monkeypatch.setattr(rb, "pixel_error", counting)
-    resumed = rb.Evaluation(job, settings, data_dir, torch.device("cpu")).run()
+    monkeypatch.setattr(evaluation, "pixel_error", counting)
+    resumed = Evaluation(job, settings, data_dir, torch.device("cpu")).run()
     assert len(counted) == units - 6  # the six finished units were read back, not recomputed
     assert without_timing(resumed) == without_timing(whole)
     assert resumed["timing"]["units_from_earlier_calls"] == 6 and whole["timing"]["units_from_earlier_calls"] == 0
-    assert json.load(open(os.path.join(job.run_dir, rb.RESULT_NAME)))["states"] == whole["states"]
-    assert not os.path.exists(os.path.join(job.run_dir, rb.PARTIAL_NAME))
+    assert json.load(open(os.path.join(job.run_dir, RESULT_NAME)))["states"] == whole["states"]
+    assert not os.path.exists(os.path.join(job.run_dir, PARTIAL_NAME))
 
 
 def test_cli_evaluates_every_run_in_parallel_skips_done_ones_and_tables_them(runs, tmp_path):
@@ -539,14 +607,14 @@ def test_cli_evaluates_every_run_in_parallel_skips_done_ones_and_tables_them(run
     assert "2 evaluated" in result.output
     assert run_cli(["robustness", "--runs", serial, *args]).exit_code == 0
     for rule in ("bp", "fa"):
-        parallel = json.load(open(os.path.join(folder_of(out, rule), rb.RESULT_NAME)))
-        alone = json.load(open(os.path.join(folder_of(serial, rule), rb.RESULT_NAME)))
+        parallel = json.load(open(os.path.join(folder_of(out, rule), RESULT_NAME)))
+        alone = json.load(open(os.path.join(folder_of(serial, rule), RESULT_NAME)))
         assert parallel["states"] == alone["states"]
         assert set(parallel["states"]) == {"final", "best"}
-    fa = json.load(open(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)))
+    fa = json.load(open(os.path.join(folder_of(out, "fa"), RESULT_NAME)))
     assert {r["gradient"] for r in fa["states"]["final"]["attacks"]} == {"true", "rule", "transfer"}
     assert "first layer's feedback" in fa["states"]["final"]["gradients"]["rule"]  # the rule reaches the pixels
-    bp = json.load(open(os.path.join(folder_of(out, "bp"), rb.RESULT_NAME)))
+    bp = json.load(open(os.path.join(folder_of(out, "bp"), RESULT_NAME)))
     assert {r["gradient"] for r in bp["states"]["final"]["attacks"]} == {"true"}
     assert "every layer's backward is exact" in bp["states"]["final"]["rule_gradient_left_out"]
     again = run_cli(["robustness", "--runs", out, *args])
@@ -617,25 +685,25 @@ def test_blur_is_scipys_gaussian_filter_and_contrast_the_hand_formula():
     scipy_ndimage = pytest.importorskip("scipy.ndimage")
     torch.manual_seed(0)
     pixels = torch.rand(3, 1, 28, 28, dtype=torch.float64)
-    for sigma in rb.CORRUPTIONS["gaussian_blur"]:
-        ours = rb.corrupt(pixels, "gaussian_blur", sigma)
+    for sigma in corruptions.CORRUPTIONS.get("gaussian_blur").levels:
+        ours = corrupt(pixels, "gaussian_blur", sigma)
         # torch's reflect padding is scipy's "mirror"; radius int(4 sigma + 0.5) is scipy's truncate=4
         theirs = torch.from_numpy(scipy_ndimage.gaussian_filter(pixels.numpy(), sigma=(0, 0, sigma, sigma),
                                                                 mode="mirror", truncate=4.0))
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
-    for factor in rb.CORRUPTIONS["contrast"]:
+    for factor in corruptions.CORRUPTIONS.get("contrast").levels:
         mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
         expected = ((pixels - mean) * factor + mean).clamp(0, 1)
-        torch.testing.assert_close(rb.corrupt(pixels, "contrast", factor), expected)
+        torch.testing.assert_close(corrupt(pixels, "contrast", factor), expected)
 
 
 def test_noise_has_the_severitys_std_and_stays_in_pixel_space():
     grey = torch.full((20, 1, 28, 28), 0.5)
     torch.manual_seed(0)
-    for sigma in rb.CORRUPTIONS["gaussian_noise"]:
-        noisy = rb.corrupt(grey, "gaussian_noise", sigma)
+    for sigma in corruptions.CORRUPTIONS.get("gaussian_noise").levels:
+        noisy = corrupt(grey, "gaussian_noise", sigma)
         assert float((noisy - grey).std()) == pytest.approx(sigma, rel=0.03)
-    edge = rb.corrupt(torch.zeros(4, 1, 28, 28), "gaussian_noise", 0.1)
+    edge = corrupt(torch.zeros(4, 1, 28, 28), "gaussian_noise", 0.1)
     assert edge.min() == 0 and edge.max() <= 1 and (edge == 0).float().mean() > 0.4  # clipped below 0
 
 
@@ -704,10 +772,34 @@ def test_headline_is_each_runs_strongest_attack_at_the_datasets_eps_then_the_see
     plt.close("all")
 
 
+def test_table_robust_format_latex_prints_the_markdown_tables_cells_in_latex(tmp_path):
+    for seed, error in enumerate((40.0, 60.0)):
+        folder = tmp_path / f"mnist-fc-fa-seed{seed}"
+        folder.mkdir()
+        json.dump(fake_record("mnist", "fc", "fa", seed, [5.0]), open(folder / "record.json", "w"))
+        attacks_rows = [{"attack": "pgd", "gradient": gradient, "eps": eps, "error": error if eps else 5.0}
+                        for gradient in ("true", "rule") for eps in (0.0, 0.1)]
+        json.dump({"states": {"final": {"attacks": attacks_rows, "corruptions": []}}},
+                  open(folder / "robustness.json", "w"))
+    markdown = run_cli(["table", "--runs", str(tmp_path), "--metric", "robust"]).output
+    result = run_cli(["table", "--runs", str(tmp_path), "--metric", "robust", "--format", "latex"])
+    assert result.exit_code == 0, result.output
+    latex = result.output
+    assert "|---|" not in latex and latex.count(r"\begin{tabular}") == latex.count(r"\end{tabular}") == 3
+    assert r"\textbf{PGD, true gradient: test error (\%)}" in latex
+    assert r"rule & FC $\varepsilon$=0 & FC $\varepsilon$=0.1 \\" in latex
+    rows = [line for line in markdown.splitlines() if line.startswith("| fa |")]
+    assert len(rows) == 3 and "| fa | 5.0 ± 0.0 (2) | 50.0 ± 14.1 (2) |" in rows
+    for row in rows:  # the Markdown tables' cells, row by row
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert " & ".join(cells).replace("±", r"$\pm$") + r" \\" in latex, row
+    assert "ε" not in latex and "±" not in latex  # pdflatex without extra packages reads every character
+
+
 def test_algos_selects_runs_but_bp_still_serves_as_the_transfer_source(runs):
     _, out = runs
     for settings in (rb.Settings(rules=("fa",)), rb.Settings(skip_rules=("bp",))):
-        (job,) = rb.plan([out], settings, warn=lambda m: None)
+        (job,) = plan([out], settings, warn=lambda m: None)
         assert "-fa-" in job.name and job.source == folder_of(out, "bp")
     with pytest.raises(rb.ConfigError, match="--algos 'fb' is not known"):
         rb.parse_names("fa,fb", ("fa", "bp"), "--algos")
@@ -784,14 +876,14 @@ def test_tensorboard_gets_the_results_of_runs_it_already_mirrors(runs, tmp_path)
     data_dir, out = runs
     settings = rb.Settings(gradients=("true",), eps=[0.0, 0.1], **QUICK)
     for rule in ("bp", "fa"):
-        rb.Evaluation(job_for(out, rule, settings), settings, data_dir, torch.device("cpu")).run()
+        Evaluation(job_for(out, rule, settings), settings, data_dir, torch.device("cpu")).run()
     board = tmp_path / "board"
     (board / os.path.basename(folder_of(out, "fa"))).mkdir(parents=True)  # only fa has a TensorBoard run
     assert write_robustness(str(board), [folder_of(out, "bp"), folder_of(out, "fa")]) == 1
     assert os.listdir(board) == [os.path.basename(folder_of(out, "fa"))]
     events = event_accumulator.EventAccumulator(str(board / os.listdir(board)[0]))
     events.Reload()
-    result = json.load(open(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)))
+    result = json.load(open(os.path.join(folder_of(out, "fa"), RESULT_NAME)))
     (expected,) = [r["error"] for r in result["states"]["final"]["attacks"] if r["attack"] == "pgd" and r["eps"] == 0.1]
     points = {e.step: e.value for e in events.Scalars("robustness_final/pgd_true")}
     assert points[100] == pytest.approx(expected)
@@ -851,7 +943,7 @@ def test_a_transfer_source_that_is_not_its_records_model_is_refused(runs, bp_see
     (line,) = [line for line in result.output.splitlines() if ": failed: " in line]
     assert line.startswith(f"[1/1] {os.path.basename(folder_of(out, 'fa'))}: failed: ") and "transfer source" in line
     assert source in line and words in line, line
-    assert not os.path.exists(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME))
+    assert not os.path.exists(os.path.join(folder_of(out, "fa"), RESULT_NAME))
 
 
 def test_a_source_model_of_another_architecture_names_the_file_and_its_targets(runs):
@@ -890,8 +982,8 @@ def test_every_targets_transfer_source_is_the_bp_run_of_its_seed_architecture_an
             for algo in ("fa", "dfa"):
                 run(f"{arch}-{algo}-seed{seed}-e2", arch, algo, seed, 2)
     run("fc-fa-seed2-e2", "fc", "fa", 2, 2)  # no BP run of its seed
-    jobs = {os.path.basename(j.run_dir): j for j in rb.plan([str(tmp_path)], rb.Settings(), warn=lambda m: None)}
-    targets = [j for j in jobs.values() if j.record["config"]["algo"] != "bp"]
+    planned = {os.path.basename(j.run_dir): j for j in plan([str(tmp_path)], rb.Settings(), warn=lambda m: None)}
+    targets = [j for j in planned.values() if j.record["config"]["algo"] != "bp"]
     assert len(targets) == 9
     for job in targets:
         config = job.record["config"]
@@ -899,21 +991,21 @@ def test_every_targets_transfer_source_is_the_bp_run_of_its_seed_architecture_an
             assert job.source is None and "no BP run" in " ".join(job.notes)
             continue
         assert job.source == sources[config["arch"], config["seed"]], job.name
-    assert all(j.source is None for j in jobs.values() if j.record["config"]["algo"] == "bp")
+    assert all(j.source is None for j in planned.values() if j.record["config"]["algo"] == "bp")
 
 
 def test_the_transfer_examples_come_from_the_sources_model_of_the_same_state(runs, monkeypatch):
     data_dir, out = runs
     asked = []
-    real = rb.source_examples
+    real = transfer.source_examples
 
     def spy(source_dir, record, state, *rest):
         asked.append(state)
         return real(source_dir, record, state, *rest)
-    monkeypatch.setattr(rb, "source_examples", spy)
-    monkeypatch.setattr(rb, "_SOURCE_CACHE", {})
+    monkeypatch.setattr(transfer, "source_examples", spy)
+    monkeypatch.setattr(transfer, "_SOURCE_CACHE", {})
     settings = rb.Settings(gradients=("transfer",), attacks=("fgsm",), eps=[0.0, 0.1], states=rb.STATES, **QUICK)
-    result = rb.Evaluation(job_for(out, "fa", settings), settings, data_dir, torch.device("cpu")).run()
+    result = Evaluation(job_for(out, "fa", settings), settings, data_dir, torch.device("cpu")).run()
     assert asked == ["final", "best"]
     for state, file_name in (("final", "checkpoint.pt"), ("best", "model_best.pt")):
         source = result["states"][state]["transfer_source"]
@@ -921,8 +1013,8 @@ def test_the_transfer_examples_come_from_the_sources_model_of_the_same_state(run
     # a source without a best-validation model serves the final state only: never its final model for the best
     os.unlink(os.path.join(folder_of(out, "bp"), "model_best.pt"))
     asked.clear()
-    os.unlink(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME))
-    result = rb.Evaluation(job_for(out, "fa", settings), settings, data_dir, torch.device("cpu")).run()
+    os.unlink(os.path.join(folder_of(out, "fa"), RESULT_NAME))
+    result = Evaluation(job_for(out, "fa", settings), settings, data_dir, torch.device("cpu")).run()
     assert asked == ["final"]
     assert "transfer_source" not in result["states"]["best"]
     assert not [r for r in result["states"]["best"]["attacks"] if r["gradient"] == "transfer"]
@@ -941,13 +1033,13 @@ def test_the_clean_error_is_measured_on_the_attacked_images(trained, tmp_path):
     whole = record["summary"]["final_test_error"]
     for size in (10, 20, 30):  # a subset whose error differs from the whole test set's
         index = stratified_subset(data.test.labels, size, seed=0)
-        on_subset = rb.pixel_error(model, data, pixels[index], labels[index], 1000)
+        on_subset = pixel_error(model, data, pixels[index], labels[index], 1000)
         if on_subset != whole:
             break
     assert on_subset != whole
     settings = rb.Settings(gradients=("true",), attacks=("fgsm",), eps=[0.0, 0.1], pgd_steps=3, corruptions=(),
                            test_subset=size)
-    result = rb.Evaluation(job_for(out, "bp", settings), settings, data_dir, torch.device("cpu")).run()
+    result = Evaluation(job_for(out, "bp", settings), settings, data_dir, torch.device("cpu")).run()
     entry = result["states"]["final"]
     assert result["test_images"] == size
     assert entry["clean_error"] == on_subset
@@ -970,23 +1062,24 @@ def test_random_draws_differ_between_seeds_and_repeat_in_a_rerun(runs, tmp_path,
     saved["config"]["seed"] = saved["record"]["config"]["seed"] = 1
     torch.save(saved, other / "checkpoint.pt")
     made = []
-    real_adversarial, real_corrupt = rb.adversarial, rb.corrupt
-    monkeypatch.setattr(rb, "adversarial", lambda module, pixels, labels, attack, eps, *rest: made.append(
+    real_adversarial, real_corrupt = attacks.adversarial, corruptions.corrupt
+    monkeypatch.setattr(attacks, "adversarial", lambda module, pixels, labels, attack, eps, *rest: made.append(
         ((attack, eps), real_adversarial(module, pixels, labels, attack, eps, *rest))) or made[-1][1])
-    monkeypatch.setattr(rb, "corrupt", lambda pixels, name, level: made.append(
+    monkeypatch.setattr(corruptions, "corrupt", lambda pixels, name, level: made.append(
         ((name, level), real_corrupt(pixels, name, level))) or made[-1][1])
 
     def draws(root, **changes):
         made.clear()
         settings = rb.Settings(**{**dict(gradients=("true",), attacks=("fgsm", "pgd"), eps=[0.0, 0.05, 0.1],
                                          corruptions=("gaussian_noise",), pgd_steps=2, test_subset=0), **changes})
-        rb.Evaluation(job_for(str(root), "fa", settings), settings, data_dir, torch.device("cpu")).run()
-        os.unlink(os.path.join(folder_of(str(root), "fa"), rb.RESULT_NAME))
+        Evaluation(job_for(str(root), "fa", settings), settings, data_dir, torch.device("cpu")).run()
+        os.unlink(os.path.join(folder_of(str(root), "fa"), RESULT_NAME))
         return dict(made)
     seed0, seed1 = draws(out), draws(other.parent)
     again = draws(out, attacks=("pgd",), eps=[0.0, 0.1])  # a rerun of some units only, as a resume computes
     assert torch.equal(seed0["fgsm", 0.1], seed1["fgsm", 0.1])
-    for unit in [("pgd", 0.1)] + [("gaussian_noise", level) for level in rb.CORRUPTIONS["gaussian_noise"]]:
+    noise = corruptions.CORRUPTIONS.get("gaussian_noise").levels
+    for unit in [("pgd", 0.1)] + [("gaussian_noise", level) for level in noise]:
         assert not torch.equal(seed0[unit], seed1[unit]), unit
         assert torch.equal(seed0[unit], again[unit]), unit
 
@@ -1001,7 +1094,7 @@ def test_a_call_on_the_target_alone_keeps_the_transfer_rows_of_a_call_with_its_s
     args = ["--data-dir", data_dir, "--attacks", "fgsm,pgd", "--eps", "0,0.1", "--corruptions", "contrast",
             "--pgd-steps", "2", "--test-subset", "0"]
     assert run_cli(["robustness", "--runs", out, *args]).exit_code == 0
-    path = os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)
+    path = os.path.join(folder_of(out, "fa"), RESULT_NAME)
     before = json.load(open(path))
     assert len(rows(before, "final", "transfer")) == 4
     result = run_cli(["robustness", "--runs", folder_of(out, "fa"), *args])  # BP is not under --runs now
@@ -1017,7 +1110,7 @@ def test_states_best_after_final_keeps_the_final_block(runs):
     args = ["--runs", folder_of(out, "fa"), "--data-dir", data_dir, "--gradients", "true", *QUICK_ARGS,
             "--attacks", "fgsm", "--eps", "0,0.1"]
     assert run_cli(["robustness", *args, "--states", "final"]).exit_code == 0
-    path = os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)
+    path = os.path.join(folder_of(out, "fa"), RESULT_NAME)
     final = json.load(open(path))
     assert run_cli(["robustness", *args, "--states", "best"]).exit_code == 0
     both = json.load(open(path))
@@ -1028,7 +1121,7 @@ def test_states_best_after_final_keeps_the_final_block(runs):
     # a final model retrained since: its old block describes another model and goes
     spoil_weights(os.path.join(folder_of(out, "fa"), "checkpoint.pt"))
     settings = rb.Settings(gradients=("true",), attacks=("fgsm",), eps=[0.0, 0.1], states=("best",), **QUICK)
-    merged = rb.Evaluation(job_for(out, "fa", settings), settings, data_dir, torch.device("cpu")).run()
+    merged = Evaluation(job_for(out, "fa", settings), settings, data_dir, torch.device("cpu")).run()
     assert list(merged["states"]) == ["best"] and merged["settings"]["states"] == ["best"]
     assert any("final" in note and "another model" in note for note in merged["notes"])
 
@@ -1037,10 +1130,10 @@ def test_rows_of_another_protocol_are_replaced_not_mixed(runs):
     data_dir, out = runs
     first = rb.Settings(gradients=("true",), attacks=("fgsm",), eps=[0.0, 0.1], **QUICK)
     job = job_for(out, "fa", first)
-    rb.Evaluation(job, first, data_dir, torch.device("cpu")).run()
+    Evaluation(job, first, data_dir, torch.device("cpu")).run()
     fewer_images = rb.Settings(gradients=("true",), attacks=("pgd",), eps=[0.0, 0.1], pgd_steps=3, corruptions=(),
                                test_subset=20)
-    result = rb.Evaluation(job, fewer_images, data_dir, torch.device("cpu")).run()
+    result = Evaluation(job, fewer_images, data_dir, torch.device("cpu")).run()
     assert {r["attack"] for r in rows(result, "final")} == {"pgd"} and result["settings"]["attacks"] == ["pgd"]
     assert any("other settings" in note for note in result["notes"])
 
@@ -1057,7 +1150,7 @@ def test_rows_of_another_protocol_are_replaced_not_mixed(runs):
 ])
 def test_a_robustness_json_of_the_wrong_shape_is_named_in_one_line(runs, tmp_path, content, field):
     data_dir, out = runs
-    path = os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)
+    path = os.path.join(folder_of(out, "fa"), RESULT_NAME)
     json.dump(content, open(path, "w"))
     result = run_cli(["robustness", "--runs", out, "--data-dir", data_dir, *QUICK_ARGS])
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
@@ -1077,8 +1170,8 @@ def test_tensorboard_names_a_robustness_json_of_the_wrong_shape(tmp_path):
     run_dir = tmp_path / "runs" / "mnist-fc-fa-seed0"
     run_dir.mkdir(parents=True)
     (tmp_path / "board" / run_dir.name).mkdir(parents=True)
-    (run_dir / rb.RESULT_NAME).write_text(json.dumps({"states": {"final": {"attacks": "none"}}}))
-    with pytest.raises(RecordError, match=f"^{run_dir / rb.RESULT_NAME}: states.final.attacks is 'none', not a list$"):
+    (run_dir / RESULT_NAME).write_text(json.dumps({"states": {"final": {"attacks": "none"}}}))
+    with pytest.raises(RecordError, match=f"^{run_dir / RESULT_NAME}: states.final.attacks is 'none', not a list$"):
         write_robustness(str(tmp_path / "board"), [str(run_dir)])
 
 
@@ -1089,7 +1182,7 @@ def test_tensorboard_names_a_robustness_json_of_the_wrong_shape(tmp_path):
 ])
 def test_a_partial_file_of_the_wrong_shape_is_named(runs, content, field):
     data_dir, out = runs
-    path = os.path.join(folder_of(out, "fa"), rb.PARTIAL_NAME)
+    path = os.path.join(folder_of(out, "fa"), PARTIAL_NAME)
     json.dump(content, open(path, "w"))
     result = run_cli(["robustness", "--runs", out, "--data-dir", data_dir, *QUICK_ARGS, "--eps", "0,0.1"])
     assert result.exit_code == 1, result.output
@@ -1101,7 +1194,7 @@ def test_a_partial_file_of_the_wrong_shape_is_named(runs, content, field):
 def test_a_killed_worker_names_the_run_and_a_rerun_resumes_it(runs, monkeypatch):
     import signal
     data_dir, out = runs
-    real_unit = rb.Evaluation._unit
+    real_unit = evaluation.Evaluation._unit
 
     def dying(self, unit, compute):  # the FA run's worker is killed after its first finished unit
         if "-fa-" in self.job.name and len(self.done) == 1:
@@ -1109,12 +1202,12 @@ def test_a_killed_worker_names_the_run_and_a_rerun_resumes_it(runs, monkeypatch)
         return real_unit(self, unit, compute)
     args = ["robustness", "--runs", out, "--data-dir", data_dir, "--eps", "0,0.1", *QUICK_ARGS]
     with monkeypatch.context() as patch:
-        patch.setattr(rb.Evaluation, "_unit", dying)  # forked workers inherit it
+        patch.setattr(evaluation.Evaluation, "_unit", dying)  # forked workers inherit it
         result = run_cli([*args, "--jobs", "2", "--threads", "1"])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert "worker process died" in line and os.path.basename(folder_of(out, "fa")) in line and "rerun" in line
     resumed = run_cli(args)
     assert resumed.exit_code == 0, resumed.output
-    result = json.load(open(os.path.join(folder_of(out, "fa"), rb.RESULT_NAME)))
+    result = json.load(open(os.path.join(folder_of(out, "fa"), RESULT_NAME)))
     assert result["timing"]["units_from_earlier_calls"] == 1

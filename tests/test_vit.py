@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from benchmark.alignment import alignment_metrics, angle_degrees, epoch_alignment, exact_gradients
 from cli import cli
 from helpers import make_tiny_mnist
-from models import build_network, feedback_layers, make_rule, parameter_counts
+from models import RULES, build_network, feedback_layers, make_rule, parameter_counts
 from models.blocks import transformer_blocks
 from models.convert import convert
 from models.inputs import INPUT_SHAPES
@@ -237,3 +237,23 @@ def test_a_chain_rule_on_vit_is_one_line_and_exit_code_2(tmp_path):
         "error: target propagation needs an nn.Sequential network, got VisionTransformer: it runs its own passes "
         "segment by segment along a chain of layers and elementwise modules, which residual connections, "
         "attention and other branches are not")
+
+
+@pytest.mark.parametrize("name", sorted(RULES.registered(plugins=False)))
+def test_needs_chain_says_which_rules_refuse_a_branched_net(name):
+    """The metadata the grid refuses by is what attaching does."""
+    try:
+        make_rule(name).attach(build_network("vit", "mnist", 10), torch.Generator().manual_seed(0), (1, 28, 28))
+        refused = False
+    except ValueError as exc:
+        refused = "needs an nn.Sequential network" in str(exc)
+    assert RULES.get(name).needs_chain == refused
+
+
+def test_a_grid_with_a_chain_rule_on_vit_is_refused_before_anything_trains(tmp_path):
+    root = make_tiny_mnist(str(tmp_path / "data"))
+    result = CliRunner().invoke(cli, ["grid", "--archs", "fc,vit", "--algos", "bp,dtp-par,pc", "--seeds", "1",
+                                      "--epochs", "1", "--data-dir", root, "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.output.startswith("error: --algos dtp-par, pc cannot train --archs vit: ")
+    assert not (tmp_path / "runs").exists()

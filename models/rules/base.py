@@ -87,6 +87,11 @@ class LearningRule:
     # forward weights ("alternating", TP's -alt rules) or trains both in every
     # epoch ("parallel"); ``benchmark.perf`` times the parallel rules only.
     schedule = "parallel"
+    # Whether the rule runs passes of its own along the network as a chain of
+    # layers and elementwise modules (``models.chain``): it cannot take nets
+    # with branches (residual connections, attention), which grids refuse
+    # before training.
+    needs_chain = False
     # The rule's own random stream (``make_generator``), None where it draws
     # nothing; checkpointed, and reseeded per unit of robustness work.
     generator = None

@@ -85,7 +85,7 @@ def mean_distance(a, b):
 
 class EquilibriumPropagation(LearningRule):
     """Equilibrium propagation, discrete time, CE read-out (Laborieux et al. 2021)."""
-
+    needs_chain = True
     name = "ep"
     title = "Equilibrium propagation"
     colour = "#1b9e77"

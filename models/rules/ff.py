@@ -38,7 +38,7 @@ class ForwardForward(LearningRule):
     (mean square) defaults to 0.5. Conv layers take the goodness over the
     whole feature map (our extension: Hinton's image nets were locally
     connected, which is defined the same way)."""
-
+    needs_chain = True
     name = "ff"
     colour = "#7b4173"
     title = "Forward-Forward"

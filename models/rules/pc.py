@@ -52,7 +52,7 @@ class PredictiveCoding(LearningRule):
     steps here are its ``n = k + 1``; under strict it pairs the errors from
     before its last update with the updated nodes, where this rule takes the
     errors at the final nodes (docs/rules.md gives the sizes)."""
-
+    needs_chain = True
     name = "pc"
     colour = "#637939"
     title = "Predictive coding"

@@ -42,7 +42,7 @@ class Pepita(LearningRule):
     layer shared by both passes, as both reference codes do (Dellaferrera &
     Kreiman: ``p = 0.1``); the masks come from the rule's own checkpointed
     stream, the probe batch's from a fixed one. Evaluation never drops."""
-
+    needs_chain = True
     name = "pepita"
     colour = "#8c6d31"
     title = "PEPITA (error-driven input modulation)"

@@ -55,7 +55,7 @@ class TargetPropagation(LearningRule):
     inverse updates, then an epoch of forward updates, starting with the
     inverses).
     """
-
+    needs_chain = True
     schedule = "parallel"
     weight_transport = "no: targets go down through learned inverses g_l (their own weights)"
     denoise = False  # SDTP's inverse loss reconstructs the clean input

@@ -6,7 +6,7 @@ fool a net trained by another rule. Transfer is weaker than a white-box attack
 on any net, so that number alone does not say whether the *rule* makes the
 difference: a BP net of another seed is the baseline. This check makes the
 examples exactly as the transfer column does (the source's own true-gradient
-examples, `benchmark.robustness.source_examples`, default protocol: 500 test
+examples, `benchmark.robustness.transfer.source_examples`, default protocol: 500 test
 images, FGSM, PGD-40, APGD-DLR-40) on the BP run of seed s+1 (mod 3) and
 evaluates them on the BP run of seed s.
 
@@ -29,8 +29,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 sys.path.insert(0, ROOT)
 
-from benchmark import robustness as rb  # noqa: E402
-from benchmark.tables import HEADLINE_EPS  # noqa: E402
+from benchmark.results import HEADLINE_EPS  # noqa: E402
+from benchmark.robustness.evaluation import pixel_error  # noqa: E402
+from benchmark.robustness.loading import dataset_of, load_model, model_path  # noqa: E402
+from benchmark.robustness.settings import Settings  # noqa: E402
+from benchmark.robustness.transfer import source_examples  # noqa: E402
 
 RUNS = os.path.join(ROOT, "results", "bartunov-mnist")
 ARCHS = ("fc", "lc", "conv")
@@ -43,7 +46,7 @@ def bp_runs(arch):
         record = json.load(open(path))
         folder = os.path.dirname(path)
         if (record["status"] == "complete" and not record["config"].get("weight_decay")
-                and os.path.isfile(rb.model_path(folder, "final"))):
+                and os.path.isfile(model_path(folder, "final"))):
             found[record["config"]["seed"]] = folder
     return found
 
@@ -56,8 +59,8 @@ def main():
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    settings = rb.Settings(corruptions=()).resolved("mnist")
-    data = rb.dataset_of("mnist", args.data_dir)
+    settings = Settings(corruptions=()).resolved("mnist")
+    data = dataset_of("mnist", args.data_dir)
     chosen = stratified_subset(data.test.labels, settings["test_subset"], seed=settings["subset_seed"])
     subset = data.test.subset(chosen)
     test = Split(subset.images, subset.labels)
@@ -75,14 +78,14 @@ def main():
             source = runs[source_seed]
             source_record = json.load(open(os.path.join(source, "record.json")))
             target_record = json.load(open(os.path.join(runs[seed], "record.json")))
-            model, _, _ = rb.load_model(runs[seed], target_record, "final", data, torch.device("cpu"))
+            model, _, _ = load_model(runs[seed], target_record, "final", data, torch.device("cpu"))
             for attack in settings["attacks"]:
                 for eps in settings["eps"]:
                     if eps == 0:
                         continue
-                    adv = rb.source_examples(source, source_record, "final", attack, eps, settings, args.data_dir,
-                                             torch.device("cpu"), pixels, labels)
-                    error = rb.pixel_error(model, data, adv, labels, 1000)
+                    adv = source_examples(source, source_record, "final", attack, eps, settings, args.data_dir,
+                                          torch.device("cpu"), pixels, labels)
+                    error = pixel_error(model, data, adv, labels, 1000)
                     rows.append((arch, seed, source_seed, attack, eps, error))
                     if abs(eps - headline) < 1e-9:
                         strongest[(arch, seed)] = max(strongest.get((arch, seed), 0.0), error)

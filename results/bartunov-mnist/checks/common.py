@@ -1,5 +1,5 @@
 """What the checks here share: the MNIST test images as the suite's nets read them."""
-from benchmark.robustness import dataset_of
+from benchmark.robustness.loading import dataset_of
 
 
 def mnist_test(count):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from common import mnist_test
 
-from benchmark.robustness import load_model
+from benchmark.robustness.loading import load_model
 
 torch.set_num_threads(1)
 data, x, y = mnist_test(64)

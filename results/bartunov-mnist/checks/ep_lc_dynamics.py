@@ -19,7 +19,7 @@ import platform
 import torch
 from common import mnist_test
 
-from benchmark.robustness import load_model
+from benchmark.robustness.loading import load_model
 
 torch.set_num_threads(1)
 data, x, y = mnist_test(1000)

@@ -16,7 +16,7 @@ import torch
 from common import mnist_test
 
 from benchmark.alignment import angle_degrees, exact_gradients
-from benchmark.robustness import load_model
+from benchmark.robustness.loading import load_model
 
 SETTINGS = [(0.1, 20), (0.05, 40), (0.02, 100)]  # (inference_rate, inference_steps)
 
