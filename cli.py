@@ -349,49 +349,6 @@ def make_executor(name, options, device, jobs, threads, echo, wait=True, epoch_l
                                         wait=wait, slurm=slurm_options, deadline=deadline))
 
 
-def select_grid(preset, datasets, archs, rules):
-    from benchmark.data import DATASETS
-    from benchmark.grid import PRESETS
-    from models import ARCHS, RULES
-    base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "rules": ["bp"]})
-    chosen = {}
-    for key, flag, value, registry in (("datasets", "--datasets", datasets, DATASETS),
-                                       ("archs", "--archs", archs, ARCHS), ("rules", "--algos", rules, RULES)):
-        names = value.split(",") if value else base[key]
-        for name in names:
-            if name not in registry:
-                raise ConfigError(f"{flag}: unknown {registry.kind} {name!r}; allowed: "
-                                  f"{', '.join(registry.names())}")
-            # A preset names its block's cells; a selection narrows it, never
-            # adds cells that would land in the preset's folder unannounced.
-            if preset and name not in base[key]:
-                raise ConfigError(f"{flag}: {name!r} is not in preset {preset!r}; it has "
-                                  f"{', '.join(base[key])}")
-        chosen[key] = names
-    return chosen
-
-
-def apply_preset_settings(preset, options, seeds, out):
-    """A campaign preset's own epochs, validation split, seeds and folder,
-    where the command line does not set them. Returns (seeds, out,
-    rule_settings): the preset's per-rule settings the command line leaves."""
-    from benchmark.grid import PRESETS
-    settings = PRESETS.get(preset, {}).get("settings", {})
-    per_rule = PRESETS.get(preset, {}).get("rule_settings", {})
-    typed = given_on_command_line(list(settings) + [k for values in per_rule.values() for k in values])
-    rule_settings = {rule: {k: v for k, v in values.items() if k not in typed} for rule, values in per_rule.items()}
-    for name, value in settings.items():
-        if name in typed:
-            continue
-        if name == "seeds":
-            seeds = value
-        elif name == "out":
-            out = value
-        else:
-            options[name] = value
-    return seeds, out, rule_settings
-
-
 def quiet_echo(quiet):
     return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
 
@@ -430,8 +387,10 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
     if from_search:
         cells = cells_from_search(from_search, seeds, options)
     else:
+        from benchmark.grid import apply_preset, preset_option_names, select_grid
         chosen = select_grid(preset, datasets, archs, rules)
-        seeds, out, rule_settings = apply_preset_settings(preset, options, seeds, out)
+        typed = given_on_command_line(preset_option_names(preset))
+        seeds, out, rule_settings = apply_preset(preset, options, seeds, out, typed)
         cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["rules"], range(seeds), options,
                            parse_rule_options(rule_opt), rule_settings)
     if status_dir is not None:
@@ -449,8 +408,8 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
             click.echo("\n" + convergence_markdown(convergence_rows(status_dir, cells)))
         return
     if not from_search:
-        from benchmark.grid import refuse_chain_rules_on_branched_archs
-        refuse_chain_rules_on_branched_archs(chosen["archs"], chosen["rules"])
+        from benchmark.grid import refuse_cells_no_network_takes
+        refuse_cells_no_network_takes(cells)
     check_data_dir(data_dir)
     check_out_dir(out)
     try:
@@ -616,7 +575,7 @@ metric_option = click.option("--metric", type=click.Choice(["best", "final", "va
               help="Seeds expected per cell (cells with fewer are flagged); default: the most any cell has.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Also write table_METRIC.{md,csv,tex}, params.{md,csv,tex} and, when the folders hold "
-                   "searches, chosen.{md,csv,tex} into this folder (robust metrics: robustness_STATE.{md,csv}).")
+                   "searches, chosen.{md,csv,tex} into this folder (robust metrics: robustness_STATE.{md,csv,tex}).")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
               show_default=True, help="What to print.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first unreadable record instead of skipping it.")

@@ -77,6 +77,55 @@ def grid_cells(datasets, archs, rules, seeds, options, rule_options=None, rule_s
             for s in seeds for d in datasets for a in archs for r in rules for wd in decays[r]]
 
 
+def select_grid(preset, datasets, archs, rules):
+    """``{datasets, archs, rules}`` of a grid: the comma-separated selections
+    (each name checked against its registry), narrowing ``preset``'s."""
+    from models import ARCHS
+
+    from .data import DATASETS
+    base = PRESETS.get(preset, {"datasets": ["mnist"], "archs": ["fc", "lc", "conv"], "rules": ["bp"]})
+    chosen = {}
+    for key, flag, value, registry in (("datasets", "--datasets", datasets, DATASETS),
+                                       ("archs", "--archs", archs, ARCHS), ("rules", "--algos", rules, RULES)):
+        names = value.split(",") if value else base[key]
+        for name in names:
+            if name not in registry:
+                raise ConfigError(f"{flag}: unknown {registry.kind} {name!r}; allowed: "
+                                  f"{', '.join(registry.names())}")
+            # A preset names its block's cells; a selection narrows it, never
+            # adds cells that would land in the preset's folder unannounced.
+            if preset and name not in base[key]:
+                raise ConfigError(f"{flag}: {name!r} is not in preset {preset!r}; it has "
+                                  f"{', '.join(base[key])}")
+        chosen[key] = names
+    return chosen
+
+
+def preset_option_names(preset):
+    """The command-line options ``preset`` sets where they are not typed."""
+    preset = PRESETS.get(preset, {})
+    return list(preset.get("settings", {})) + [k for values in preset.get("rule_settings", {}).values() for k in values]
+
+
+def apply_preset(preset, options, seeds, out, typed):
+    """A campaign preset's own epochs, validation split, seeds and folder,
+    except those ``typed`` on the command line. Returns (seeds, out,
+    rule_settings): the preset's per-rule settings the command line leaves."""
+    settings = PRESETS.get(preset, {}).get("settings", {})
+    per_rule = PRESETS.get(preset, {}).get("rule_settings", {})
+    rule_settings = {rule: {k: v for k, v in values.items() if k not in typed} for rule, values in per_rule.items()}
+    for name, value in settings.items():
+        if name in typed:
+            continue
+        if name == "seeds":
+            seeds = value
+        elif name == "out":
+            out = value
+        else:
+            options[name] = value
+    return seeds, out, rule_settings
+
+
 def stale_rule_options(record, config):
     """``{option: (value the record ran with, value now)}`` where a rule
     default changed since the record was made: the folder name hashes only
@@ -282,25 +331,33 @@ def _worker_cell(*args):
         _worker_state["in_cell"] = False
 
 
-def refuse_chain_rules_on_branched_archs(archs, rules):
-    """One line before anything trains where a rule that runs its own passes
-    along a chain of layers (``needs_chain``) meets an architecture with
-    branches (attention, residual connections): every such cell would fail."""
-    chain_rules = [rule for rule in rules if RULES.get(rule).needs_chain]
-    if not chain_rules:
-        return
-    from torch import nn
+def refuse_cells_no_network_takes(cells):
+    """One line before anything trains where a rule cannot attach to an
+    architecture at all (a rule that runs its own passes along a chain on a
+    net with branches, DFA's block placement on a net without blocks, ...):
+    every such cell would fail. Each (architecture, rule, options) is tried
+    once, on the first input family the architecture is defined for (these
+    refusals do not depend on the input size)."""
+    import torch
 
-    from models import build_network
+    from models import build_network, make_rule
+    from models.errors import BiobenchError as ModelError
     from models.inputs import INPUT_SHAPES
-    for arch in archs:
-        for family in INPUT_SHAPES:  # whether a net is a chain does not depend on its input size
+    tried = set()
+    for cell in cells:
+        key = (cell.arch, cell.rule, tuple(sorted(cell.rule_options.items())))
+        if key in tried:
+            continue
+        tried.add(key)
+        for family in INPUT_SHAPES:
             try:
-                model = build_network(arch, family, 10)
-            except (ValueError, ConfigError):
+                model = build_network(cell.arch, family, 10)
+            except (ValueError, ModelError):
                 continue
-            if not isinstance(model, nn.Sequential):
-                raise ConfigError(f"--algos {', '.join(chain_rules)} cannot train --archs {arch}: these rules run "
-                                  f"their own passes along a chain of layers and elementwise modules, and "
-                                  f"{type(model).__name__} has branches (attention, residual connections)")
+            try:
+                make_rule(cell.rule, **cell.rule_options).attach(model, torch.Generator().manual_seed(0),
+                                                                 INPUT_SHAPES[family])
+            except (ValueError, ModelError) as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ConfigError(f"--algos {cell.rule} cannot train --archs {cell.arch}: {reason}") from None
             break

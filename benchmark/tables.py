@@ -432,9 +432,11 @@ def robustness_text(summary, state, fmt):
 
 
 def write_robustness_tables(summary, state, out):
-    """``robustness_STATE.{md,csv}`` into the folder ``out``."""
+    """``robustness_STATE.{md,csv,tex}`` into the folder ``out``, as every
+    other metric's tables."""
     write_text(os.path.join(out, f"robustness_{state}.md"), robustness_markdown(summary, state))
     write_text(os.path.join(out, f"robustness_{state}.csv"), robustness_csv(summary))
+    write_text(os.path.join(out, f"robustness_{state}.tex"), robustness_latex(summary, state))
 
 
 def _robust_order(values, order):

@@ -794,6 +794,10 @@ def test_table_robust_format_latex_prints_the_markdown_tables_cells_in_latex(tmp
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert " & ".join(cells).replace("±", r"$\pm$") + r" \\" in latex, row
     assert "ε" not in latex and "±" not in latex  # pdflatex without extra packages reads every character
+    # --out writes the same LaTeX beside the Markdown and CSV, as every other metric does.
+    written = run_cli(["table", "--runs", str(tmp_path), "--metric", "robust", "--out", str(tmp_path / "tables")])
+    assert written.exit_code == 0, written.output
+    assert (tmp_path / "tables" / "robustness_final.tex").read_text().strip() == latex.strip()
 
 
 def test_algos_selects_runs_but_bp_still_serves_as_the_transfer_source(runs):

@@ -365,7 +365,7 @@ class OwnFeedback(LearningRule):
         return layer.feedback_weight, None
 
 
-def test_a_rule_gets_every_optional_capability_from_the_base_class_with_its_default():
+def test_a_rule_gets_every_optional_capability_from_the_base_class_with_its_default(float64):
     """What robustness and the alignment records may ask of a rule is declared
     on LearningRule (docs/extending.md's table), so a rule that implements
     none of it still answers every question."""

@@ -227,6 +227,17 @@ def test_vit_trains_under_bp_and_fa_and_the_tables_and_plots_show_it(tmp_path):
     assert result.exit_code == 0, result.output
     assert (plots / "attention_alignment_mnist_vit.png").stat().st_size > 0
     assert str(plots / "attention_alignment_mnist_vit.pdf") in result.output
+    # robustness (true, rule and transfer gradients through the attention) and the report take it too
+    result = CliRunner().invoke(cli, ["robustness", "--runs", str(runs), "--attacks", "fgsm", "--eps", "0,0.1",
+                                      "--corruptions", "none", "--test-subset", "20", "--threads", "1",
+                                      "--data-dir", root], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (fa_folder,) = [f for f in os.listdir(runs) if "-fa-" in f]
+    rows = json.load(open(runs / fa_folder / "robustness.json"))["states"]["final"]["attacks"]
+    assert {row["gradient"] for row in rows} == {"true", "rule", "transfer"}
+    result = CliRunner().invoke(cli, ["report", "--runs", str(runs), "--out", str(tmp_path / "report.html")])
+    assert result.exit_code == 0, result.output
+    assert "vit" in (tmp_path / "report.html").read_text()
 
 
 def test_a_chain_rule_on_vit_is_one_line_and_exit_code_2(tmp_path):
@@ -255,5 +266,29 @@ def test_a_grid_with_a_chain_rule_on_vit_is_refused_before_anything_trains(tmp_p
     result = CliRunner().invoke(cli, ["grid", "--archs", "fc,vit", "--algos", "bp,dtp-par,pc", "--seeds", "1",
                                       "--epochs", "1", "--data-dir", root, "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert result.output.startswith("error: --algos dtp-par, pc cannot train --archs vit: ")
+    assert result.output.startswith("error: --algos dtp-par cannot train --archs vit: target propagation needs an "
+                                    "nn.Sequential network, got VisionTransformer")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_grid_with_dfas_block_placement_on_a_net_without_blocks_is_refused_before_anything_trains(tmp_path):
+    root = make_tiny_mnist(str(tmp_path / "data"))
+    result = CliRunner().invoke(cli, ["grid", "--archs", "fc", "--algos", "dfa", "--rule-opt", "placement=block",
+                                      "--seeds", "1", "--epochs", "1", "--data-dir", root, "--out",
+                                      str(tmp_path / "runs")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: --algos dfa cannot train --archs fc: ")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_search_runs_on_vit(tmp_path):
+    root = make_tiny_mnist(str(tmp_path / "data"))
+    result = CliRunner().invoke(cli, ["search", "--arch", "vit", "--algo", "fa", "--trials", "2", "--epochs", "1",
+                                      "--batch-size", "32", "--train-subset", "64", "--val-split", "0.25",
+                                      "--data-dir", root, "--out", str(tmp_path / "search"), "--quiet"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (search,) = [path for path, _, files in os.walk(tmp_path / "search") if "search.json" in files]
+    record = json.load(open(os.path.join(search, "search.json")))
+    assert record["arch"] == "vit" and len(record["trials"]) == 2
+    assert record["chosen"]["run"].startswith("mnist-vit-fa-")
