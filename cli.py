@@ -387,12 +387,12 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
     if from_search:
         cells = cells_from_search(from_search, seeds, options)
     else:
-        from benchmark.grid import apply_preset, preset_option_names, select_grid
+        from benchmark.grid import PRESETS, apply_preset, preset_option_names, select_grid
         chosen = select_grid(preset, datasets, archs, rules)
         typed = given_on_command_line(preset_option_names(preset))
         seeds, out, rule_settings = apply_preset(preset, options, seeds, out, typed)
         cells = grid_cells(chosen["datasets"], chosen["archs"], chosen["rules"], range(seeds), options,
-                           parse_rule_options(rule_opt), rule_settings)
+                           parse_rule_options(rule_opt), rule_settings, PRESETS.get(preset, {}).get("rule_variants"))
     if status_dir is not None:
         from benchmark.cluster import grid_status
         check_folders("--status", [status_dir])
@@ -542,13 +542,13 @@ def warn(message):
     click.echo(f"warning: {message}", err=True)
 
 
-def _load_summary(runs, metric, seeds, strict):
+def _load_summary(runs, metric, seeds, strict, at_epoch=None):
     from benchmark.errors import RecordError, ResultsMissing
     from benchmark.results import load_runs
     from benchmark.tables import summarize_runs
     check_folders("--runs", runs)
     try:
-        table, bad = load_runs(runs, strict=strict, warn=warn)
+        table, bad = load_runs(runs, strict=strict, warn=warn, at_epoch=at_epoch)
     except RecordError as exc:
         raise ResultsMissing(f"bad record (--strict): {exc}") from None
     if table.empty:
@@ -579,11 +579,18 @@ metric_option = click.option("--metric", type=click.Choice(["best", "final", "va
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]), default="markdown",
               show_default=True, help="What to print.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first unreadable record instead of skipping it.")
-def table(runs, metric, seeds, out, fmt, strict):
+@click.option("--at-epoch", "at_epoch", type=click.IntRange(min=1), default=None,
+              help="Every run's numbers as they stood after this epoch (its curves cut there), so runs of "
+                   "different lengths compare at equal training; shorter runs count as unfinished. Not with "
+                   "the robust metrics (those evaluate the saved models).")
+def table(runs, metric, seeds, out, fmt, strict, at_epoch):
     """Build the results and parameter-count tables from run records."""
     from benchmark import tables
     from benchmark.results import load_robustness, robustness_summary
     if metric in tables.ROBUST_METRICS:
+        if at_epoch:
+            raise click.UsageError(f"--at-epoch cannot be used with --metric {metric}: robustness is measured "
+                                   f"on the saved models, not on the curves; allowed metrics: best, final, val")
         state = tables.ROBUST_METRICS[metric]
         runs_table, _, bad = _load_summary(runs, "best", seeds, strict)
         summary = robustness_summary(load_robustness(runs_table, warn), state)
@@ -595,10 +602,10 @@ def table(runs, metric, seeds, out, fmt, strict):
             tables.write_robustness_tables(summary, state, out)
         click.echo(tables.robustness_text(summary, state, fmt), nl=False)
         return
-    _, summary, bad = _load_summary(runs, metric, seeds, strict)
+    _, summary, bad = _load_summary(runs, metric, seeds, strict, at_epoch)
     if out:
         check_out_dir(out)
-        tables.write_tables(summary, metric, out)
+        tables.write_tables(summary, metric, out, suffix=f"_at{at_epoch}" if at_epoch else "")
     from benchmark.records import find_searches
     chosen = tables.chosen_table(find_searches(runs))
     if out and not chosen.empty:
@@ -756,6 +763,9 @@ def rules():
             click.echo(f"  weight transport: {rule.weight_transport}")
         if rule.layer_kinds is not None:
             click.echo(f"  defined for: {', '.join(rule.layer_kinds)} layers")
+        if rule.needs_chain:
+            click.echo("  networks: chains of layers only (no residual connections or attention: not vit, "
+                       "not ResNets)")
     for problem in RULES.problems:
         click.echo(f"problem: {problem}")
 

@@ -3,10 +3,41 @@
 The Table 1 campaign runs for days on two cores; its folder README keeps
 this table (``grid --status DIR`` with the grid's selection prints it).
 """
+import dataclasses
+import json
 import os
 from collections import OrderedDict
 
 from .records import read_record
+
+
+def _group_key(cell):
+    """A cell's seeds share this: its config without the seed (the run
+    name's hash covers the seed)."""
+    return json.dumps(dict(dataclasses.asdict(cell), seed=None), sort_keys=True, default=str)
+
+
+def variant_labels(cells):
+    """``{group key: label}``: the rule's name, plus the settings that tell
+    apart its groups on one dataset and architecture (``dfa
+    (placement=block)``, ``bp (weight_decay=0.0001)``); rule options count
+    with their defaults filled in."""
+    from models import RULES
+    settings = OrderedDict()
+    for cell in cells:
+        fields = dataclasses.asdict(cell)
+        fields.update(RULES.get(cell.rule).defaults, **fields.pop("rule_options"))
+        del fields["seed"]
+        settings[_group_key(cell)] = fields
+    labels = {}
+    for key, fields in settings.items():
+        peers = [f for f in settings.values()
+                 if (f["rule"], f["dataset"], f["arch"]) == (fields["rule"], fields["dataset"], fields["arch"])]
+        varying = sorted(k for k in fields if len({json.dumps(p.get(k), sort_keys=True, default=str)
+                                                   for p in peers}) > 1)
+        shown = ", ".join(f"{k}={fields[k]}" for k in varying)
+        labels[key] = f"{fields['rule']} ({shown})" if shown else fields["rule"]
+    return labels
 
 
 def _core_seconds(record):
@@ -27,9 +58,10 @@ def campaign_rows(out, cells, statuses):
     seed of the group has finished an epoch). ``statuses`` is
     ``grid_status``'s ``{status: [run names]}``."""
     status_of = {name: status for status, names in statuses.items() for name in names}
+    labels = variant_labels(cells)
     groups = OrderedDict()
     for cell in cells:
-        key = (cell.dataset, cell.arch, cell.rule, cell.run_name().rsplit("-seed", 1)[0])
+        key = (cell.dataset, cell.arch, labels[_group_key(cell)], _group_key(cell))
         groups.setdefault(key, []).append(cell)
     rows = []
     for (dataset, arch, rule, _), group in groups.items():
@@ -79,7 +111,7 @@ def _mean(values):
 
 
 def convergence_rows(out, cells):
-    """Per (dataset, arch, rule) group, over its complete seeds: where the
+    """Per (dataset, arch, rule, settings) group, over its complete seeds: where the
     validation error bottomed out, how many seeds still improved in their
     last RECENT_EPOCHS epochs, the final train error (near 0: the net fits
     the data, the gap is generalisation; well above 0: underfitting), and
@@ -87,20 +119,21 @@ def convergence_rows(out, cells):
     with the paper's number."""
     from .tables import PAPER_DATASET, paper_reference
     reference = paper_reference()
+    labels = variant_labels(cells)
     groups = OrderedDict()
     for cell in cells:
         record = read_record(os.path.join(out, cell.run_name()))
-        key = (cell.dataset, cell.arch, cell.rule)
+        key = (cell.dataset, cell.arch, cell.rule, labels[_group_key(cell)])
         groups.setdefault(key, [])
         if record and record["status"] == "complete":
             groups[key].append(record)
     rows = []
-    for (dataset, arch, rule), records in groups.items():
+    for (dataset, arch, rule, label), records in groups.items():
         summaries = [r["summary"] for r in records]
         paper = reference[(reference.dataset == PAPER_DATASET.get(dataset, dataset)) & (reference.arch == arch)
                           & (reference.algo == rule) & (reference.optimizer == "")]
         rows.append({
-            "dataset": dataset, "arch": arch, "rule": rule, "seeds": len(records),
+            "dataset": dataset, "arch": arch, "rule": label, "seeds": len(records),
             "epochs": sorted({s["epochs_done"] for s in summaries}),
             "best_val_epochs": [s["best_val_epoch"] for s in summaries],
             "still_falling": sum(1 for s in summaries

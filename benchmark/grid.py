@@ -5,6 +5,7 @@ resumable: complete (or diverged) cells are skipped, interrupted ones resume
 from their checkpoint, missing ones start. An OS lock (``benchmark.locks``)
 keeps two processes off the same cell.
 """
+import json
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from .runs import discard_if_nothing_kept
 
 ALL_RULES = RULES.registered(plugins=False)
 TABLE1_RULES = ["bp", "fa", "dfa", "dtp-par", "dtp-alt", "sdtp-par", "sdtp-alt", "aosdtp-par", "aosdtp-alt"]
+VIT_RULES = ["bp", "fa", "dfa", "usf", "frsf", "kp"]
 PRESETS = {
     # Table 1 of Bartunov et al. 2018 (BP, FA, DFA and the six target-propagation
     # rows on FC and LC, plus the shared-weight conv baseline), extended with
@@ -48,33 +50,49 @@ PRESETS = {
     "table1-cifar10-fc": {"datasets": ["cifar10-jpeg"], "archs": ["fc"], "rules": TABLE1_RULES,
                           "settings": {"epochs": 100, "val_split": 0.1, "seeds": 3,
                                        "out": "results/table1-at-length/cifar10-fc"}},
+    # Transformers (issue 37): the small ViT under BP and the feedback-
+    # alignment family, DFA at both placements (one cell each), today's
+    # defaults (Adam lr 3e-4, constant). Lengths chosen so a seed of every
+    # rule fits this 2-core CPU (results/transformers/README.md).
+    "vit-mnist": {"datasets": ["mnist"], "archs": ["vit"], "rules": VIT_RULES,
+                  "rule_variants": {"dfa": [{"placement": "layer"}, {"placement": "block"}]},
+                  "settings": {"epochs": 10, "val_split": 0.1, "seeds": 3, "out": "results/transformers/mnist-vit"}},
+    "vit-cifar10": {"datasets": ["cifar10-jpeg"], "archs": ["vit"], "rules": VIT_RULES,
+                    "rule_variants": {"dfa": [{"placement": "layer"}, {"placement": "block"}]},
+                    "settings": {"epochs": 10, "val_split": 0.1, "seeds": 3,
+                                 "out": "results/transformers/cifar10-vit"}},
 }
 TERMINAL = ("complete", "diverged")
 ERROR_NAME = "error.txt"  # a cell that raised leaves its traceback here
 
 
-def grid_cells(datasets, archs, rules, seeds, options, rule_options=None, rule_settings=None):
+def grid_cells(datasets, archs, rules, seeds, options, rule_options=None, rule_settings=None, rule_variants=None):
     """Every cell's config. Each rule gets the ``rule_options`` it declares
     (e.g. ``alpha`` goes to dtp-* only; an option no chosen rule knows is an
     error) and, unless ``options["weight_decay"]`` is given, its own default
     weight decay. ``rule_settings`` ({rule: {training option: value}}) gives
     one rule its own training settings (a preset's published per-cell
-    learning rate). When bp is in the grid, it also runs at every other
-    weight decay used (a BP control for, e.g., Kolen-Pollack's)."""
-    rule_options, rule_settings = rule_options or {}, rule_settings or {}
+    learning rate); ``rule_variants`` ({rule: [rule options, ...]}) runs one
+    rule once per option set (DFA at both placements), typed
+    ``rule_options`` winning. When bp is in the grid, it also runs at every
+    other weight decay used (a BP control for, e.g., Kolen-Pollack's)."""
+    rule_options, rule_settings, rule_variants = rule_options or {}, rule_settings or {}, rule_variants or {}
     known = {k for r in rules for k in RULES.get(r).defaults}
     unknown = sorted(set(rule_options) - known)
     if unknown:
         raise ConfigError(f"rule option(s) {', '.join(unknown)} not known to any of {', '.join(rules)}")
-    per_rule = {r: {k: v for k, v in rule_options.items() if k in RULES.get(r).defaults} for r in rules}
-    decays = {r: [weight_decay_for(make_checked_rule(r, per_rule[r]), options.get("weight_decay"))] for r in rules}
+    typed = {r: {k: v for k, v in rule_options.items() if k in RULES.get(r).defaults} for r in rules}
+    variants = {r: list({json.dumps(o, sort_keys=True): o for o in (
+        {**variant, **typed[r]} for variant in rule_variants.get(r, [{}]))}.values()) for r in rules}
+    decays = {r: [weight_decay_for(make_checked_rule(r, variants[r][0]), options.get("weight_decay"))] for r in rules}
     if "bp" in rules:
         decays["bp"] = list(dict.fromkeys(decays["bp"] + [d for r in rules for d in decays[r]]))
     # Seed-major: a stopped grid leaves every cell's first seed done before any
     # cell's second, so its partial tables cover the whole grid.
     return [resolve_run_config(dict(options, **rule_settings.get(r, {}), dataset=d, arch=a, rule=r, seed=s,
-                                    weight_decay=wd), per_rule[r])
-            for s in seeds for d in datasets for a in archs for r in rules for wd in decays[r]]
+                                    weight_decay=wd), variant)
+            for s in seeds for d in datasets for a in archs for r in rules for variant in variants[r]
+            for wd in decays[r]]
 
 
 def select_grid(preset, datasets, archs, rules):
@@ -110,7 +128,8 @@ def preset_option_names(preset):
 def apply_preset(preset, options, seeds, out, typed):
     """A campaign preset's own epochs, validation split, seeds and folder,
     except those ``typed`` on the command line. Returns (seeds, out,
-    rule_settings): the preset's per-rule settings the command line leaves."""
+    rule_settings): the preset's per-rule settings the command line leaves.
+    (Its ``rule_variants`` go to ``grid_cells`` as they are.)"""
     settings = PRESETS.get(preset, {}).get("settings", {})
     per_rule = PRESETS.get(preset, {}).get("rule_settings", {})
     rule_settings = {rule: {k: v for k, v in values.items() if k not in typed} for rule, values in per_rule.items()}

@@ -10,7 +10,7 @@ import pandas as pd
 from models import RULES
 
 from .errors import RecordError
-from .records import LATER_FIELDS, find_records, load_record, read_robustness
+from .records import LATER_FIELDS, find_records, load_record, read_robustness, summarize_curves
 
 METRICS = {
     "best": ("best_test_error", "best test error over epochs (the paper's protocol)"),
@@ -34,11 +34,12 @@ def arch_title(arch):
     return ARCH_TITLES.get(arch, arch if ":" in arch else arch.upper())
 
 
-def load_runs(roots, strict=False, warn=None):
+def load_runs(roots, strict=False, warn=None, at_epoch=None):
     """One row per record under ``roots`` (each file once, however the roots
     overlap), labelled by configuration (:func:`label_variants`). Bad files
     are reported (by path) and skipped; with ``strict`` the first one raises
-    RecordError."""
+    RecordError. ``at_epoch``: every run's numbers as they stood after that
+    epoch (:func:`truncate_record`)."""
     warn = warn or (lambda msg: warnings.warn(msg))
     rows, bad, seen = [], [], set()
     for root in roots:
@@ -54,8 +55,32 @@ def load_runs(roots, strict=False, warn=None):
                 bad.append(str(exc))
                 warn(f"skipped {exc}")
                 continue
-            rows.append(_row(record, path))
+            rows.append(_row(truncate_record(record, at_epoch) if at_epoch else record, path))
     return label_variants(pd.DataFrame(rows)), bad
+
+
+def truncate_record(record, epoch):
+    """``record`` as it stood after ``epoch``: its curves cut there, its
+    summary recomputed, and its config's epochs set to ``epoch``, so runs of
+    different lengths compare at equal training. Under a constant or a
+    multistep schedule this is exactly the shorter run; under cosine (whose
+    lr depends on the length) it is not, so such a run keeps its own epochs
+    and is labelled apart. A run that ended before ``epoch`` (stopped,
+    unfinished, stopped early) counts as unfinished; a diverged one stays
+    diverged."""
+    done = record["summary"].get("epochs_done", 0)
+    if record["status"] == "diverged" and done <= epoch:
+        return record
+    if done < epoch:
+        return dict(record, status="short")
+    curves = {key: values[:epoch] for key, values in record["curves"].items()
+              if isinstance(values, list) and len(values) == done}
+    curves = dict(record["curves"], **curves)
+    summary = dict(record["summary"], **summarize_curves(curves))
+    config = dict(record["config"])
+    if config.get("lr_schedule", "constant") != "cosine":
+        config["epochs"] = epoch
+    return dict(record, status="complete", curves=curves, summary=summary, config=config)
 
 
 # Record config keys that name a run's cell or do not change its numbers.

@@ -214,10 +214,10 @@ def table_text(summary, metric, fmt):
     return (to_latex if fmt == "latex" else to_markdown)(summary, metric)
 
 
-def write_tables(summary, metric, out):
-    """``table_METRIC.{md,csv,tex}`` and ``params.{md,csv,tex}`` into the folder ``out``."""
+def write_tables(summary, metric, out, suffix=""):
+    """``table_METRIC{suffix}.{md,csv,tex}`` and ``params.{md,csv,tex}`` into the folder ``out``."""
     for ext, fmt in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")):
-        write_text(os.path.join(out, f"table_{metric}.{ext}"), table_text(summary, metric, fmt))
+        write_text(os.path.join(out, f"table_{metric}{suffix}.{ext}"), table_text(summary, metric, fmt))
     params = parameter_table(summary)
     write_text(os.path.join(out, "params.md"), parameters_markdown(params))
     write_text(os.path.join(out, "params.csv"), parameters_csv(params))

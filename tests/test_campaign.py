@@ -124,3 +124,24 @@ def test_a_typed_lr_wins_over_the_presets_per_cell_lr(tmp_path):
                                      "--lr", "3e-4", "--status", str(tmp_path)])
     expected = grid_cells(["mnist"], ["fc"], ["dtp-par"], [0], {"epochs": 100, "val_split": 0.1, "lr": 3e-4})
     assert expected[0].run_name() in typed.output and expected[0].run_name() not in default.output
+
+
+def test_a_presets_rule_variants_run_one_rule_once_per_option_set():
+    variants = PRESETS["vit-mnist"]["rule_variants"]
+    cells = grid_cells(["mnist"], ["vit"], ["bp", "dfa", "kp"], [0], {"epochs": 1}, rule_variants=variants)
+    assert [(c.rule, c.rule_options.get("placement"), c.weight_decay) for c in cells] == [
+        ("bp", None, 0.0), ("bp", None, 1e-4),  # kp's decay brings its BP control
+        ("dfa", "layer", 0.0), ("dfa", "block", 0.0), ("kp", None, 1e-4)]
+    assert len({c.run_name() for c in cells}) == 5
+    # A typed rule option wins over the variants: both collapse into one cell.
+    typed = grid_cells(["mnist"], ["vit"], ["dfa"], [0], {"epochs": 1}, {"placement": "block"}, rule_variants=variants)
+    assert [c.rule_options for c in typed] == [{"placement": "block"}]
+
+
+def test_the_campaign_tables_tell_a_rules_variants_apart(tmp_path):
+    result = CliRunner().invoke(cli, ["grid", "--preset", "vit-mnist", "--seeds", "2", "--status", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "missing: 16" in result.output
+    for label in ("dfa (placement=layer)", "dfa (placement=block)", "bp (weight_decay=0.0)",
+                  "bp (weight_decay=0.0001)", "fa"):
+        assert f"| mnist | vit | {label} | 0 | 0 | 2 |" in result.output, result.output

@@ -265,3 +265,30 @@ def test_rule_metrics_plot_draws_pc_energies_per_layer_and_only_where_recorded(t
     paths = family_metrics_plot(runs, str(tmp_path / "plots"))
     assert sorted(os.path.basename(p) for p in paths) == ["rule_metrics_mnist_fc.pdf", "rule_metrics_mnist_fc.png"]
     assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_at_epoch_compares_runs_of_different_lengths_as_they_stood_then(tmp_path):
+    root = tmp_path / "runs"
+    long = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5]
+    val = [6.0, 4.5, 4.8, 3.0, 2.0, 1.0]
+    write_json(str(root / "long" / "record.json"), fake_record("mnist", "lc", "bp", 0, long, val=val))
+    write_json(str(root / "short" / "record.json"), fake_record("mnist", "fc", "bp", 0, [4.0, 3.5, 3.6], val=val[:3]))
+    write_json(str(root / "cut" / "record.json"), fake_record("mnist", "conv", "bp", 0, [4.0, 3.9], status="running",
+                                                              val=val[:2], epochs_asked=6))
+    write_json(str(root / "cos" / "record.json"), fake_record("mnist", "conv", "fa", 0, long, val=val,
+                                                              lr_schedule="cosine"))
+    runs, _ = load_runs([str(root)], at_epoch=3)
+    by_arch = {(r.arch, r.rule): r for r in runs.itertuples()}
+    lc = by_arch[("lc", "bp")]
+    # Epochs 1-3 of the long run: best 3.0, final 3.0, best validation at epoch 2 (test 4.0).
+    assert (lc.status, lc.best, lc.final, lc.val, lc.epochs) == ("complete", 3.0, 3.0, 4.0, 3)
+    assert by_arch[("fc", "bp")].status == "complete" and by_arch[("conv", "bp")].status == "short"
+    # Cut at 3, the fc and lc runs are the same setting: one label.
+    assert by_arch[("fc", "bp")].label == lc.label == "bp"
+    # A cosine run cut short is not a shorter run: it keeps its length.
+    assert json.loads(by_arch[("conv", "fa")].setting)["epochs"] == 6
+    result = CliRunner().invoke(cli, ["table", "--runs", str(root), "--at-epoch", "3", "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert "Epochs here: 3, 6." in result.output and (tmp_path / "t" / "table_best_at3.md").exists()
+    robust = CliRunner().invoke(cli, ["table", "--runs", str(root), "--at-epoch", "3", "--metric", "robust"])
+    assert robust.exit_code == 2 and "--at-epoch cannot be used with --metric robust" in robust.output

@@ -261,6 +261,23 @@ def test_needs_chain_says_which_rules_refuse_a_branched_net(name):
     assert RULES.get(name).needs_chain == refused
 
 
+def test_the_rules_command_says_which_rules_take_only_chains():
+    output = CliRunner().invoke(cli, ["rules"]).output
+    blocks = {lines[0]: "\n".join(lines) for lines in _rule_blocks(output)}
+    for name in RULES.registered(plugins=False):
+        assert ("networks: chains of layers only" in blocks[name]) == RULES.get(name).needs_chain, name
+
+
+def _rule_blocks(output):
+    """``rules``' output, one list of lines per rule (a rule's block starts unindented)."""
+    blocks = []
+    for line in output.splitlines():
+        if not line.startswith(" "):
+            blocks.append([])
+        blocks[-1].append(line)
+    return blocks
+
+
 def test_a_grid_with_a_chain_rule_on_vit_is_refused_before_anything_trains(tmp_path):
     root = make_tiny_mnist(str(tmp_path / "data"))
     result = CliRunner().invoke(cli, ["grid", "--archs", "fc,vit", "--algos", "bp,dtp-par,pc", "--seeds", "1",

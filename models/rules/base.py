@@ -89,8 +89,8 @@ class LearningRule:
     schedule = "parallel"
     # Whether the rule runs passes of its own along the network as a chain of
     # layers and elementwise modules (``models.chain``): it cannot take nets
-    # with branches (residual connections, attention), which grids refuse
-    # before training.
+    # with branches (residual connections, attention); ``cli.py rules`` says
+    # so (attaching refuses such nets, and grids try that before training).
     needs_chain = False
     # The rule's own random stream (``make_generator``), None where it draws
     # nothing; checkpointed, and reseeded per unit of robustness work.
