@@ -602,15 +602,22 @@ def table(runs, metric, seeds, out, fmt, strict, at_epoch):
             tables.write_robustness_tables(summary, state, out)
         click.echo(tables.robustness_text(summary, state, fmt), nl=False)
         return
-    _, summary, bad = _load_summary(runs, metric, seeds, strict, at_epoch)
+    runs_table, summary, bad = _load_summary(runs, metric, seeds, strict, at_epoch)
+    from benchmark.part_tables import part_angles, parts_markdown, write_part_tables
+    parts = part_angles(runs_table)
+    suffix = f"_at{at_epoch}" if at_epoch else ""
     if out:
         check_out_dir(out)
-        tables.write_tables(summary, metric, out, suffix=f"_at{at_epoch}" if at_epoch else "")
+        tables.write_tables(summary, metric, out, suffix=suffix)
+        if not parts.empty:
+            write_part_tables(parts, out, suffix=suffix)
     from benchmark.records import find_searches
     chosen = tables.chosen_table(find_searches(runs))
     if out and not chosen.empty:
         tables.write_chosen(chosen, out)
     click.echo(tables.table_text(summary, metric, fmt), nl=False)
+    if not parts.empty:
+        click.echo("\nAlignment per part of each transformer block:\n\n" + parts_markdown(parts), nl=False)
     if not chosen.empty:
         click.echo("\nChosen settings:\n\n" + tables.chosen_markdown(chosen), nl=False)
     if bad:

@@ -19,6 +19,7 @@ from .results import (  # noqa: E402
     GRADIENT_TITLES,
     METRICS,
     OWN_PAPER_RULES,
+    PART_TITLES,
     RULE_ORDER,
     arch_title,
     load_robustness,
@@ -261,7 +262,6 @@ def _finish_layer_figure(fig, axes, title, rect, out_dir, name):
 
 
 # The parts of a transformer block that records keep angles for (benchmark.alignment.block_parts), in order.
-PART_TITLES = {"q": "Q", "k": "K", "v": "V", "out": "attention output", "mlp_in": "MLP in", "mlp_out": "MLP out"}
 
 
 def attention_alignment_plot(runs, out_dir):

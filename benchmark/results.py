@@ -22,6 +22,8 @@ ARCH_ORDER = ["fc", "lc", "conv"]
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
                   "cifar10-jpeg": "CIFAR-10 (JPEG q75)", "imagefolder": "ImageFolder"}
 ARCH_TITLES = {"lenet": "LeNet", "resnet20": "ResNet-20", "resnet56": "ResNet-56", "vit": "ViT"}
+# The parts of a transformer block whose alignment records keep, in block order.
+PART_TITLES = {"q": "Q", "k": "K", "v": "V", "out": "attention output", "mlp_in": "MLP in", "mlp_out": "MLP out"}
 GRADIENT_TITLES = {"true": "true gradient", "rule": "rule gradient", "transfer": "transfer from BP"}
 # Rules whose reference number is their own paper's, on the authors' nets (families_reference.csv).
 OWN_PAPER_RULES = ("pepita", "ff")
@@ -92,6 +94,14 @@ def _row(record, path):
     cfg, summary = record["config"], record["summary"]
     # Records from before a field existed ran at its neutral value.
     setting = {k: v for k, v in {**LATER_FIELDS, **cfg}.items() if k not in CELL_KEYS + NOT_RESULT_KEYS}
+    # Rule options as the run used them, one key each, so a label reads
+    # "dfa (placement=block)" and two spellings of one setting are one row.
+    # An option newer than the record ran at today's default (options are
+    # added with the old behaviour as their default).
+    defaults = RULES.get(cfg["algo"]).defaults if cfg["algo"] in RULES else {}
+    options = {**defaults, **(cfg.get("rule_options") or {}), **((record.get("rule") or {}).get("options") or {})}
+    setting.pop("rule_options", None)
+    setting.update({f"rule_options.{k}": v for k, v in options.items()})
     row = {"dataset": cfg["dataset"], "arch": cfg["arch"], "rule": cfg["algo"], "seed": cfg["seed"],
            "status": record["status"], "epochs": cfg["epochs"], "epochs_done": summary.get("epochs_done", 0),
            "forward_params": record["params"]["forward_total"],
@@ -135,7 +145,7 @@ def label_variants(runs):
             keys = set().union(*values)
             varying |= {k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1}
         for text, setting in settings.items():
-            shown = ", ".join(f"{k}={_short(setting.get(k))}" for k in sorted(varying))
+            shown = ", ".join(f"{k.removeprefix('rule_options.')}={_short(setting.get(k))}" for k in sorted(varying))
             labels[(rule, text)] = f"{rule} ({shown})" if shown else rule
     runs["label"] = [labels[(r, s)] for r, s in zip(runs["rule"], runs["setting"])]
     return runs

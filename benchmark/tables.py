@@ -29,8 +29,10 @@ from .results import (
 OUTPUT_COLUMNS = {"rule": "algo"}
 # Datasets whose numbers the paper's columns stand for.
 PAPER_DATASET = {"mnist": "mnist", "cifar10": "cifar10", "cifar10-jpeg": "cifar10"}
-# The published numbers beside our cells: Bartunov et al.'s for their nets, BioTorch's for the peers' networks.
-REFERENCE_FILES = ("paper_reference.csv", "biotorch_reference.csv", "families_reference.csv")
+# The published numbers beside our cells: Bartunov et al.'s for their nets, BioTorch's for the peers' networks,
+# Nakajima et al.'s ViT-3 for the vit.
+REFERENCE_FILES = ("paper_reference.csv", "biotorch_reference.csv", "families_reference.csv",
+                   "transformers_reference.csv")
 
 
 def paper_reference():
@@ -151,9 +153,10 @@ def markdown_paper_text(ref, diff):
 
 def footer_text(summary, metric):
     peers = summary["arch"].isin(BIOTORCH_ARCHS)
+    vit = summary["arch"] == "vit"
     sources = []
     own = summary["rule"].isin(OWN_PAPER_RULES) & summary["paper"].notna()
-    if (~peers & ~own).any():
+    if (~peers & ~own & ~vit).any():
         sources.append("Bartunov et al. 2018 Table 1 (500 epochs, tuned)")
     if own.any():
         sources.append(("for PEPITA and Forward-Forward " if sources else "") + "the authors' own MNIST numbers on "
@@ -163,6 +166,10 @@ def footer_text(summary, metric):
         sources.append(("for LeNet and the ResNets " if sources else "")
                        + "BioTorch's published benchmark (Sanfiz & Akrout 2021; one run, the best-validation model; "
                        "100 epochs on MNIST and Fashion-MNIST, 250 on CIFAR-10)")
+    if (vit & summary["paper"].notna()).any():
+        sources.append(("for the ViT " if sources else "") + "Nakajima et al. 2022 (Nat. Commun., Table 2): their "
+                       "ViT-3, another network; their CIFAR-10 DFA is marked (DFA+BP); see "
+                       "benchmark/transformers_reference.csv")
     return (f"Test error (%), {METRICS[metric][1]}: mean ± sample std over seeds (number of complete "
             f"seeds, each seed counted once); a rule's rows with settings in brackets differ in those "
             f"settings and are never averaged together; 'paper' is {', and '.join(sources)} and the difference "

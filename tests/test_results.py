@@ -292,3 +292,55 @@ def test_at_epoch_compares_runs_of_different_lengths_as_they_stood_then(tmp_path
     assert "Epochs here: 3, 6." in result.output and (tmp_path / "t" / "table_best_at3.md").exists()
     robust = CliRunner().invoke(cli, ["table", "--runs", str(root), "--at-epoch", "3", "--metric", "robust"])
     assert robust.exit_code == 2 and "--at-epoch cannot be used with --metric robust" in robust.output
+
+
+def _vit_record(algo, seed, errors, angles, **options):
+    """A fake vit record whose epoch e has per-part angles ``angles[e - 1]`` ({(block, part): angle})."""
+    record = fake_record("mnist", "fc", algo, seed, errors, **({"rule_options": options} if options else {}))
+    record["config"]["arch"] = "vit"
+    record["rule"] = {"name": algo, "options": options}
+    for epoch, by_part in zip(record["alignment"], angles):
+        epoch["parts"] = [{"block": b, "part": p, "layer": 0, "update_angle": a, "wb_angle": None, "norm_ratio": None}
+                          for (b, p), a in by_part.items()]
+    return record
+
+
+def test_the_parts_table_averages_each_parts_last_angle_over_seeds(tmp_path):
+    from benchmark.part_tables import part_angles, parts_markdown
+    root = tmp_path / "runs"
+    early, late = {(0, "q"): 80.0, (1, "q"): 70.0}, {(0, "q"): 60.0, (1, "q"): 50.0}
+    write_json(str(root / "fa0" / "record.json"), _vit_record("fa", 0, [3.0, 2.0], [early, late]))
+    write_json(str(root / "fa1" / "record.json"), _vit_record("fa", 1, [3.0, 2.0], [early, {(0, "q"): 40.0,
+                                                                                              (1, "q"): 30.0}]))
+    write_json(str(root / "dfa0" / "record.json"), _vit_record("dfa", 0, [3.0, 2.0], [early, late],
+                                                               placement="block"))
+    write_json(str(root / "bp0" / "record.json"), _vit_record("bp", 0, [3.0, 2.0], [early, late]))
+    table = part_angles(load_runs([str(root)])[0])
+    fa = table[table.rule == "fa"].set_index("block")["angle"]
+    assert (fa[0], fa[1]) == (50.0, 40.0) and set(table.rule) == {"fa", "dfa"}
+    text = parts_markdown(table)
+    assert "| MNIST ViT | fa (2) | Q | 50.0 | 40.0 | 45.0 |" in text
+    # The rule option names the DFA row (the only DFA: nothing varies, so no brackets).
+    assert "| MNIST ViT | dfa (1) | Q | 60.0 | 50.0 | 55.0 |" in text
+    # Cut at epoch 1, the angles are epoch 1's.
+    cut = part_angles(load_runs([str(root)], at_epoch=1)[0])
+    assert list(cut[cut.rule == "fa"]["angle"]) == [80.0, 70.0]
+
+
+def test_a_rules_options_label_its_rows_and_the_vit_has_its_published_numbers(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for placement in ("layer", "block"):
+            write_json(str(root / f"dfa-{placement}-{seed}" / "record.json"),
+                       _vit_record("dfa", seed, [3.0, 2.0 + seed], [{}, {}], placement=placement))
+    # A record from before the option existed ran at today's default: it is seed 2 of the layer row.
+    old = _vit_record("dfa", 2, [3.0, 1.0], [{}, {}])
+    del old["rule"]
+    write_json(str(root / "dfa-old" / "record.json"), old)
+    write_json(str(root / "bp" / "record.json"), _vit_record("bp", 0, [3.0, 1.5], [{}, {}]))
+    result = CliRunner().invoke(cli, ["table", "--runs", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "| dfa (placement=layer) | 2.00 ± 1.00 (3); paper 1.96 (+0.04) |" in result.output
+    assert "| dfa (placement=block) | 2.50 ± 0.71 (2); paper 1.96 (+0.54) [2/3 seeds] |" in result.output
+    assert "| bp | 1.50 (1); paper 1.77 (-0.27) [1/3 seeds] |" in result.output
+    assert "'paper' is Nakajima et al. 2022" in result.output and "Bartunov" not in result.output

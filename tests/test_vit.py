@@ -220,6 +220,11 @@ def test_vit_trains_under_bp_and_fa_and_the_tables_and_plots_show_it(tmp_path):
     assert result.exit_code == 0, result.output
     params = (tables / "params.md").read_text()
     assert f"| MNIST | vit | bp | {vit_count(1, 28, 7, 10):,} | 0 |" in params
+    # The per-part angles of FA's last epoch, as the table prints them (BP's are 0 and left out).
+    fa_q = next(row for row in records["fa"]["alignment"][-1]["parts"] if (row["block"], row["part"]) == (0, "q"))
+    assert "Alignment per part of each transformer block" in result.output
+    assert f"| MNIST ViT | fa (1) | Q | {fa_q['update_angle']:.1f} |" in (tables / "parts_alignment.md").read_text()
+    assert "| bp (1) |" not in (tables / "parts_alignment.md").read_text()
     assert f"| MNIST | vit | fa | {vit_count(1, 28, 7, 10):,} | {records['fa']['params']['feedback_total']:,} |" \
         in params
     plots = tmp_path / "plots"
