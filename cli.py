@@ -403,9 +403,16 @@ def grid(preset, datasets, archs, rules, seeds, jobs, wait, status_dir, from_sea
             for name in names:
                 click.echo(f"  {name}")
         if selected:
-            from benchmark.campaign import campaign_markdown, campaign_rows, convergence_markdown, convergence_rows
-            click.echo("\n" + campaign_markdown(campaign_rows(status_dir, cells, statuses)))
-            click.echo("\n" + convergence_markdown(convergence_rows(status_dir, cells)))
+            from benchmark.campaign import (
+                campaign_markdown,
+                campaign_rows,
+                cell_records,
+                convergence_markdown,
+                convergence_rows,
+            )
+            records = cell_records(status_dir, cells)
+            click.echo("\n" + campaign_markdown(campaign_rows(records, cells, statuses)))
+            click.echo("\n" + convergence_markdown(convergence_rows(records, cells)))
         return
     if not from_search:
         from benchmark.grid import refuse_cells_no_network_takes

@@ -51,7 +51,12 @@ def _seconds_per_epoch(record):
     return _core_seconds(record) / done if done else None
 
 
-def campaign_rows(out, cells, statuses):
+def cell_records(out, cells):
+    """``{run name: record or None}`` of ``cells`` under ``out``, read once for both tables."""
+    return {cell.run_name(): read_record(os.path.join(out, cell.run_name())) for cell in cells}
+
+
+def campaign_rows(records, cells, statuses):
     """One row per (dataset, arch, rule, settings) group of ``cells``: seeds
     done / running / to do, core-hours spent, and core-hours still to go
     (remaining epochs at the group's measured cost per epoch; None while no
@@ -65,8 +70,7 @@ def campaign_rows(out, cells, statuses):
         groups.setdefault(key, []).append(cell)
     rows = []
     for (dataset, arch, rule, _), group in groups.items():
-        records = {c.run_name(): read_record(os.path.join(out, c.run_name())) for c in group}
-        rates = [r for r in (_seconds_per_epoch(rec) for rec in records.values()) if r]
+        rates = [r for r in (_seconds_per_epoch(records[c.run_name()]) for c in group) if r]
         rate = sum(rates) / len(rates) if rates else None
         spent, to_go, counts = 0.0, 0.0, {"done": 0, "running": 0, "to do": 0}
         for cell in group:
@@ -110,7 +114,7 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def convergence_rows(out, cells):
+def convergence_rows(records, cells):
     """Per (dataset, arch, rule, settings) group, over its complete seeds: where the
     validation error bottomed out, how many seeds still improved in their
     last RECENT_EPOCHS epochs, the final train error (near 0: the net fits
@@ -122,7 +126,7 @@ def convergence_rows(out, cells):
     labels = variant_labels(cells)
     groups = OrderedDict()
     for cell in cells:
-        record = read_record(os.path.join(out, cell.run_name()))
+        record = records[cell.run_name()]
         key = (cell.dataset, cell.arch, cell.rule, labels[_group_key(cell)])
         groups.setdefault(key, [])
         if record and record["status"] == "complete":

@@ -5,7 +5,7 @@ import os
 
 from click.testing import CliRunner
 
-from benchmark.campaign import campaign_markdown, campaign_rows
+from benchmark.campaign import campaign_markdown, campaign_rows, cell_records
 from benchmark.cluster import grid_status
 from benchmark.grid import PRESETS, TABLE1_RULES, grid_cells
 from cli import cli
@@ -79,7 +79,8 @@ def test_campaign_rows_count_core_hours_spent_and_to_go(tmp_path):
         record.update(wall_seconds=wall, host={"torch_threads": threads})
         (tmp_path / cell.run_name()).mkdir()
         (tmp_path / cell.run_name() / "record.json").write_text(json.dumps(record))
-    rows = {r["rule"]: r for r in campaign_rows(str(tmp_path), cells, grid_status(str(tmp_path), cells))}
+    records = cell_records(str(tmp_path), cells)
+    rows = {r["rule"]: r for r in campaign_rows(records, cells, grid_status(str(tmp_path), cells))}
     # bp: 2 threads x 1 h + 1200 s; the running seed has 6 epochs left at its own 300 s an epoch.
     assert (rows["bp"]["done"], rows["bp"]["to do"]) == (1, 1)
     assert abs(rows["bp"]["core_hours"] - (2 + 1 / 3)) < 1e-9
@@ -104,7 +105,7 @@ def test_convergence_rows_say_where_each_seed_bottomed_out_beside_the_paper(tmp_
                              status="complete" if vals[cell.seed] else "running")
         (tmp_path / cell.run_name()).mkdir()
         (tmp_path / cell.run_name() / "record.json").write_text(json.dumps(record))
-    (row,) = convergence_rows(str(tmp_path), cells)
+    (row,) = convergence_rows(cell_records(str(tmp_path), cells), cells)
     assert row["seeds"] == 2 and row["best_val_epochs"] == [20, 5] and row["still_falling"] == 1
     assert abs(row["test_at_best_val"] - (errors[19] + errors[4]) / 2) < 1e-9
     assert row["paper"] == 1.48  # Bartunov et al.'s MNIST FC BP
