@@ -31,7 +31,7 @@ LAYERS = [
      "benchmark.results", "benchmark.cite"),
     ("benchmark.run_model",),
     ("benchmark.tables", "benchmark.plots"),
-    ("benchmark.campaign", "benchmark.report"),
+    ("benchmark.campaign", "benchmark.report", "benchmark.part_tables"),
     ("benchmark.robustness.*",),
     ("benchmark.train",),
     ("benchmark.runs", "benchmark.perf"),
