@@ -560,6 +560,9 @@ def _load_summary(runs, metric, seeds, strict, at_epoch=None):
         raise ResultsMissing(f"bad record (--strict): {exc}") from None
     if table.empty:
         raise ResultsMissing(f"no run records found under {', '.join(runs)}")
+    if at_epoch and (table["status"] != "complete").all():
+        raise ResultsMissing(f"--at-epoch {at_epoch}: no run under {', '.join(runs)} reached epoch {at_epoch} "
+                             f"(the longest has {int(table['epochs_done'].max())})")
     return table, summarize_runs(table, metric=metric, seeds=seeds, warn=warn), bad
 
 
@@ -623,7 +626,7 @@ def table(runs, metric, seeds, out, fmt, strict, at_epoch):
     if out and not chosen.empty:
         tables.write_chosen(chosen, out)
     click.echo(tables.table_text(summary, metric, fmt), nl=False)
-    if not parts.empty:
+    if not parts.empty and fmt == "markdown":
         click.echo("\nAlignment per part of each transformer block:\n\n" + parts_markdown(parts), nl=False)
     if not chosen.empty:
         click.echo("\nChosen settings:\n\n" + tables.chosen_markdown(chosen), nl=False)

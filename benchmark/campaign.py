@@ -9,6 +9,7 @@ import os
 from collections import OrderedDict
 
 from .records import read_record
+from .results import short_value
 
 
 def _group_key(cell):
@@ -35,7 +36,7 @@ def variant_labels(cells):
                  if (f["rule"], f["dataset"], f["arch"]) == (fields["rule"], fields["dataset"], fields["arch"])]
         varying = sorted(k for k in fields if len({json.dumps(p.get(k), sort_keys=True, default=str)
                                                    for p in peers}) > 1)
-        shown = ", ".join(f"{k}={fields[k]}" for k in varying)
+        shown = ", ".join(f"{k}={short_value(fields[k])}" for k in varying)
         labels[key] = f"{fields['rule']} ({shown})" if shown else fields["rule"]
     return labels
 

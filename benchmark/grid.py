@@ -82,8 +82,13 @@ def grid_cells(datasets, archs, rules, seeds, options, rule_options=None, rule_s
     if unknown:
         raise ConfigError(f"rule option(s) {', '.join(unknown)} not known to any of {', '.join(rules)}")
     typed = {r: {k: v for k, v in rule_options.items() if k in RULES.get(r).defaults} for r in rules}
-    variants = {r: list({json.dumps(o, sort_keys=True): o for o in (
-        {**variant, **typed[r]} for variant in rule_variants.get(r, [{}]))}.values()) for r in rules}
+    variants = {}
+    for r in rules:  # one cell per distinct resolved option set, spelled as first given
+        chosen = {}
+        for variant in rule_variants.get(r, [{}]):
+            given = {**variant, **typed[r]}
+            chosen.setdefault(json.dumps({**RULES.get(r).defaults, **given}, sort_keys=True), given)
+        variants[r] = list(chosen.values())
     decays = {r: [weight_decay_for(make_checked_rule(r, variants[r][0]), options.get("weight_decay"))] for r in rules}
     if "bp" in rules:
         decays["bp"] = list(dict.fromkeys(decays["bp"] + [d for r in rules for d in decays[r]]))

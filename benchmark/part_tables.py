@@ -19,14 +19,13 @@ def part_angles(runs):
     over the complete seeds of each rule label), from records that hold
     per-part angles; empty when none does."""
     rows = []
-    complete = runs[(runs.status == "complete") & (runs.rule != "bp")] if not runs.empty else runs
-    for _, cell in complete.groupby(["dataset", "arch", "rule", "label"], sort=False):
+    if not runs.empty:
+        runs = runs[(runs.status == "complete") & (runs.rule != "bp") & runs.has_parts]
+    for _, cell in runs.groupby(["dataset", "arch", "rule", "label"], sort=False):
         kept, _ = one_per_seed(cell)
         for _, run in kept.iterrows():
-            alignment = load_record(run.path)["alignment"]
-            at = [epoch for epoch in alignment if epoch.get("epoch") == run.epochs_done] or alignment[-1:]
-            for part in (at[0].get("parts", []) if at else []):
-                if part["update_angle"] is not None:
+            for part in _last_parts(load_record(run.path)["alignment"], run.epochs_done):
+                if part.get("update_angle") is not None:
                     rows.append({"dataset": run.dataset, "arch": run.arch, "rule": run.rule, "label": run.label,
                                  "part": part["part"], "block": part["block"], "angle": part["update_angle"],
                                  "seed": run.seed})
@@ -39,6 +38,17 @@ def part_angles(runs):
         s.map(lambda v: RULE_ORDER.index(v) if v in RULE_ORDER else len(RULE_ORDER)) if s.name == "rule" else
         s.map(lambda v: order.index(v) if v in order else len(order)) if s.name == "part" else s)).reset_index(
         drop=True)
+
+
+def _last_parts(alignment, epochs_done):
+    """The per-part rows of the run's last epoch ``epochs_done`` (``table
+    --at-epoch`` cuts runs there); none where the alignment does not say
+    which entry that is."""
+    dated = [entry for entry in alignment if entry.get("epoch") is not None]
+    if dated:
+        at = [entry for entry in dated if entry["epoch"] <= epochs_done]
+        return at[-1].get("parts", []) if at else []
+    return alignment[epochs_done - 1].get("parts", []) if len(alignment) == epochs_done else []
 
 
 def _grid(table):

@@ -62,27 +62,26 @@ def load_runs(roots, strict=False, warn=None, at_epoch=None):
 
 
 def truncate_record(record, epoch):
-    """``record`` as it stood after ``epoch``: its curves cut there, its
-    summary recomputed, and its config's epochs set to ``epoch``, so runs of
-    different lengths compare at equal training. Under a constant or a
-    multistep schedule this is exactly the shorter run; under cosine (whose
-    lr depends on the length) it is not, so such a run keeps its own epochs
-    and is labelled apart. A run that ended before ``epoch`` (stopped,
-    unfinished, stopped early) counts as unfinished; a diverged one stays
-    diverged."""
+    """``record`` as it stood after ``epoch``: its curves and alignment cut
+    there, its summary recomputed, and its config's epochs set to ``epoch``,
+    so runs of different lengths compare at equal training. Under a constant
+    or a multistep schedule this is exactly the shorter run; under cosine
+    (whose lr depends on the length) it is not, so such a run keeps its own
+    epochs and is labelled apart. A run that ended before ``epoch`` (stopped,
+    unfinished, stopped early) counts as unfinished in the ``epoch`` row; one
+    that diverged before it stays diverged there."""
+    config = dict(record["config"])
+    if config.get("lr_schedule", "constant") != "cosine":
+        config["epochs"] = epoch
     done = record["summary"].get("epochs_done", 0)
-    if record["status"] == "diverged" and done <= epoch:
-        return record
     if done < epoch:
-        return dict(record, status="short")
+        return dict(record, config=config, status="diverged" if record["status"] == "diverged" else "short")
     curves = {key: values[:epoch] for key, values in record["curves"].items()
               if isinstance(values, list) and len(values) == done}
     curves = dict(record["curves"], **curves)
     summary = dict(record["summary"], **summarize_curves(curves))
-    config = dict(record["config"])
-    if config.get("lr_schedule", "constant") != "cosine":
-        config["epochs"] = epoch
-    return dict(record, status="complete", curves=curves, summary=summary, config=config)
+    alignment = [entry for entry in record.get("alignment", []) if entry.get("epoch", 0) <= epoch]
+    return dict(record, status="complete", curves=curves, summary=summary, config=config, alignment=alignment)
 
 
 # Record config keys that name a run's cell or do not change its numbers.
@@ -110,7 +109,8 @@ def _row(record, path):
            "best_val_epoch": summary.get("best_val_epoch"),
            "setting": json.dumps(setting, sort_keys=True, default=str),
            "train_subset": cfg.get("train_subset", 0) or 0,
-           "seconds_per_epoch": _mean(record["curves"].get("seconds", []))}
+           "seconds_per_epoch": _mean(record["curves"].get("seconds", [])),
+           "has_parts": any("parts" in entry for entry in record.get("alignment", [])[:1])}
     for key, (field, _) in METRICS.items():
         row[key] = summary.get(field)
     return row
@@ -120,11 +120,11 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def _short(value):
+def short_value(value):
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, dict):
-        return ",".join(f"{k}={_short(v)}" for k, v in sorted(value.items())) or "defaults"
+        return ",".join(f"{k}={short_value(v)}" for k, v in sorted(value.items())) or "defaults"
     return str(value)
 
 
@@ -145,7 +145,8 @@ def label_variants(runs):
             keys = set().union(*values)
             varying |= {k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1}
         for text, setting in settings.items():
-            shown = ", ".join(f"{k.removeprefix('rule_options.')}={_short(setting.get(k))}" for k in sorted(varying))
+            shown = ", ".join(f"{k.removeprefix('rule_options.')}={short_value(setting.get(k))}"
+                              for k in sorted(varying))
             labels[(rule, text)] = f"{rule} ({shown})" if shown else rule
     runs["label"] = [labels[(r, s)] for r, s in zip(runs["rule"], runs["setting"])]
     return runs

@@ -170,10 +170,11 @@ def footer_text(summary, metric):
         sources.append(("for the ViT " if sources else "") + "Nakajima et al. 2022 (Nat. Commun., Table 2): their "
                        "ViT-3, another network; their CIFAR-10 DFA is marked (DFA+BP); see "
                        "benchmark/transformers_reference.csv")
+    paper = (f"; 'paper' is {', and '.join(sources)} and the difference ours - paper" if sources else
+             "; no published number for these cells")
     return (f"Test error (%), {METRICS[metric][1]}: mean ± sample std over seeds (number of complete "
             f"seeds, each seed counted once); a rule's rows with settings in brackets differ in those "
-            f"settings and are never averaged together; 'paper' is {', and '.join(sources)} and the difference "
-            f"ours - paper. Epochs here: {_epochs_text(summary)}.")
+            f"settings and are never averaged together{paper}. Epochs here: {_epochs_text(summary)}.")
 
 
 def to_markdown(summary, metric="best"):

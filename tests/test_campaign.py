@@ -137,12 +137,16 @@ def test_a_presets_rule_variants_run_one_rule_once_per_option_set():
     # A typed rule option wins over the variants: both collapse into one cell.
     typed = grid_cells(["mnist"], ["vit"], ["dfa"], [0], {"epochs": 1}, {"placement": "block"}, rule_variants=variants)
     assert [c.rule_options for c in typed] == [{"placement": "block"}]
+    # Two spellings of one setting (the default, and named) are one cell.
+    same = grid_cells(["mnist"], ["vit"], ["dfa"], [0], {"epochs": 1},
+                      rule_variants={"dfa": [{}, {"placement": "layer"}]})
+    assert len(same) == 1
 
 
 def test_the_campaign_tables_tell_a_rules_variants_apart(tmp_path):
     result = CliRunner().invoke(cli, ["grid", "--preset", "vit-mnist", "--seeds", "2", "--status", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "missing: 16" in result.output
-    for label in ("dfa (placement=layer)", "dfa (placement=block)", "bp (weight_decay=0.0)",
+    for label in ("dfa (placement=layer)", "dfa (placement=block)", "bp (weight_decay=0)",
                   "bp (weight_decay=0.0001)", "fa"):
         assert f"| mnist | vit | {label} | 0 | 0 | 2 |" in result.output, result.output

@@ -290,6 +290,19 @@ def test_at_epoch_compares_runs_of_different_lengths_as_they_stood_then(tmp_path
     result = CliRunner().invoke(cli, ["table", "--runs", str(root), "--at-epoch", "3", "--out", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
     assert "Epochs here: 3, 6." in result.output and (tmp_path / "t" / "table_best_at3.md").exists()
+    # A run that diverged after epoch 3 was healthy then; one that diverged sooner stays diverged there.
+    late = fake_record("mnist", "lc", "bp", 1, long[:4], status="diverged", val=val[:4], epochs_asked=6)
+    early = fake_record("mnist", "lc", "bp", 2, long[:2], status="diverged", val=val[:2], epochs_asked=6)
+    write_json(str(root / "late" / "record.json"), late)
+    write_json(str(root / "early" / "record.json"), early)
+    runs, _ = load_runs([str(root)], at_epoch=3)
+    lc = runs[(runs.arch == "lc") & (runs.rule == "bp")].set_index("seed").sort_index()
+    assert list(lc.status) == ["complete", "complete", "diverged"] and set(lc.label) == {"bp"}
+    # Short runs count as unfinished in the epoch-3 row, not as a row of their own.
+    conv = runs[(runs.arch == "conv") & (runs.rule == "bp")]
+    assert json.loads(conv.setting.iloc[0])["epochs"] == 3
+    none = CliRunner().invoke(cli, ["table", "--runs", str(root), "--at-epoch", "7"])
+    assert none.exit_code == 1 and "--at-epoch 7: no run under" in none.output and "the longest has 6" in none.output
     robust = CliRunner().invoke(cli, ["table", "--runs", str(root), "--at-epoch", "3", "--metric", "robust"])
     assert robust.exit_code == 2 and "--at-epoch cannot be used with --metric robust" in robust.output
 
@@ -344,3 +357,13 @@ def test_a_rules_options_label_its_rows_and_the_vit_has_its_published_numbers(tm
     assert "| dfa (placement=block) | 2.50 ± 0.71 (2); paper 1.96 (+0.54) [2/3 seeds] |" in result.output
     assert "| bp | 1.50 (1); paper 1.77 (-0.27) [1/3 seeds] |" in result.output
     assert "'paper' is Nakajima et al. 2022" in result.output and "Bartunov" not in result.output
+    # CSV stays CSV (the parts table goes to files, not into it).
+    csv = CliRunner().invoke(cli, ["table", "--runs", str(root), "--format", "csv"])
+    assert csv.exit_code == 0 and "|" not in csv.output
+
+
+def test_a_table_of_cells_without_a_published_number_says_so(tmp_path):
+    write_json(str(tmp_path / "fa" / "record.json"), _vit_record("fa", 0, [3.0, 2.0], [{}, {}]))
+    result = CliRunner().invoke(cli, ["table", "--runs", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "together; no published number for these cells. Epochs here: 2." in result.output
