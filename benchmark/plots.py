@@ -111,6 +111,7 @@ def bar_plot(summary, out_dir, metric="best"):
                 if r["paper"] == r["paper"]:
                     own = r["rule"] in OWN_PAPER_RULES
                     source = ("BioTorch (published)" if arch in BIOTORCH_ARCHS
+                              else "Nakajima et al. 2022 (their ViT-3)" if arch == "vit"
                               else "the rule's own paper (its net)" if own else "paper (500 epochs)")
                     ax.plot(x, r["paper"], marker="s" if own else "D", color="white", markeredgecolor="black",
                             markersize=6, linestyle="none", label=source)

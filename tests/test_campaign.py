@@ -150,3 +150,8 @@ def test_the_campaign_tables_tell_a_rules_variants_apart(tmp_path):
     for label in ("dfa (placement=layer)", "dfa (placement=block)", "bp (weight_decay=0)",
                   "bp (weight_decay=0.0001)", "fa"):
         assert f"| mnist | vit | {label} | 0 | 0 | 2 |" in result.output, result.output
+
+
+def test_a_short_run_is_still_falling_only_if_it_improved_in_its_last_quarter():
+    from benchmark.campaign import recent_epochs
+    assert [recent_epochs(n) for n in (100, 40, 20, 10, 3)] == [10, 10, 5, 2, 1]
