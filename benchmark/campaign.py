@@ -161,8 +161,8 @@ def convergence_markdown(rows):
     def number(value):
         return "-" if value is None else f"{value:.2f}"
     lines = ["| dataset | arch | rule | seeds | epochs | best-val epoch per seed | still improving in the last "
-             f"{RECENT_EPOCHS} epochs (a quarter of shorter runs) | final train error | test error at best val | best test error | "
-             "final test error | paper | best - paper |",
+             f"{RECENT_EPOCHS} epochs (a quarter of shorter runs) | final train error | test error at best val | "
+             "best test error | final test error | paper | best - paper |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if not row["seeds"]:

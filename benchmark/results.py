@@ -93,14 +93,13 @@ def _row(record, path):
     cfg, summary = record["config"], record["summary"]
     # Records from before a field existed ran at its neutral value.
     setting = {k: v for k, v in {**LATER_FIELDS, **cfg}.items() if k not in CELL_KEYS + NOT_RESULT_KEYS}
-    # Rule options as the run used them, one key each, so a label reads
-    # "dfa (placement=block)" and two spellings of one setting are one row.
-    # An option newer than the record ran at today's default (options are
-    # added with the old behaviour as their default).
+    # The rule's options as the run used them (``setting`` keeps those it was
+    # given, for commands that rerun it): labels read "dfa (placement=block)"
+    # and two spellings of one setting are one row. An option newer than the
+    # record ran at today's default (options are added with the old
+    # behaviour as their default).
     defaults = RULES.get(cfg["algo"]).defaults if cfg["algo"] in RULES else {}
     options = {**defaults, **(cfg.get("rule_options") or {}), **((record.get("rule") or {}).get("options") or {})}
-    setting.pop("rule_options", None)
-    setting.update({f"rule_options.{k}": v for k, v in options.items()})
     row = {"dataset": cfg["dataset"], "arch": cfg["arch"], "rule": cfg["algo"], "seed": cfg["seed"],
            "status": record["status"], "epochs": cfg["epochs"], "epochs_done": summary.get("epochs_done", 0),
            "forward_params": record["params"]["forward_total"],
@@ -108,6 +107,7 @@ def _row(record, path):
            "finished_at": record.get("finished_at") or "",
            "best_val_epoch": summary.get("best_val_epoch"),
            "setting": json.dumps(setting, sort_keys=True, default=str),
+           "options": json.dumps(options, sort_keys=True, default=str),
            "train_subset": cfg.get("train_subset", 0) or 0,
            "seconds_per_epoch": _mean(record["curves"].get("seconds", [])),
            "has_parts": any("parts" in entry for entry in record.get("alignment", [])[:1])}
@@ -136,20 +136,31 @@ def label_variants(runs):
     if runs.empty:
         return runs.assign(label=pd.Series(dtype=str))
     runs = runs.copy()
+    if "options" not in runs:
+        runs["options"] = "{}"
+    keys = list(zip(runs["setting"], runs["options"]))
     labels = {}
     for rule, part in runs.groupby("rule", sort=False):
-        settings = {s: json.loads(s) for s in part["setting"].unique()}
+        settings = {key: _label_fields(*key) for key in zip(part["setting"], part["options"])}
         varying = set()
         for _, cell in part.groupby(["dataset", "arch"]):
-            values = [settings[s] for s in cell["setting"].unique()]
-            keys = set().union(*values)
-            varying |= {k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1}
-        for text, setting in settings.items():
-            shown = ", ".join(f"{k.removeprefix('rule_options.')}={short_value(setting.get(k))}"
+            values = [settings[key] for key in dict.fromkeys(zip(cell["setting"], cell["options"]))]
+            names = set().union(*values)
+            varying |= {k for k in names if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1}
+        for key, fields in settings.items():
+            shown = ", ".join(f"{k.removeprefix('rule_options.')}={short_value(fields.get(k))}"
                               for k in sorted(varying))
-            labels[(rule, text)] = f"{rule} ({shown})" if shown else rule
-    runs["label"] = [labels[(r, s)] for r, s in zip(runs["rule"], runs["setting"])]
+            labels[(rule, key)] = f"{rule} ({shown})" if shown else rule
+    runs["label"] = [labels[(r, key)] for r, key in zip(runs["rule"], keys)]
     return runs
+
+
+def _label_fields(setting, options):
+    """A run's settings with its rule options, defaults filled in, one key each."""
+    fields = json.loads(setting)
+    fields.pop("rule_options", None)
+    fields.update({f"rule_options.{k}": v for k, v in json.loads(options).items()})
+    return fields
 
 
 def one_per_seed(cell):

@@ -135,7 +135,7 @@ def test_report_escapes_every_text_taken_from_records_and_searches(tmp_path, mon
     # escaped exactly once: after unescaping, the reader sees the record's own text
     assert not [text for text in page.texts if "&lt;" in text or "&amp;" in text]
     expected = {
-        "results row label": f"fa (rule_options=note={EVIL})",
+        "results row label": f"fa (note={EVIL})",
         "results column title": f"data{EVIL} FC",
         "parameter table dataset": f"data{EVIL}",
         "plot name": f"curves data{EVIL}",
