@@ -527,21 +527,21 @@ def search(arch, rule, dataset, trials, search_seed, space_overrides, halving, m
 
 @cli.command()
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--section", "sections", multiple=True, type=click.Choice(["lc", "rules", "harness", "convert"]),
+@click.option("--section", "sections", multiple=True, type=click.Choice(["lc", "rules", "harness", "convert", "optim"]),
               help="Run only these sections (default: all).")
 @click.option("--quick", is_flag=True, help="Tiny sizes, to check that the command works.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: all cores).")
 @click.option("--family", "families", multiple=True, type=click.Choice(["mnist", "cifar10"]),
               help="Input families of the rules section (default: both).")
 def bench(device, sections, quick, threads, families):
-    """Measure the LC layer, the rules and the harness; print Markdown tables."""
+    """Measure the LC layer, the rules, the harness and the optimizer step; print Markdown tables."""
     import torch
 
     from benchmark.perf import run_bench
     from benchmark.run_model import resolve_device
     if threads:
         torch.set_num_threads(threads)
-    run_bench(resolve_device(device), sections=sections or ("lc", "rules", "harness", "convert"), quick=quick,
+    run_bench(resolve_device(device), sections=sections or ("lc", "rules", "harness", "convert", "optim"), quick=quick,
               echo=click.echo, families=families or None)
 
 

@@ -17,6 +17,7 @@ from models import RULES, build_network, make_rule
 from models.inputs import INPUT_SHAPES
 from models.lc import LocallyConnected2d
 from models.networks import same_padding
+from models.optim import adam
 
 from .runtime import exact_memory_accounting, release_memory
 
@@ -185,7 +186,7 @@ def _rule_setup(family, arch, rule_name, batch, device, seed=0):
     rule = make_rule(rule_name).attach(model, torch.Generator().manual_seed(seed), INPUT_SHAPES[family])
     model.to(device)
     rule.moved_to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    optimizer = adam(model.parameters(), lr=1e-5)
     x = torch.randn(batch, *INPUT_SHAPES[family], device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return _training_step(model, rule, optimizer, x, y)
@@ -277,10 +278,10 @@ def bench_harness(device, families=("mnist", "cifar10"), archs=("fc", "conv", "l
             trainer = Trainer(config, device=str(device), progress=False, dataset=data).prepare()
             torch.manual_seed(0)
             model = build_network(arch, family, 10).to(device)
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+            optimizer = adam(model.parameters(), lr=1e-5)
             torch.manual_seed(0)
             model_dl = build_network(arch, family, 10).to(device)
-            optimizer_dl = torch.optim.Adam(model_dl.parameters(), lr=1e-5)
+            optimizer_dl = adam(model_dl.parameters(), lr=1e-5)
             epochs = {"trainer": lambda: trainer.train_epoch(1),
                       "minimal": _minimal_loop(data, model, optimizer, batch, device),
                       "dataloader": _dataloader_loop(data, model_dl, optimizer_dl, batch, device)}
@@ -305,7 +306,7 @@ def bench_convert(device, batch=128, repeats=7, rules=None):
 
     def step(model):
         model.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+        optimizer = adam(model.parameters(), lr=1e-5)
         x = torch.randn(batch, 3, 32, 32, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
 
@@ -329,6 +330,35 @@ def markdown_convert(row):
              f"{row['bp_over_plain']:.3f}x the plain step (the cost of conversion itself).", "",
              "| " + " | ".join(f"{r}/bp" for r in rules) + " |", "|" + "---|" * len(rules),
              "| " + " | ".join(f"{row['ratios'][r]:.3f}" for r in rules) + " |"]
+    return "\n".join(lines) + "\n"
+
+
+# 6. the optimizer step --------------------------------------------------------------------------
+def bench_optimizer(device, nets=(("mnist", "fc"), ("mnist", "lc"), ("cifar10", "fc"), ("cifar10", "lc")),
+                    repeats=7):
+    """Adam's step on each net's parameters: torch's default implementation
+    against the fused one every run uses (``models.optim.adam``)."""
+    rows = []
+    for family, arch in nets:
+        params = list(build_network(arch, family, 10).to(device).parameters())
+        for p in params:
+            p.grad = torch.randn_like(p)
+        default = torch.optim.Adam(params, lr=1e-5)
+        fused = adam(params, lr=1e-5)
+        times = time_rounds({"default": default.step, "fused": fused.step}, device, repeats)
+        rows.append({"family": family, "arch": arch, "params": sum(p.numel() for p in params),
+                     "fused_kernel": bool(fused.param_groups[0]["fused"]),
+                     "default_ms": times["default"] * 1e3, "fused_ms": times["fused"] * 1e3})
+    return rows
+
+
+def markdown_optimizer(rows):
+    lines = ["| family | arch | parameters | default Adam step ms | fused Adam step ms | speed-up |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        fused = f"{r['fused_ms']:.2f}" + ("" if r["fused_kernel"] else " (no fused kernel here)")
+        lines.append(f"| {r['family']} | {r['arch']} | {r['params']:,} | {r['default_ms']:.2f} | {fused} "
+                     f"| {r['default_ms'] / r['fused_ms']:.1f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -382,7 +412,7 @@ def markdown_harness(rows):
     return "\n".join(lines)
 
 
-def run_bench(device, sections=("lc", "rules", "harness", "convert"), quick=False, echo=print, families=None):
+def run_bench(device, sections=("lc", "rules", "harness", "convert", "optim"), quick=False, echo=print, families=None):
     """Run the chosen sections and echo Markdown tables; returns the raw rows."""
     from .records import host_info
     from .run_model import describe_device
@@ -412,4 +442,9 @@ def run_bench(device, sections=("lc", "rules", "harness", "convert"), quick=Fals
         results["convert"] = row
         echo("## 5. A converted ResNet-20: each rule's step relative to bp (Adam step included)\n\n"
              + markdown_convert(row) + "\n")
+    if "optim" in sections:
+        rows = bench_optimizer(device, **(dict(nets=(("mnist", "fc"),), repeats=2) if quick else {}))
+        results["optim"] = rows
+        echo("## 6. The optimizer step: torch's default Adam against the fused one runs use\n\n"
+             + markdown_optimizer(rows) + "\n")
     return results

@@ -9,6 +9,9 @@ Schema ``biobench.run/1`` (all errors in percent):
   ``code`` (``biobench_version``; ``git_commit`` and ``git_dirty`` of the
   checkout the code ran from, null outside a git checkout), ``host``
   (platform, cpu, torch threads)
+* ``optimizer_step``: the kernel the optimizer stepped with, ``fused`` or
+  ``default`` (torch's for-loop on a CPU; records without the field); the
+  two round differently (``models/optim.py``)
 * ``early_stop`` (only when a run stopped early, ``--patience``): ``epoch``,
   ``best_val_epoch``, ``patience``, ``reason``
 * ``repeat_of`` (only when present): the folder of an earlier run of the same
@@ -234,7 +237,7 @@ def _or_null(kind):
 # a layer without B, a metric a rule does not have at a layer).
 RECORD_FIELDS = {"config": OBJECT, "summary": OBJECT, "params": OBJECT, "curves": OBJECT, "alignment": LIST}
 OPTIONAL_RECORD_FIELDS = {"finished_at": _or_null(TEXT), "device": TEXT, "versions": OBJECT,
-                          "code": _or_null(OBJECT)}
+                          "code": _or_null(OBJECT), "optimizer_step": TEXT}
 # (required, optional) fields of the record's objects
 OBJECT_FIELDS = {
     "config": ({"dataset": TEXT, "arch": TEXT, "algo": TEXT, "seed": INT, "epochs": INT},

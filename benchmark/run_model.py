@@ -14,6 +14,7 @@ from torch import nn
 
 from models import build_network, make_rule
 from models.inputs import INPUT_SHAPES
+from models.optim import adam, sgd
 
 from . import records
 from .errors import RunError
@@ -79,9 +80,9 @@ def build_model(config: RunConfig, data: InMemoryDataset,
     model.to(device)
     rule.moved_to(device)
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.l2_penalty)
+        optimizer = sgd(model.parameters(), lr=config.lr, momentum=config.momentum,
+                        weight_decay=config.l2_penalty)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-                                     eps=config.eps, weight_decay=config.l2_penalty)
+        optimizer = adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                         eps=config.eps, weight_decay=config.l2_penalty)
     return model, rule, optimizer

@@ -15,6 +15,7 @@ import click
 import torch
 
 from models import parameter_counts
+from models.optim import optimizer_step
 
 from . import records
 from .alignment import epoch_alignment
@@ -174,6 +175,7 @@ class Trainer:
         self.prepare()
         os.makedirs(run_dir, exist_ok=True)
         record = self._resume(run_dir) if resume else self.new_record(os.path.basename(run_dir))
+        record["optimizer_step"] = optimizer_step(self.optimizer)  # a resumed run keeps its checkpoint's
         self.kept = copy.deepcopy(record)  # the record of the checkpoint on disk (or of nothing yet)
         record.update({k: v for k, v in (notes or {}).items() if v is not None})
         record["status"] = "running"

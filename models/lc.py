@@ -129,6 +129,14 @@ def input_grad_chunked(grad, backward_weight_gemm, g, chunks=4):
     return unpad(padded, g)
 
 
+def position_major(y, g):
+    """An output-shaped ``y`` (logical NCHW) as ``[L, C_out, N]`` GEMM operands.
+    Contiguous, so each position's matrix has unit inner stride: CPU ``bmm``
+    would otherwise copy every position's matrix on its own, once per product
+    (a gradient arriving in NCHW order, from a flatten or a target)."""
+    return y.permute(2, 3, 1, 0).reshape(g.positions, g.out_channels, y.shape[0]).contiguous()
+
+
 def _gemm_weight(weight):
     """Documented ``[C_out, CKK, L]`` -> GEMM operand ``[L, C_out, CKK]`` (a view)."""
     return weight.permute(2, 0, 1)
@@ -153,8 +161,7 @@ class LCOps:
 
     def backward(self, grad_out, cols, weight, backward_weight, mask):
         g = self.g
-        n = grad_out.shape[0]
-        grad = grad_out.permute(2, 3, 1, 0).reshape(g.positions, g.out_channels, n)
+        grad = position_major(grad_out, g)
         grad_in = grad_w = grad_b = None
         if mask[0]:
             grad_in = input_grad_chunked(grad, _gemm_weight(backward_weight), g)
@@ -178,7 +185,7 @@ class TransposedLCFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, weight, geometry):
         g = geometry
-        grad_layout = y.permute(2, 3, 1, 0).reshape(g.positions, g.out_channels, y.shape[0])
+        grad_layout = position_major(y, g)
         ctx.geometry = g
         ctx.save_for_backward(grad_layout, weight)
         return input_grad_chunked(grad_layout, _gemm_weight(weight), g)

@@ -14,12 +14,13 @@ def test_bench_quick_prints_every_table():
     result = CliRunner().invoke(cli, ["bench", "--quick", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     for heading in ("## 1. Locally connected layer", "## 2. Training-step time", "## 3. Peak memory",
-                    "## 4. Harness overhead", "## 5. A converted ResNet-20"):
+                    "## 4. Harness overhead", "## 5. A converted ResNet-20", "## 6. The optimizer step"):
         assert heading in result.output
     assert "| MNIST LC2 | 8 |" in result.output
     assert "| mnist | lc |" in result.output and "| mnist | fc | 256 |" in result.output
     assert "| bp/bp | fa/bp | dfa/bp | usf/bp | brsf/bp | frsf/bp | kp/bp |" in result.output
     assert "converted under bp:" in result.output
+    assert "| mnist | fc | 466,698 |" in result.output  # Adam on the MNIST FC net's parameters
 
 
 def test_broadcast_reference_in_the_bench_is_the_same_layer():

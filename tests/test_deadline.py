@@ -148,12 +148,15 @@ def assert_record_matches(got, expected, values, error_points):
 @pytest.mark.realdata
 def test_a_committed_mnist_record_regenerates_identically(shared_data, tmp_path):
     """The committed 3-epoch FA cell (seed 0) retrained now: every curve and
-    alignment value the same on the processor that made it, as the sync-free
-    epoch changed no arithmetic; within rounding's drift on any other."""
+    alignment value the same on the processor and optimizer kernel that made
+    it, as the sync-free epoch changed no arithmetic; within rounding's drift
+    on any other."""
     committed = os.path.join(ROOT, "results", "bartunov-mnist", "mnist-fc-fa-seed0-186cd7e4", "record.json")
     expected = json.load(open(committed))
     cpu = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if expected["host"]["cpu"] in cpu:
+    # The fused optimizer step (models/optim.py) rounds differently from the
+    # default one, as another processor does.
+    if expected["host"]["cpu"] in cpu and expected.get("optimizer_step", "default") == "fused":
         values, error_points = {"rel": 0, "abs": 0}, 0
     else:
         values, error_points = OTHER_PROCESSOR_VALUES, OTHER_PROCESSOR_ERROR_POINTS

@@ -14,7 +14,7 @@ PACKAGES = ("models", "benchmark", "biobench")
 # modules of its own family (a "pkg.*" entry: the package and everything in it,
 # e.g. the rules, which subclass one another). Every module must be listed.
 LAYERS = [
-    ("models.errors", "models.registry", "models.inputs"),
+    ("models.errors", "models.registry", "models.inputs", "models.optim"),
     ("models.feedback",),
     ("models.layers",),
     ("models.lc", "models.chain", "models.attention", "models.blocks"),

@@ -30,6 +30,7 @@ from torch import nn
 from ..chain import split_chain
 from ..inverses import LinearInverse, make_inverse
 from ..layers import Linear, glorot_bound
+from ..optim import adam
 from .base import BARTUNOV2018, LearningRule
 
 # Works this module's rules cite (BibTeX fields).
@@ -148,8 +149,8 @@ class TargetPropagation(LearningRule):
     def inverse_optimizer(self):
         if self._optimizer is None:
             o = self.options
-            self._optimizer = torch.optim.Adam(self.feedback.parameters(), lr=o["inverse_lr"],
-                                               betas=(0.9, o["inverse_beta2"]), eps=o["inverse_eps"])
+            self._optimizer = adam(self.feedback.parameters(), lr=o["inverse_lr"],
+                                   betas=(0.9, o["inverse_beta2"]), eps=o["inverse_eps"])
         return self._optimizer
 
     # the maps --------------------------------------------------------------------
