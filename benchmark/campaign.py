@@ -9,7 +9,7 @@ import os
 from collections import OrderedDict
 
 from .records import read_record
-from .results import short_value
+from .results import variant_label, varying_keys
 
 
 def _group_key(cell):
@@ -34,10 +34,7 @@ def variant_labels(cells):
     for key, fields in settings.items():
         peers = [f for f in settings.values()
                  if (f["rule"], f["dataset"], f["arch"]) == (fields["rule"], fields["dataset"], fields["arch"])]
-        varying = sorted(k for k in fields if len({json.dumps(p.get(k), sort_keys=True, default=str)
-                                                   for p in peers}) > 1)
-        shown = ", ".join(f"{k}={short_value(fields[k])}" for k in varying)
-        labels[key] = f"{fields['rule']} ({shown})" if shown else fields["rule"]
+        labels[key] = variant_label(fields["rule"], fields, varying_keys(peers))
     return labels
 
 

@@ -79,28 +79,33 @@ class SlurmExecutor(Executor):
                               "requeue and resume")
         submitted, jobs, skipped = cluster.submit(cells, out, data_dir, s.device, s.threads, s.slurm,
                                                   echo=s.echo, tensorboard=s.tensorboard)
-        if not submitted:
-            s.echo(f"slurm: nothing to submit ({skipped} cell(s) done or already queued)")
+        job_id = self._announce(submitted, jobs, skipped, out, "cell(s)", "done")
+        if job_id is None:
             return {}
-        job_id = jobs[0].job_id.split("_")[0]
-        s.echo(f"slurm: submitted {len(submitted)} cell(s) as job array {job_id} ({skipped} done or queued); "
-               f"logs in {os.path.join(out, cluster.LOGS)}")
         if not s.wait:
             s.echo(f"check on it with: squeue -j {job_id}, or python cli.py grid --status {out}")
             return {"submitted": len(submitted)}
         return cluster.wait(submitted, jobs, out, echo=s.echo)
+
+    def _announce(self, submitted, jobs, skipped, out, units, done):
+        """Say what was submitted (``units``: what a task is; ``done``: what a
+        skipped one already is); the job array's id, None when nothing was."""
+        from . import cluster
+        if not submitted:
+            self.settings.echo(f"slurm: nothing to submit ({skipped} {units} {done} or already queued)")
+            return None
+        job_id = jobs[0].job_id.split("_")[0]
+        self.settings.echo(f"slurm: submitted {len(submitted)} {units} as job array {job_id} ({skipped} {done} or "
+                           f"queued); logs in {os.path.join(out, cluster.LOGS)}")
+        return job_id
 
     def evaluate(self, jobs, settings, data_dir, out):
         from . import cluster
         s = self.settings
         submitted, tasks, skipped = cluster.submit_evaluations(jobs, settings, out, data_dir, s.device, s.threads,
                                                                s.slurm)
-        if not submitted:
-            s.echo(f"slurm: nothing to submit ({skipped} run(s) evaluated or already queued)")
+        if self._announce(submitted, tasks, skipped, out, "run(s)", "evaluated") is None:
             return {}
-        job_id = tasks[0].job_id.split("_")[0]
-        s.echo(f"slurm: submitted {len(submitted)} run(s) as job array {job_id} ({skipped} evaluated or queued); "
-               f"logs in {os.path.join(out, cluster.LOGS)}")
         return cluster.wait_evaluations(submitted, tasks, settings, echo=s.echo)
 
 

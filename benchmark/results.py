@@ -128,6 +128,20 @@ def short_value(value):
     return str(value)
 
 
+def varying_keys(settings):
+    """The keys whose values differ among ``settings`` (dicts; a key one lacks
+    counts as None there)."""
+    names = set().union(*settings)
+    return {k for k in names if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in settings}) > 1}
+
+
+def variant_label(rule, fields, keys):
+    """``rule (key=value, ...)`` over ``keys`` of ``fields``, or ``rule`` alone;
+    rule options are named without their ``rule_options.`` prefix."""
+    shown = ", ".join(f"{k.removeprefix('rule_options.')}={short_value(fields.get(k))}" for k in sorted(keys))
+    return f"{rule} ({shown})" if shown else rule
+
+
 def label_variants(runs):
     """Add ``label``: the rule's name, plus the settings (everything in the
     config but the cell and the seed) that tell its runs apart. Runs of one
@@ -144,13 +158,9 @@ def label_variants(runs):
         settings = {key: _label_fields(*key) for key in zip(part["setting"], part["options"])}
         varying = set()
         for _, cell in part.groupby(["dataset", "arch"]):
-            values = [settings[key] for key in dict.fromkeys(zip(cell["setting"], cell["options"]))]
-            names = set().union(*values)
-            varying |= {k for k in names if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1}
+            varying |= varying_keys([settings[key] for key in dict.fromkeys(zip(cell["setting"], cell["options"]))])
         for key, fields in settings.items():
-            shown = ", ".join(f"{k.removeprefix('rule_options.')}={short_value(fields.get(k))}"
-                              for k in sorted(varying))
-            labels[(rule, key)] = f"{rule} ({shown})" if shown else rule
+            labels[(rule, key)] = variant_label(rule, fields, varying)
     runs["label"] = [labels[(r, key)] for r, key in zip(runs["rule"], keys)]
     return runs
 
