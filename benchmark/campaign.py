@@ -66,10 +66,20 @@ def campaign_rows(records, cells, statuses):
     for cell in cells:
         key = (cell.dataset, cell.arch, labels[_group_key(cell)], _group_key(cell))
         groups.setdefault(key, []).append(cell)
+    rates = {key: [r for r in (_seconds_per_epoch(records[c.run_name()]) for c in group) if r]
+             for key, group in groups.items()}
     rows = []
-    for (dataset, arch, rule, _), group in groups.items():
-        rates = [r for r in (_seconds_per_epoch(records[c.run_name()]) for c in group) if r]
-        rate = sum(rates) / len(rates) if rates else None
+    for key, group in groups.items():
+        dataset, arch, rule, _ = key
+        own_rates = rates[key]
+        # No seed trained yet: the rate of its family's rules of the same
+        # schedule on the same net (the TP variants' epochs cost alike).
+        borrowed = not own_rates
+        if borrowed:
+            kind = _family_and_schedule(group[0].rule)
+            own_rates = [r for other, group_rates in rates.items() for r in group_rates
+                         if other[:2] == (dataset, arch) and _family_and_schedule(groups[other][0].rule) == kind]
+        rate = sum(own_rates) / len(own_rates) if own_rates else None
         spent, to_go, counts = 0.0, 0.0, {"done": 0, "running": 0, "to do": 0}
         for cell in group:
             record = records[cell.run_name()]
@@ -82,9 +92,17 @@ def campaign_rows(records, cells, statuses):
                 left = cell.epochs - (record["summary"].get("epochs_done", 0) if record else 0)
                 own = _seconds_per_epoch(record)
                 to_go = None if to_go is None or (own or rate) is None else to_go + left * (own or rate)
-        rows.append({"dataset": dataset, "arch": arch, "rule": rule, **counts,
-                     "core_hours": spent / 3600, "core_hours_to_go": None if to_go is None else to_go / 3600})
+        rows.append({"dataset": dataset, "arch": arch, "rule": rule, **counts, "core_hours": spent / 3600,
+                     "core_hours_to_go": None if to_go is None else to_go / 3600,
+                     "borrowed": borrowed and bool(to_go)})
     return rows
+
+
+def _family_and_schedule(rule):
+    """A rule's family (its module: one family a module, ``models/rules/``) and schedule."""
+    from models import RULES
+    cls = RULES.get(rule)
+    return cls.__module__, cls.schedule
 
 
 def campaign_markdown(rows):
@@ -92,13 +110,18 @@ def campaign_markdown(rows):
     lines = ["| dataset | arch | rule | seeds done | running | to do | core-hours spent | core-hours to go |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        to_go = "?" if row["core_hours_to_go"] is None else f"{row['core_hours_to_go']:.2f}"
+        to_go = ("?" if row["core_hours_to_go"] is None else
+                 ("~" if row.get("borrowed") else "") + f"{row['core_hours_to_go']:.2f}")
         lines.append(f"| {row['dataset']} | {row['arch']} | {row['rule']} | {row['done']} | {row['running']} | "
                      f"{row['to do']} | {row['core_hours']:.2f} | {to_go} |")
     known = [r["core_hours_to_go"] for r in rows]
-    total_to_go = "?" if None in known else f"{sum(known):.1f}"
+    total_to_go = ("?" if None in known else
+                   ("~" if any(r.get("borrowed") for r in rows) else "") + f"{sum(known):.1f}")
     lines.append(f"| **total** | | | {sum(r['done'] for r in rows)} | {sum(r['running'] for r in rows)} | "
                  f"{sum(r['to do'] for r in rows)} | {sum(r['core_hours'] for r in rows):.1f} | {total_to_go} |")
+    if any(r.get("borrowed") for r in rows):
+        lines += ["", "~: no seed of the row has trained an epoch; costed at its family's rows of the same "
+                      "schedule on the same net. ?: no such row either."]
     return "\n".join(lines)
 
 

@@ -155,3 +155,29 @@ def test_the_campaign_tables_tell_a_rules_variants_apart(tmp_path):
 def test_a_short_run_is_still_falling_only_if_it_improved_in_its_last_quarter():
     from benchmark.campaign import recent_epochs
     assert [recent_epochs(n) for n in (100, 40, 20, 10, 3)] == [10, 10, 5, 2, 1]
+
+
+def test_rows_no_seed_has_started_are_costed_at_their_schedules_siblings_rate(tmp_path):
+    # On one net, the parallel TP rules cost about the same per epoch, and the
+    # alternating ones about the same: a rule not yet started borrows that
+    # rate, marked "~", never another family's (BP's epochs are 5x cheaper);
+    # a rule with no sibling of its schedule stays "?".
+    from helpers import fake_record
+    cells = grid_cells(["mnist"], ["lc"], ["bp", "dtp-par", "sdtp-par", "dtp-alt", "sdtp-alt"], [0],
+                       {"epochs": 10})
+    for rule, seconds in (("bp", 18.0), ("dtp-par", 90.0)):
+        run = next(c for c in cells if c.rule == rule)
+        record = fake_record("mnist", "lc", rule, 0, [5.0] * 4, status="running", epochs_asked=10)
+        record.update(wall_seconds=4 * seconds, host={"torch_threads": 1})
+        (tmp_path / run.run_name()).mkdir()
+        (tmp_path / run.run_name() / "record.json").write_text(json.dumps(record))
+    rows = {r["rule"]: r for r in campaign_rows(cell_records(str(tmp_path), cells), cells,
+                                                  grid_status(str(tmp_path), cells))}
+    assert abs(rows["dtp-par"]["core_hours_to_go"] - 6 * 90 / 3600) < 1e-9 and not rows["dtp-par"]["borrowed"]
+    assert abs(rows["sdtp-par"]["core_hours_to_go"] - 10 * 90 / 3600) < 1e-9 and rows["sdtp-par"]["borrowed"]
+    assert rows["dtp-alt"]["core_hours_to_go"] is None and rows["sdtp-alt"]["core_hours_to_go"] is None
+    table = campaign_markdown(list(rows.values()))
+    assert "| mnist | lc | sdtp-par | 0 | 0 | 1 | 0.00 | ~0.25 |" in table
+    assert "| mnist | lc | dtp-alt | 0 | 0 | 1 | 0.00 | ? |" in table
+    assert table.splitlines()[-3].endswith("| ? |")  # the total: not all rows can be costed
+    assert "~: no seed of the row has trained an epoch" in table
