@@ -68,6 +68,7 @@ def campaign_rows(records, cells, statuses):
         groups.setdefault(key, []).append(cell)
     rates = {key: [r for r in (_seconds_per_epoch(records[c.run_name()]) for c in group) if r]
              for key, group in groups.items()}
+    kinds = {key: _family_and_schedule(group[0].rule) for key, group in groups.items()}
     rows = []
     for key, group in groups.items():
         dataset, arch, rule, _ = key
@@ -76,9 +77,8 @@ def campaign_rows(records, cells, statuses):
         # schedule on the same net (the TP variants' epochs cost alike).
         borrowed = not own_rates
         if borrowed:
-            kind = _family_and_schedule(group[0].rule)
             own_rates = [r for other, group_rates in rates.items() for r in group_rates
-                         if other[:2] == (dataset, arch) and _family_and_schedule(groups[other][0].rule) == kind]
+                         if other[:2] == (dataset, arch) and kinds[other] == kinds[key]]
         rate = sum(own_rates) / len(own_rates) if own_rates else None
         spent, to_go, counts = 0.0, 0.0, {"done": 0, "running": 0, "to do": 0}
         for cell in group:
