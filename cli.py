@@ -85,6 +85,11 @@ def dataset_names():
     return DATASETS.names()
 
 
+def bench_section_names():
+    from benchmark.perf import SECTIONS
+    return list(SECTIONS)
+
+
 def preset_names():
     from benchmark.grid import PRESETS
     return sorted(PRESETS)
@@ -527,7 +532,7 @@ def search(arch, rule, dataset, trials, search_seed, space_overrides, halving, m
 
 @cli.command()
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--section", "sections", multiple=True, type=click.Choice(["lc", "rules", "harness", "convert", "optim"]),
+@click.option("--section", "sections", multiple=True, type=RegistryChoice(bench_section_names),
               help="Run only these sections (default: all).")
 @click.option("--quick", is_flag=True, help="Tiny sizes, to check that the command works.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: all cores).")
@@ -541,8 +546,8 @@ def bench(device, sections, quick, threads, families):
     from benchmark.run_model import resolve_device
     if threads:
         torch.set_num_threads(threads)
-    run_bench(resolve_device(device), sections=sections or ("lc", "rules", "harness", "convert", "optim"), quick=quick,
-              echo=click.echo, families=families or None)
+    run_bench(resolve_device(device), sections=sections or None, quick=quick, echo=click.echo,
+              families=families or None)
 
 
 def warn(message):

@@ -19,6 +19,7 @@ from models.lc import LocallyConnected2d
 from models.networks import same_padding
 from models.optim import adam
 
+from .errors import ConfigError
 from .runtime import exact_memory_accounting, release_memory
 
 # (name, C_in, C_out, size, kernel, stride, batch) of the Bartunov LC layers.
@@ -412,39 +413,59 @@ def markdown_harness(rows):
     return "\n".join(lines)
 
 
-def run_bench(device, sections=("lc", "rules", "harness", "convert", "optim"), quick=False, echo=print, families=None):
-    """Run the chosen sections and echo Markdown tables; returns the raw rows."""
+def _section_lc(device, quick, families):
+    rows = bench_lc_layers(device, repeats=2 if quick else 7, quick=quick)
+    return rows, ["## 1. Locally connected layer, forward + backward\n\n" + markdown_lc(rows)]
+
+
+def _section_rules(device, quick, families):
+    kwargs = dict(families=("mnist",), archs=("fc", "lc"), repeats=2, batch=8) if quick else {}
+    if families:
+        kwargs["families"] = tuple(families)
+    rows = bench_rules(device, **kwargs)
+    return rows, ["## 2. Training-step time of each rule relative to bp (Adam step included)\n\n"
+                  + markdown_rules(rows),
+                  "## 3. Peak memory of one training step\n\n" + markdown_memory(rows)]
+
+
+def _section_harness(device, quick, families):
+    kwargs = dict(families=("mnist",), archs=("fc",), samples=256, repeats=1) if quick else {}
+    rows = bench_harness(device, **kwargs)
+    return rows, ["## 4. Harness overhead: epoch time\n\n" + markdown_harness(rows)]
+
+
+def _section_convert(device, quick, families):
+    row = bench_convert(device, **(dict(batch=8, repeats=2) if quick else {}))
+    return row, ["## 5. A converted ResNet-20: each rule's step relative to bp (Adam step included)\n\n"
+                 + markdown_convert(row)]
+
+
+def _section_optim(device, quick, families):
+    rows = bench_optimizer(device, **(dict(nets=(("mnist", "fc"),), repeats=2) if quick else {}))
+    return rows, ["## 6. The optimizer step: torch's default Adam against the fused one runs use\n\n"
+                  + markdown_optimizer(rows)]
+
+
+# The one list of sections, in print order; ``cli.py bench --section`` offers these names.
+SECTIONS = {"lc": _section_lc, "rules": _section_rules, "harness": _section_harness,
+            "convert": _section_convert, "optim": _section_optim}
+
+
+def run_bench(device, sections=None, quick=False, echo=print, families=None):
+    """Run the chosen sections (all when None) in the order of ``SECTIONS`` and echo
+    Markdown tables; returns the raw rows by section name."""
     from .records import host_info
     from .run_model import describe_device
+    unknown = [name for name in sections or () if name not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown bench section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     echo(f"# biobench bench on {describe_device(device)}; torch {torch.__version__}; "
          f"{host_info()['cpu_count']} cores{' (quick mode: tiny sizes, figures not meaningful)' if quick else ''}\n")
     results = {}
-    if "lc" in sections:
-        rows = bench_lc_layers(device, repeats=2 if quick else 7, quick=quick)
-        results["lc"] = rows
-        echo("## 1. Locally connected layer, forward + backward\n\n" + markdown_lc(rows) + "\n")
-    if "rules" in sections:
-        kwargs = dict(families=("mnist",), archs=("fc", "lc"), repeats=2, batch=8) if quick else {}
-        if families:
-            kwargs["families"] = tuple(families)
-        rows = bench_rules(device, **kwargs)
-        results["rules"] = rows
-        echo("## 2. Training-step time of each rule relative to bp (Adam step included)\n\n"
-             + markdown_rules(rows) + "\n")
-        echo("## 3. Peak memory of one training step\n\n" + markdown_memory(rows) + "\n")
-    if "harness" in sections:
-        kwargs = dict(families=("mnist",), archs=("fc",), samples=256, repeats=1) if quick else {}
-        rows = bench_harness(device, **kwargs)
-        results["harness"] = rows
-        echo("## 4. Harness overhead: epoch time\n\n" + markdown_harness(rows) + "\n")
-    if "convert" in sections:
-        row = bench_convert(device, **(dict(batch=8, repeats=2) if quick else {}))
-        results["convert"] = row
-        echo("## 5. A converted ResNet-20: each rule's step relative to bp (Adam step included)\n\n"
-             + markdown_convert(row) + "\n")
-    if "optim" in sections:
-        rows = bench_optimizer(device, **(dict(nets=(("mnist", "fc"),), repeats=2) if quick else {}))
-        results["optim"] = rows
-        echo("## 6. The optimizer step: torch's default Adam against the fused one runs use\n\n"
-             + markdown_optimizer(rows) + "\n")
+    for name, section in SECTIONS.items():
+        if sections and name not in sections:
+            continue
+        results[name], tables = section(device, quick, families)
+        for table in tables:
+            echo(table + "\n")
     return results

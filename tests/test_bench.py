@@ -23,6 +23,16 @@ def test_bench_quick_prints_every_table():
     assert "| mnist | fc | 466,698 |" in result.output  # Adam on the MNIST FC net's parameters
 
 
+def test_bench_runs_only_the_chosen_section_and_names_the_allowed_ones():
+    result = CliRunner().invoke(cli, ["bench", "--quick", "--device", "cpu", "--section", "optim"])
+    assert result.exit_code == 0, result.output
+    assert "## 6. The optimizer step" in result.output and "## 1. Locally" not in result.output
+    result = CliRunner().invoke(cli, ["bench", "--quick", "--device", "cpu", "--section", "lcc"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: Invalid value for '--section': 'lcc' is not one of 'lc', 'rules', 'harness', 'convert', 'optim'."]
+
+
 def test_broadcast_reference_in_the_bench_is_the_same_layer():
     torch.manual_seed(0)
     layer = LocallyConnected2d(3, 4, 9, 9, 3, 2, 1).double()
