@@ -107,6 +107,29 @@ def test_a_lock_file_naming_a_live_unrelated_process_does_not_block_a_grid_cell(
     assert result.exit_code == 0 and "grid finished: 1 complete" in result.output, result.output
 
 
+def test_a_grid_skips_a_cell_another_process_holds_and_trains_the_rest(tiny_root, tmp_path):
+    """What lets two ``--jobs 1`` grids over one folder share its cells."""
+    out = tmp_path / "grid"
+    grid = ["grid", "--datasets", "mnist", "--archs", "fc", "--algos", "fa", "--seeds", "2", "--epochs", "1",
+            "--batch-size", "32", "--data-dir", tiny_root, "--out", str(out)]
+    assert invoke(grid).exit_code == 0
+    held, free = sorted(os.path.join(out, name) for name in os.listdir(out))
+    for run_dir in (held, free):
+        os.remove(os.path.join(run_dir, "record.json"))  # both cells are to be trained again
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK.format(root=ROOT, run_dir=held)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = invoke(grid)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 0, result.output
+    assert f"{os.path.basename(held)}: busy: skipped (another process is running it)" in result.output
+    assert "grid finished: 1 busy, 1 complete" in result.output
+    assert os.path.exists(os.path.join(free, "record.json")) and not os.path.exists(os.path.join(held, "record.json"))
+
+
 # 4. empty splits ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("split,empty", [("0.01", "validation split 0 images"),
                                          ("0.99", "training split 0 images")])
