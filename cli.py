@@ -3,7 +3,8 @@
 This module parses options and prints; the work, and every check of what the
 user gave, lives in ``benchmark`` (errors there are ``BiobenchError``s, turned
 into one ``error: ...`` line and an exit code in :class:`BiobenchGroup`). It
-imports no torch at start-up: ``table`` and ``cite`` never need it.
+imports no torch at start-up: each command imports what it needs when it
+runs, so ``--help`` and the commands that need no torch start at once.
 """
 import math
 import os
