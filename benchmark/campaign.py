@@ -72,14 +72,14 @@ def campaign_rows(records, cells, statuses):
     rows = []
     for key, group in groups.items():
         dataset, arch, rule, _ = key
-        own_rates = rates[key]
+        row_rates = rates[key]
         # No seed trained yet: the rate of its family's rules of the same
         # schedule on the same net (the TP variants' epochs cost alike).
-        borrowed = not own_rates
+        borrowed = not row_rates
         if borrowed:
-            own_rates = [r for other, group_rates in rates.items() for r in group_rates
+            row_rates = [r for other, group_rates in rates.items() for r in group_rates
                          if other[:2] == (dataset, arch) and kinds[other] == kinds[key]]
-        rate = sum(own_rates) / len(own_rates) if own_rates else None
+        rate = sum(row_rates) / len(row_rates) if row_rates else None
         spent, to_go, counts = 0.0, 0.0, {"done": 0, "running": 0, "to do": 0}
         for cell in group:
             record = records[cell.run_name()]
